@@ -1,0 +1,1 @@
+"""Imitation agents for seqgym environments (SequenceMatch, MLE, BC) behind one SB3-shaped interface."""

@@ -1,0 +1,1 @@
+"""Reproducible comparisons of the agents on seqgym tasks."""
