@@ -1,0 +1,182 @@
+"""Built-in sources: exact probabilities agree with sampling, validity equals the support, bad input fails."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from seqgym.sources.base import Source, has_exact_probabilities, has_validity, sequence_logprob
+from seqgym.sources.dyck import Dyck
+
+# Tolerances of the statistical tests. With N samples over K outcomes the expected total-variation
+# distance between the empirical and the true distribution is about 0.4 * sqrt(K / N); the tolerances
+# below leave a wide margin at the fixed seeds used, while a probability that is wrong by a few percent
+# on a frequent outcome still fails.
+N_SAMPLES = 4000
+TV_TOL = 0.06
+STEP_TV_TOL = 0.06  # next-token TV for prefixes seen at least MIN_PREFIX_COUNT times
+MIN_PREFIX_COUNT = 400
+
+
+def enumerate_support(source: object, prompt: Sequence[int], max_len: int) -> dict[tuple[int, ...], float]:
+    """All completions with non-zero probability (depth-first), checking every next-token distribution.
+
+    Returns ``{completion (eos included): probability}``.
+    """
+    vocab = source.vocab  # type: ignore[attr-defined]
+    out: dict[tuple[int, ...], float] = {}
+    stack: list[tuple[list[int], float]] = [([], 0.0)]
+    while stack:
+        gen, lp = stack.pop()
+        assert len(gen) <= max_len, f"support longer than {max_len}: {gen}"
+        logp = source.next_token_logprobs([*prompt, *gen])  # type: ignore[attr-defined]
+        assert logp.shape == (vocab.n_actions,) and logp.dtype == np.float64
+        assert logp[vocab.backspace_id] == -np.inf
+        assert math.isclose(float(np.exp(logp).sum()), 1.0, abs_tol=1e-12), (gen, np.exp(logp))
+        for t in (int(i) for i in np.flatnonzero(np.isfinite(logp))):
+            if t == vocab.eos_id:
+                out[(*gen, t)] = math.exp(lp + logp[t])
+            else:
+                stack.append(([*gen, t], lp + float(logp[t])))
+    return out
+
+
+def check_against_samples(
+    source: object, seed: int, *, support: dict[tuple[int, ...], float] | None = None
+) -> None:
+    """Samples are valid; their frequencies match the exact probabilities (sequences and next tokens)."""
+    rng = np.random.default_rng(seed)
+    vocab = source.vocab  # type: ignore[attr-defined]
+    seqs: Counter[tuple[tuple[int, ...], tuple[int, ...]]] = Counter()
+    for _ in range(N_SAMPLES):
+        prompt, completion = source.sample(rng)  # type: ignore[attr-defined]
+        assert completion[-1] == vocab.eos_id and vocab.eos_id not in completion[:-1]
+        seqs[(tuple(prompt), tuple(completion))] += 1
+    # Whole sequences: TV between the empirical distribution and the exact one (unseen mass counted).
+    seen_mass = 0.0
+    abs_dev = 0.0
+    for (prompt, completion), count in seqs.items():
+        assert source.is_valid([*prompt, *completion]), (prompt, completion)  # type: ignore[attr-defined]
+        p = math.exp(sequence_logprob(source, prompt, completion))
+        if support is not None:
+            assert math.isclose(p, support[completion], rel_tol=1e-9)
+        assert p > 0.0
+        seen_mass += p
+        abs_dev += abs(count / N_SAMPLES - p)
+    if support is not None:  # single prompt: compare with the full sequence distribution
+        tv = 0.5 * (abs_dev + (1.0 - seen_mass))
+        assert tv < TV_TOL, f"sequence TV {tv:.3f} >= {TV_TOL}"
+    # Next tokens after frequent prefixes.
+    nxt: dict[tuple[int, ...], Counter[int]] = {}
+    for (prompt, completion), count in seqs.items():
+        for i in range(len(completion)):
+            nxt.setdefault((*prompt, *completion[:i]), Counter())[completion[i]] += count
+    n_checked = 0
+    for prefix, counter in nxt.items():
+        total = sum(counter.values())
+        if total < MIN_PREFIX_COUNT:
+            continue
+        exact = np.exp(source.next_token_logprobs(list(prefix)))  # type: ignore[attr-defined]
+        emp = np.zeros_like(exact)
+        for t, c in counter.items():
+            emp[t] = c / total
+        tv = 0.5 * float(np.abs(exact - emp).sum())
+        assert tv < STEP_TV_TOL, f"next-token TV {tv:.3f} after {prefix}"
+        n_checked += 1
+    assert n_checked >= 1
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Dyck
+
+
+def test_dyck_vocab_and_protocol() -> None:
+    src = Dyck(3, max_depth=2, max_length=6)
+    assert isinstance(src, Source) and has_exact_probabilities(src) and has_validity(src)
+    assert src.vocab.tokens[:7] == ["(", ")", "[", "]", "{", "}", "<eos>"]
+    assert src.vocab.n_actions == 8
+    assert src.max_sequence_length == 7
+    assert src.name == "dyck"
+    assert repr(src) == "Dyck(n_types=3, p_open=0.5, p_end=0.3, max_depth=2, max_length=6)"
+    many = Dyck(6)
+    assert many.vocab.tokens[8:12] == ["o4", "c4", "o5", "c5"] and many.vocab.separator == " "
+
+
+def test_dyck_exact_probabilities_sum_to_one_and_match_samples() -> None:
+    src = Dyck(2, p_open=0.4, p_end=0.35, max_depth=2, max_length=6)
+    support = enumerate_support(src, [], src.max_sequence_length)
+    assert math.isclose(sum(support.values()), 1.0, abs_tol=1e-12)
+    assert all(src.is_valid(list(s)) for s in support)
+    assert max(len(s) for s in support) == src.max_sequence_length
+    check_against_samples(src, seed=1, support=support)
+
+
+def test_dyck_default_matches_samples() -> None:
+    check_against_samples(Dyck(), seed=2)
+
+
+def test_dyck_sequence_logprob_hand_computed() -> None:
+    src = Dyck(2, p_open=0.5, p_end=0.3, max_depth=4, max_length=16)
+    seq = src.vocab.encode(["(", ")", "[", "]", "<eos>"])
+    # "(" 1/2 (first bracket must open, uniform kind), ")" 1-p_open, "[" (1-p_end)/2, "]" 1-p_open, eos p_end.
+    expected = 0.5 * 0.5 * (0.7 / 2) * 0.5 * 0.3
+    assert math.isclose(sequence_logprob(src, [], seq), math.log(expected), rel_tol=1e-12)
+    # Limits force moves: depth 1 forces a close, a full length forces eos.
+    tight = Dyck(1, p_end=0.3, max_depth=1, max_length=4)
+    seq = tight.vocab.encode(["(", ")", "(", ")", "<eos>"])
+    assert math.isclose(sequence_logprob(tight, [], seq), math.log(0.7), rel_tol=1e-12)
+
+
+def test_dyck_rejects_and_gives_minus_inf_off_support() -> None:
+    src = Dyck(2, max_depth=2, max_length=6)
+    enc = src.vocab.encode
+    bad = [
+        enc(["(", "]", "<eos>"]),  # wrong closer
+        enc([")", "(", "<eos>"]),  # closer on an empty stack
+        enc(["(", "<eos>"]),  # unbalanced
+        enc(["<eos>"]),  # empty sequence
+        enc(["(", ")"]),  # no eos
+        enc(["(", ")", "<eos>", "<eos>"]),  # eos twice
+        enc(["(", "(", "(", ")", ")", ")", "<eos>"]),  # depth 3 > max_depth
+        enc(["(", ")"] * 4 + ["<eos>"]),  # 8 brackets > max_length
+        [0, src.vocab.backspace_id, 1, src.vocab.eos_id],  # backspace inside a sequence
+    ]
+    for seq in bad:
+        assert not src.is_valid(seq), src.vocab.decode(seq)
+    assert src.is_valid(enc(["(", "[", "]", ")", "<eos>"]))
+    for prefix in (enc(["(", "]"]), enc(["(", ")", "<eos>"]), enc(["(", "(", "("])):
+        lp = src.next_token_logprobs(prefix)
+        assert lp.shape == (src.vocab.n_actions,) and np.all(lp == -np.inf)
+    with pytest.raises(ValueError, match="backspace"):
+        src.next_token_logprobs([0, src.vocab.backspace_id])
+
+
+def test_dyck_seeded_reproducibility() -> None:
+    src = Dyck()
+    a = [src.sample(np.random.default_rng(7)) for _ in range(3)]
+    b = [src.sample(np.random.default_rng(7)) for _ in range(3)]
+    assert a == b
+    rng1, rng2 = np.random.default_rng(3), np.random.default_rng(3)
+    assert [src.sample(rng1) for _ in range(20)] == [src.sample(rng2) for _ in range(20)]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"n_types": 0}, ValueError, "n_types"),
+        ({"n_types": 2.0}, TypeError, "n_types"),
+        ({"max_depth": 0}, ValueError, "max_depth"),
+        ({"max_length": 0}, ValueError, "max_length"),
+        ({"max_length": 7}, ValueError, "use 6 or 8"),
+        ({"p_open": 0.0}, ValueError, "p_open"),
+        ({"p_end": 1.0}, ValueError, "p_end"),
+        ({"p_end": -0.1}, ValueError, "p_end"),
+    ],
+)
+def test_dyck_bad_arguments(kwargs: dict[str, object], exc: type[Exception], match: str) -> None:
+    with pytest.raises(exc, match=match):
+        Dyck(**kwargs)  # type: ignore[arg-type]
