@@ -1,0 +1,880 @@
+"""Demonstrations: expert trajectories, backspace augmentation, flat transitions, and files.
+
+A demonstration is a :class:`Trajectory`: a prompt and the action history that continues it, with a
+per-action ``expert`` mask (``False`` marks an inserted mistake). Which state an action history leads to is
+defined once, in :mod:`seqgym.dynamics`; everything here is built on it and tested against it.
+
+- :func:`collect` draws clean expert trajectories from a source.
+- :func:`augment` inserts a wrong token followed by ``<backspace>`` before each expert action with probability
+  ``p_noise`` (``sequencematch.md`` §4), so a learner sees states it must recover from.
+- :func:`to_transitions` flattens trajectories into ``(obs, acts, next_obs, dones)`` arrays in
+  :class:`~seqgym.env.SequenceEnv`'s observation format, for SB3 / imitation-style consumers.
+- :func:`save_demonstrations` / :func:`load_demonstrations` store a set in one ``.npz`` file, written
+  atomically.
+
+Example:
+    >>> import numpy as np
+    >>> from seqgym.vocab import Vocabulary
+    >>> from seqgym.data import Trajectory, augment, to_transitions
+    >>> v = Vocabulary(["a", "b", "c"])              # a=0 b=1 c=2 eos=3 backspace=4 pad=5
+    >>> clean = Trajectory.from_completion([0], [1, 2, v.eos_id], vocab=v)
+    >>> clean.final(), len(clean), clean.terminal
+    ([0, 1, 2, 3], 3, True)
+    >>> noisy = augment([clean], 0.5, rng=9)[0]      # a wrong "b" and its backspace before the "c"
+    >>> v.decode(noisy.actions), noisy.expert.tolist()
+    ('bb<bksp>c<eos>', [True, False, True, True, True])
+    >>> noisy.final() == clean.final() and noisy.clean() == clean
+    True
+    >>> batch = to_transitions([noisy], max_length=5)
+    >>> batch.obs                                      # visible sequence, left-aligned, padded with pad=5
+    array([[0, 5, 5, 5, 5],
+           [0, 1, 5, 5, 5],
+           [0, 1, 1, 5, 5],
+           [0, 1, 5, 5, 5],
+           [0, 1, 2, 5, 5]])
+    >>> batch.acts.tolist(), batch.expert.tolist(), batch.dones.tolist()
+    ([1, 1, 4, 2, 3], [True, False, True, True, True], [False, False, False, False, True])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import secrets
+import zipfile
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from seqgym import dynamics
+from seqgym.vocab import Vocabulary
+
+__all__ = [
+    "FORMAT_VERSION",
+    "DemonstrationFileError",
+    "NoiseFn",
+    "Trajectory",
+    "Transitions",
+    "augment",
+    "collect",
+    "load_demonstrations",
+    "save_demonstrations",
+    "to_transitions",
+    "uniform_noise",
+]
+
+#: Version of the ``.npz`` layout written by :func:`save_demonstrations`; :func:`load_demonstrations` reads
+#: exactly this version.
+FORMAT_VERSION = 1
+_FORMAT_NAME = "seqgym-demonstrations"
+
+#: ``noise(trajectory, positions, rng) -> wrong_tokens``: for a trajectory and the action indices
+#: ``positions`` (int64, shape ``(K,)``, increasing) chosen for corruption, return ``K`` wrong token ids
+#: (shape ``(K,)``): each an ordinary token (``0 .. n_tokens-1``, never eos or backspace) different from
+#: ``trajectory.actions[positions]``. The wrong token at ``positions[j]`` is inserted in state
+#: ``trajectory.states()[positions[j]]``. Called once per trajectory with every position at once, so a
+#: language model can propose all its mistakes in one forward pass.
+NoiseFn = Callable[["Trajectory", np.ndarray, np.random.Generator], np.ndarray]
+
+RngLike = np.random.Generator | int
+
+
+class DemonstrationFileError(ValueError):
+    """A demonstration file is corrupt, truncated, of another format version, or holds another vocabulary."""
+
+
+# ------------------------------------------------------------------------------------------------------------
+# helpers
+def _as_generator(rng: RngLike) -> np.random.Generator:
+    if isinstance(rng, np.random.Generator):
+        return rng
+    if isinstance(rng, (int, np.integer)) and not isinstance(rng, (bool, np.bool_)):
+        return np.random.default_rng(int(rng))
+    raise TypeError(f"rng must be a numpy.random.Generator or an int seed, got {type(rng).__name__}.")
+
+
+def _as_ids(x: Any, what: str) -> np.ndarray:
+    """A fresh, 1-D int64 copy of ``x`` (any integer sequence or array)."""
+    arr = np.array(x, copy=True)
+    if arr.ndim != 1:
+        raise ValueError(f"{what} must be a 1-D sequence of ids, got an array of shape {arr.shape}.")
+    if arr.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"{what} must hold integer ids, got dtype {arr.dtype}.")
+    return arr.astype(np.int64, copy=False)
+
+
+def _as_flags(x: Any, what: str) -> np.ndarray:
+    """A fresh, 1-D bool copy of ``x``."""
+    arr = np.array(x, copy=True)
+    if arr.ndim != 1:
+        raise ValueError(f"{what} must be a 1-D sequence of booleans, got an array of shape {arr.shape}.")
+    if arr.size == 0:
+        return np.zeros(0, dtype=np.bool_)
+    if arr.dtype != np.bool_:
+        raise TypeError(f"{what} must hold booleans (True/False), got dtype {arr.dtype}.")
+    return arr
+
+
+def _readonly(arr: np.ndarray) -> np.ndarray:
+    arr.setflags(write=False)
+    return arr
+
+
+def _id_name(i: int, vocab: Vocabulary) -> str:
+    if i == vocab.eos_id:
+        return f"the eos id {i}"
+    if i == vocab.backspace_id:
+        return f"the backspace id {i}"
+    if i == vocab.pad_id:
+        return f"the pad id {i}"
+    return f"unknown id {i}"
+
+
+def _check_vocab(vocab: object) -> Vocabulary:
+    if not isinstance(vocab, Vocabulary):
+        raise TypeError(f"vocab must be a seqgym.vocab.Vocabulary, got {type(vocab).__name__}.")
+    return vocab
+
+
+def _common_vocab(trajectories: Sequence[Trajectory], what: str) -> Vocabulary | None:
+    """The one vocabulary of ``trajectories`` (``None`` if empty); ``ValueError`` if they disagree."""
+    if not trajectories:
+        return None
+    vocab = trajectories[0].vocab
+    for k, t in enumerate(trajectories):
+        if t.vocab is not vocab and t.vocab != vocab:
+            raise ValueError(
+                f"{what}: trajectory {k} has another vocabulary than trajectory 0 ({t.vocab!r} vs "
+                f"{vocab!r}); all trajectories of one set must share one vocabulary."
+            )
+    return vocab
+
+
+def _as_trajectory_list(trajectories: Iterable[Trajectory], what: str) -> list[Trajectory]:
+    if isinstance(trajectories, Trajectory):
+        raise TypeError(f"{what} takes a list of trajectories; wrap the single trajectory in a list.")
+    out = list(trajectories)
+    for k, t in enumerate(out):
+        if not isinstance(t, Trajectory):
+            raise TypeError(f"{what}: item {k} is a {type(t).__name__}, not a seqgym.data.Trajectory.")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
+class Trajectory:
+    """One demonstration: a prompt and the action history that continues it.
+
+    All arrays are converted to fresh, read-only numpy arrays and validated at construction; invalid input
+    raises ``ValueError`` (or ``TypeError`` for a wrong type) saying what to change.
+
+    Args:
+        prompt: int64, shape ``(P,)``: the prompt; ordinary token ids only (no eos, backspace or pad). May be
+            empty.
+        actions: int64, shape ``(T,)``: the action history, ids in ``0 .. vocab.n_actions - 1`` (pad is never
+            an action). Nothing follows eos, and no backspace is taken at the prompt boundary (a demonstration
+            never tries to delete the prompt, although the environment would treat that as a no-op).
+        terminal: whether the episode ended with eos; must equal ``actions[-1] == vocab.eos_id``. ``False``
+            means a cut (truncated) episode.
+        expert: bool, shape ``(T,)``: ``False`` marks an inserted mistake, an action the expert would not
+            take; the ``<backspace>`` that repairs it is an expert action (``True``).
+        vocab: the vocabulary that gives the special ids. Not part of equality and not shown in ``repr``.
+
+    Equality (``==``) compares ``prompt``, ``actions``, ``expert`` element-wise and ``terminal``; the
+    vocabulary is not compared. Trajectories are not hashable.
+
+    Example:
+        >>> from seqgym.vocab import Vocabulary
+        >>> v = Vocabulary(["a", "b"])                   # a=0 b=1 eos=2 backspace=3
+        >>> t = Trajectory(prompt=[0], actions=[1, 0, 3, 2], terminal=True, expert=[True, False, True, True],
+        ...                vocab=v)
+        >>> t.states()
+        [[0], [0, 1], [0, 1, 0], [0, 1], [0, 1, 2]]
+        >>> t.final(), t.visible_lengths().tolist(), t.n_backspaces, t.n_mistakes
+        ([0, 1, 2], [1, 2, 3, 2, 3], 1, 1)
+        >>> Trajectory(prompt=[0], actions=[3], terminal=False, expert=[True], vocab=v)
+        Traceback (most recent call last):
+        ...
+        ValueError: actions[0] is a backspace at the prompt boundary ...
+    """
+
+    prompt: np.ndarray
+    actions: np.ndarray
+    terminal: bool
+    expert: np.ndarray
+    vocab: Vocabulary = dataclasses.field(compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        vocab = _check_vocab(self.vocab)
+        prompt = _as_ids(self.prompt, "prompt")
+        actions = _as_ids(self.actions, "actions")
+        expert = _as_flags(self.expert, "expert")
+        if not isinstance(self.terminal, (bool, np.bool_)):
+            raise TypeError(
+                f"terminal must be a bool, got {type(self.terminal).__name__}: {self.terminal!r}."
+            )
+        terminal = bool(self.terminal)
+        n_tok, n_act = vocab.n_tokens, vocab.n_actions
+        P, T = prompt.shape[0], actions.shape[0]
+
+        bad = np.flatnonzero((prompt < 0) | (prompt >= n_tok))
+        if bad.size:
+            i = int(bad[0])
+            raise ValueError(
+                f"prompt[{i}] is {_id_name(int(prompt[i]), vocab)}; a prompt holds only ordinary token ids "
+                f"0..{n_tok - 1}."
+            )
+        bad = np.flatnonzero((actions < 0) | (actions >= n_act))
+        if bad.size:
+            i = int(bad[0])
+            a = int(actions[i])
+            hint = " (the pad id, which is never an action)" if a == vocab.pad_id else ""
+            raise ValueError(f"actions[{i}] = {a} is out of range{hint}: valid actions are 0..{n_act - 1}.")
+        eos_at = np.flatnonzero(actions == vocab.eos_id)
+        if eos_at.size and int(eos_at[0]) != T - 1:
+            raise ValueError(
+                f"actions[{int(eos_at[0]) + 1}] follows eos (taken at step {int(eos_at[0])}); an episode "
+                "ends at eos, so eos may only be the last action."
+            )
+        ends_with_eos = T > 0 and int(actions[-1]) == vocab.eos_id
+        if terminal != ends_with_eos:
+            raise ValueError(
+                f"terminal={terminal} but the last action is {'' if ends_with_eos else 'not '}eos; terminal "
+                "must be True exactly when the trajectory ends with eos."
+            )
+        # Visible length after each action: +1 for a token, -1 for a backspace. It drops below P exactly at
+        # the first backspace taken at the prompt boundary.
+        lengths = P + np.cumsum(np.where(actions == vocab.backspace_id, -1, 1))  # (T,)
+        below = np.flatnonzero(lengths < P)
+        if below.size:
+            raise ValueError(
+                f"actions[{int(below[0])}] is a backspace at the prompt boundary (nothing generated to "
+                "delete); a demonstration never deletes the prompt. Remove that backspace."
+            )
+        if expert.shape != (T,):
+            raise ValueError(f"expert must have one flag per action, shape ({T},); got shape {expert.shape}.")
+
+        object.__setattr__(self, "prompt", _readonly(prompt))
+        object.__setattr__(self, "actions", _readonly(actions))
+        object.__setattr__(self, "expert", _readonly(expert))
+        object.__setattr__(self, "terminal", terminal)
+
+    # --------------------------------------------------------------------------------------------------------
+    @classmethod
+    def from_completion(
+        cls, prompt: Sequence[int] | np.ndarray, completion: Sequence[int] | np.ndarray, *, vocab: Vocabulary
+    ) -> Trajectory:
+        """A clean expert trajectory that writes ``completion`` after ``prompt`` (all actions expert).
+
+        ``completion`` is what :meth:`Source.sample <seqgym.sources.base.Source.sample>` returns: token ids,
+        usually ending with eos (``terminal`` is set from it). It may not hold backspace.
+        """
+        _check_vocab(vocab)
+        completion = _as_ids(completion, "completion")
+        vocab.check_ids(completion.tolist(), what="completion", allow_eos=True)
+        terminal = completion.size > 0 and int(completion[-1]) == vocab.eos_id
+        return cls(
+            prompt=_as_ids(prompt, "prompt"),
+            actions=completion,
+            terminal=terminal,
+            expert=np.ones(completion.shape[0], dtype=np.bool_),
+            vocab=vocab,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Trajectory):
+            return NotImplemented
+        return (
+            self.terminal == other.terminal
+            and np.array_equal(self.prompt, other.prompt)
+            and np.array_equal(self.actions, other.actions)
+            and np.array_equal(self.expert, other.expert)
+        )
+
+    def __len__(self) -> int:
+        """Number of actions ``T``."""
+        return int(self.actions.shape[0])
+
+    @property
+    def prompt_length(self) -> int:
+        """``P``, the number of prompt ids."""
+        return int(self.prompt.shape[0])
+
+    @property
+    def n_backspaces(self) -> int:
+        """Number of backspace actions."""
+        return int(np.count_nonzero(self.actions == self.vocab.backspace_id))
+
+    @property
+    def n_mistakes(self) -> int:
+        """Number of non-expert actions (inserted mistakes)."""
+        return int(self.expert.shape[0] - np.count_nonzero(self.expert))
+
+    def states(self) -> list[list[int]]:
+        """The ``T+1`` visible sequences ``[u_0 = prompt, ..., u_T]`` (:func:`seqgym.dynamics.states`)."""
+        return dynamics.states(self.prompt.tolist(), self.actions.tolist(), self.vocab)
+
+    def final(self) -> list[int]:
+        """The final visible sequence: prompt + surviving generated ids, eos included if taken."""
+        return dynamics.replay(self.prompt.tolist(), self.actions.tolist(), self.vocab)
+
+    def visible_lengths(self) -> np.ndarray:
+        """int64, shape ``(T+1,)``: ``len(u_i)`` for each state, ``u_0`` = prompt.
+
+        Equals ``[len(s) for s in self.states()]`` without building the states.
+        """
+        steps = np.where(self.actions == self.vocab.backspace_id, -1, 1)  # (T,)
+        return self.prompt_length + np.concatenate([[0], np.cumsum(steps)]).astype(np.int64)
+
+    def clean(self) -> Trajectory:
+        """The backspace-free trajectory that reaches the same final sequence (what plain MLE trains on).
+
+        Surviving actions keep their expert flags, so for a trajectory made by :func:`augment` this is the
+        original clean trajectory.
+        """
+        bk = self.vocab.backspace_id
+        keep: list[int] = []  # indices of the actions whose tokens are visible at the end
+        for i, a in enumerate(self.actions.tolist()):
+            if a == bk:
+                keep.pop()  # validated: never at the prompt boundary
+            else:
+                keep.append(i)
+        idx = np.asarray(keep, dtype=np.int64)
+        return Trajectory(
+            prompt=self.prompt,
+            actions=self.actions[idx],
+            terminal=self.terminal,
+            expert=self.expert[idx],
+            vocab=self.vocab,
+        )
+
+
+# ------------------------------------------------------------------------------------------------------------
+def collect(source: Any, n: int, rng: RngLike) -> list[Trajectory]:
+    """Draw ``n`` clean expert trajectories from ``source.sample(rng)``.
+
+    Args:
+        source: a :class:`~seqgym.sources.base.Source` (``vocab`` and ``sample(rng)``).
+        n: number of trajectories, ``n >= 0``.
+        rng: a ``numpy.random.Generator`` (advanced in place) or an int seed.
+
+    Returns:
+        ``n`` trajectories with every action expert; ``terminal`` is True when the completion ends with eos.
+
+    Example:
+        >>> import numpy as np
+        >>> from seqgym.vocab import Vocabulary
+        >>> class Twice:
+        ...     vocab = Vocabulary(["x", "y"])
+        ...     def sample(self, rng):
+        ...         t = int(rng.integers(0, 2))
+        ...         return [t], [t, t, self.vocab.eos_id]
+        >>> [t.final() for t in collect(Twice(), 3, rng=np.random.default_rng(2))]
+        [[1, 1, 1, 2], [0, 0, 0, 2], [0, 0, 0, 2]]
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise ValueError(f"n must be a non-negative int (the number of trajectories), got {n!r}.")
+    vocab = getattr(source, "vocab", None)
+    if not isinstance(vocab, Vocabulary) or not callable(getattr(source, "sample", None)):
+        raise TypeError(
+            f"source must follow seqgym.sources.Source (a `vocab` Vocabulary and `sample(rng)`); got "
+            f"{type(source).__name__}."
+        )
+    gen = _as_generator(rng)
+    name = getattr(source, "name", type(source).__name__)
+    out: list[Trajectory] = []
+    for k in range(int(n)):
+        sample = source.sample(gen)
+        try:
+            prompt, completion = sample
+            out.append(Trajectory.from_completion(prompt, completion, vocab=vocab))
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"source {name!r} returned an invalid sample (number {k}): {e}") from e
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------------
+def uniform_noise(trajectory: Trajectory, positions: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The ``"uniform"`` :data:`NoiseFn`: each wrong token uniform over the ordinary tokens but the expert's.
+
+    Args:
+        trajectory: the trajectory being corrupted.
+        positions: int64, shape ``(K,)``: action indices chosen for corruption.
+        rng: the generator to draw from.
+
+    Returns:
+        int64, shape ``(K,)``: ``w[j]`` uniform over ``{0 .. n_tokens-1} \\ {actions[positions[j]]}`` (all
+        ordinary tokens when the expert's action is eos or backspace).
+
+    Raises:
+        ValueError: if no wrong token exists (a one-token vocabulary where the expert writes that token).
+    """
+    n_tok = trajectory.vocab.n_tokens
+    expert_action = trajectory.actions[np.asarray(positions, dtype=np.int64)]  # (K,)
+    is_token = expert_action < n_tok  # (K,) the expert's action is an ordinary token: exclude it
+    if n_tok == 1 and is_token.any():
+        raise ValueError(
+            "uniform noise needs at least 2 ordinary tokens to draw a wrong one in place of a token."
+        )
+    r = rng.integers(0, n_tok - is_token.astype(np.int64))  # (K,) uniform over n_tok or n_tok-1 values
+    return (r + (is_token & (r >= expert_action))).astype(np.int64)  # skip over the expert's token
+
+
+def augment(
+    trajectories: Iterable[Trajectory],
+    p_noise: float,
+    rng: RngLike,
+    noise: str | NoiseFn = "uniform",
+    *,
+    max_length: int | None = None,
+) -> list[Trajectory]:
+    """Insert a wrong token and ``<backspace>`` before each expert action with probability ``p_noise``.
+
+    ``sequencematch.md`` §4: clean expert data never shows a state to recover from. Before every action ``i``
+    with ``expert[i]`` True (every action of a clean trajectory, eos included), independently with probability
+    ``p_noise``, the pair ``(w, <backspace>)`` is inserted, where ``w`` is an ordinary token different from
+    ``actions[i]``. The pair leaves the state unchanged, so the augmented trajectory replays to exactly the
+    same final sequence. In the ``expert`` mask, ``w`` is ``False`` (masked out of expert / BC terms) and the
+    backspace after it is ``True`` (the right action in the state after a mistake).
+
+    Args:
+        trajectories: the trajectories to augment (usually clean ones from :func:`collect`).
+        p_noise: insertion probability per position, in ``[0, 1]``.
+        rng: a ``numpy.random.Generator`` (advanced in place) or an int seed. The draws per trajectory are
+            ``T`` uniforms for the positions, then whatever ``noise`` draws.
+        noise: ``"uniform"`` (:func:`uniform_noise`) or a :data:`NoiseFn` ``(trajectory, positions, rng) ->
+            wrong_tokens``, e.g. samples from a model ("model noise"); its output is validated.
+        max_length: if given, skip positions where the wrong token would make the visible sequence reach
+            ``max_length`` (the environment truncates there), so the augmented trajectory plays out in a
+            ``SequenceEnv(max_length=max_length)``. ``None``: no limit.
+
+    Returns:
+        One new trajectory per input, in order (the input itself where nothing was inserted).
+
+    Raises:
+        ValueError: ``p_noise`` outside ``[0, 1]``, an unknown noise name, or a ``NoiseFn`` output of the
+            wrong shape, or holding a non-ordinary token or the expert's own action.
+    """
+    p = float(p_noise)
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"p_noise must be a probability in [0, 1], got {p_noise!r}.")
+    if max_length is not None and (
+        isinstance(max_length, bool) or int(max_length) != max_length or max_length < 1
+    ):
+        raise ValueError(f"max_length must be a positive int or None, got {max_length!r}.")
+    noise_fn: NoiseFn
+    if isinstance(noise, str):
+        if noise != "uniform":
+            raise ValueError(
+                f"Unknown noise {noise!r}: use 'uniform' or a callable (trajectory, positions, rng)."
+            )
+        noise_fn = uniform_noise
+    elif callable(noise):
+        noise_fn = noise
+    else:
+        raise TypeError(f"noise must be 'uniform' or a callable, got {type(noise).__name__}.")
+    gen = _as_generator(rng)
+
+    out: list[Trajectory] = []
+    for k, traj in enumerate(_as_trajectory_list(trajectories, "augment")):
+        T = len(traj)
+        vocab = traj.vocab
+        coin = gen.random(T) < p  # (T,)
+        eligible = traj.expert.copy()  # (T,)
+        if max_length is not None:
+            eligible &= traj.visible_lengths()[:-1] + 1 < max_length
+        if noise_fn is uniform_noise and vocab.n_tokens == 1:
+            eligible &= traj.actions >= vocab.n_tokens  # no wrong token exists in place of the only token
+        chosen = np.flatnonzero(coin & eligible).astype(np.int64)  # (K,)
+        K = int(chosen.shape[0])
+        if K == 0:
+            out.append(traj)
+            continue
+        wrong = _check_noise(noise_fn(traj, _readonly(chosen.copy()), gen), traj, chosen, k)  # (K,)
+
+        # Original action i moves to i + 2 * (number of insertions at or before i).
+        inserted = np.zeros(T, dtype=np.int64)
+        inserted[chosen] = 1
+        new_pos = np.arange(T) + 2 * np.cumsum(inserted)  # (T,)
+        actions = np.empty(T + 2 * K, dtype=np.int64)
+        expert = np.empty(T + 2 * K, dtype=np.bool_)
+        actions[new_pos] = traj.actions
+        expert[new_pos] = traj.expert
+        actions[new_pos[chosen] - 2] = wrong
+        expert[new_pos[chosen] - 2] = False
+        actions[new_pos[chosen] - 1] = vocab.backspace_id
+        expert[new_pos[chosen] - 1] = True
+        out.append(
+            Trajectory(
+                prompt=traj.prompt, actions=actions, terminal=traj.terminal, expert=expert, vocab=vocab
+            )
+        )
+    return out
+
+
+def _check_noise(wrong: Any, traj: Trajectory, chosen: np.ndarray, k: int) -> np.ndarray:
+    """Validate a NoiseFn's output: shape ``(K,)``, ordinary tokens, never the expert's action."""
+    w = np.asarray(wrong)
+    where = f"noise function output for trajectory {k}"
+    if w.shape != chosen.shape:
+        raise ValueError(
+            f"{where} has shape {w.shape}; expected one token per position, shape {chosen.shape}."
+        )
+    if w.size and (w.dtype == np.bool_ or not np.issubdtype(w.dtype, np.integer)):
+        raise ValueError(f"{where} must hold integer token ids, got dtype {w.dtype}.")
+    w = w.astype(np.int64)
+    n_tok = traj.vocab.n_tokens
+    bad = np.flatnonzero((w < 0) | (w >= n_tok))
+    if bad.size:
+        j = int(bad[0])
+        raise ValueError(
+            f"{where}: token {int(w[j])} at position {int(chosen[j])} is not an ordinary token; a wrong "
+            f"token must be in 0..{n_tok - 1} (never eos, backspace or pad)."
+        )
+    same = np.flatnonzero(w == traj.actions[chosen])
+    if same.size:
+        j = int(same[0])
+        raise ValueError(
+            f"{where}: token {int(w[j])} at position {int(chosen[j])} equals the expert's action there; a "
+            "wrong token must differ from it."
+        )
+    return w
+
+
+# ------------------------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
+class Transitions:
+    """Flat ``(state, action, next state)`` arrays of trajectories, in ``SequenceEnv``'s observation format.
+
+    Row ``n`` is one step; the rows of a trajectory are consecutive and in order. Observations are the visible
+    sequence (prompt + generated ids, eos included once taken), left-aligned and padded with ``vocab.pad_id``.
+    The arrays are fresh and writable (not shared with the trajectories). Index with an int array, a bool mask
+    or a slice to get a sub-batch: ``batch[idx]``.
+
+    Attributes:
+        obs: int64 ``(N, max_length)``: state before the action.
+        acts: int64 ``(N,)``: the action.
+        next_obs: int64 ``(N, max_length)``: state after the action.
+        dones: bool ``(N,)``: True at the last step of a terminal trajectory (eos); a cut trajectory ends with
+            ``False`` there (a time limit, not a terminal state).
+        expert: bool ``(N,)``: the trajectory's expert flag of the action.
+        lengths: int64 ``(N,)``: visible length of ``obs`` (number of non-pad ids).
+        prompt_lengths: int64 ``(N,)``: prompt length of the trajectory; backspace is allowed in ``obs[n]``
+            iff ``lengths[n] > prompt_lengths[n]``.
+    """
+
+    obs: np.ndarray
+    acts: np.ndarray
+    next_obs: np.ndarray
+    dones: np.ndarray
+    expert: np.ndarray
+    lengths: np.ndarray
+    prompt_lengths: np.ndarray
+
+    def __post_init__(self) -> None:
+        n = self.acts.shape[0]
+        if self.obs.ndim != 2 or self.obs.shape[0] != n or self.next_obs.shape != self.obs.shape:
+            raise ValueError(
+                f"obs and next_obs must both have shape (N, max_length) with N = len(acts) = {n}; got "
+                f"{self.obs.shape} and {self.next_obs.shape}."
+            )
+        for name in ("acts", "dones", "expert", "lengths", "prompt_lengths"):
+            if getattr(self, name).shape != (n,):
+                raise ValueError(f"{name} must have shape ({n},), got {getattr(self, name).shape}.")
+
+    def __len__(self) -> int:
+        return int(self.acts.shape[0])
+
+    def __getitem__(self, key: Any) -> Transitions:
+        if isinstance(key, (int, np.integer)):
+            key = slice(int(key), int(key) + 1 or None)
+        return Transitions(**{f.name: getattr(self, f.name)[key] for f in dataclasses.fields(self)})
+
+
+def _state_matrix(traj: Trajectory, lengths: np.ndarray, max_length: int) -> np.ndarray:
+    """int64 ``(T+1, max_length)``: every state of ``traj``, padded; needs ``lengths.max() <= max_length``.
+
+    Step ``t`` writes one cell: a token goes to column ``lengths[t]``, a backspace writes pad to column
+    ``lengths[t] - 1``. A cell of state ``i`` holds the last value written to its column at or before row
+    ``i``.
+    """
+    vocab = traj.vocab
+    T, P, L = len(traj), traj.prompt_length, max_length
+    values = np.full((T + 1, L), vocab.pad_id, dtype=np.int64)  # (T+1, L) value written at (row, col)
+    written = np.zeros((T + 1, L), dtype=np.bool_)  # (T+1, L)
+    values[0, :P] = traj.prompt
+    written[0] = True  # row 0 is the whole initial state
+    is_bk = traj.actions == vocab.backspace_id  # (T,)
+    col = np.where(is_bk, lengths[:-1] - 1, lengths[:-1])  # (T,)
+    rows = np.arange(1, T + 1)
+    values[rows, col] = np.where(is_bk, vocab.pad_id, traj.actions)
+    written[rows, col] = True
+    last = np.where(written, np.arange(T + 1)[:, None], 0)  # (T+1, L) row of the latest write so far
+    np.maximum.accumulate(last, axis=0, out=last)
+    return values[last, np.arange(L)[None, :]]
+
+
+def to_transitions(trajectories: Iterable[Trajectory], *, max_length: int) -> Transitions:
+    """Flatten trajectories into :class:`Transitions` (obs and next_obs in ``SequenceEnv``'s format).
+
+    Args:
+        trajectories: trajectories sharing one vocabulary.
+        max_length: observation width, the ``max_length`` of the environment the data is meant for.
+
+    Raises:
+        ValueError: if a state of some trajectory is longer than ``max_length`` (the message names the
+            trajectory and the length needed), or if the trajectories have different vocabularies.
+    """
+    if isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)) or max_length < 1:
+        raise ValueError(f"max_length must be a positive int, got {max_length!r}.")
+    L = int(max_length)
+    trajs = _as_trajectory_list(trajectories, "to_transitions")
+    vocab = _common_vocab(trajs, "to_transitions")
+    N = sum(len(t) for t in trajs)
+    pad = vocab.pad_id if vocab is not None else 0
+    obs = np.full((N, L), pad, dtype=np.int64)  # (N, L)
+    next_obs = np.full((N, L), pad, dtype=np.int64)  # (N, L)
+    acts = np.zeros(N, dtype=np.int64)
+    dones = np.zeros(N, dtype=np.bool_)
+    expert = np.zeros(N, dtype=np.bool_)
+    lengths = np.zeros(N, dtype=np.int64)
+    prompt_lengths = np.zeros(N, dtype=np.int64)
+    row = 0
+    for k, traj in enumerate(trajs):
+        T = len(traj)
+        vis = traj.visible_lengths()  # (T+1,)
+        longest = int(vis.max())
+        if longest > L:
+            raise ValueError(
+                f"trajectory {k} reaches a visible length of {longest} > max_length={L}; raise max_length or "
+                "drop that trajectory."
+            )
+        if T == 0:
+            continue
+        states = _state_matrix(traj, vis, L)  # (T+1, L)
+        sl = slice(row, row + T)
+        obs[sl] = states[:-1]
+        next_obs[sl] = states[1:]
+        acts[sl] = traj.actions
+        dones[row + T - 1] = traj.terminal
+        expert[sl] = traj.expert
+        lengths[sl] = vis[:-1]
+        prompt_lengths[sl] = traj.prompt_length
+        row += T
+    return Transitions(
+        obs=obs,
+        acts=acts,
+        next_obs=next_obs,
+        dones=dones,
+        expert=expert,
+        lengths=lengths,
+        prompt_lengths=prompt_lengths,
+    )
+
+
+# ------------------------------------------------------------------------------------------------------------
+# files
+_KEYS = ("header", "prompts", "prompt_offsets", "actions", "action_offsets", "expert", "terminal")
+
+
+def _offsets(lengths: list[int]) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(np.asarray(lengths, dtype=np.int64))]).astype(np.int64)
+
+
+def save_demonstrations(
+    path: str | os.PathLike[str], trajectories: Iterable[Trajectory], *, vocab: Vocabulary | None = None
+) -> None:
+    """Write a demonstration set to one ``.npz`` file, atomically.
+
+    The file holds a JSON header (format name, :data:`FORMAT_VERSION`, vocabulary, count) and the concatenated
+    prompts, actions, expert flags with their offsets, and the terminal flags. It is written to a temporary
+    file in the same directory, flushed to disk (``fsync``), then renamed over ``path`` (``os.replace``): a
+    reader sees either the old file or the complete new one, and a failure leaves the old file untouched and
+    no temporary file behind. ``path`` is used as given (no extension is added).
+
+    Args:
+        path: target file.
+        trajectories: trajectories sharing one vocabulary. May be empty, then ``vocab`` is required.
+        vocab: the vocabulary to record; optional when there are trajectories (must then equal theirs).
+
+    Raises:
+        ValueError: different vocabularies, or an empty set without ``vocab``.
+    """
+    trajs = _as_trajectory_list(trajectories, "save_demonstrations")
+    found = _common_vocab(trajs, "save_demonstrations")
+    if vocab is not None:
+        _check_vocab(vocab)
+        if found is not None and found != vocab:
+            raise ValueError(
+                f"save_demonstrations: the trajectories' vocabulary differs from vocab=: {found!r}."
+            )
+    elif found is None:
+        raise ValueError("save_demonstrations: an empty set records no vocabulary; pass vocab=.")
+    v = vocab if vocab is not None else found
+    assert v is not None
+    header = {
+        "format": _FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "vocab": v.to_dict(),
+        "n_trajectories": len(trajs),
+    }
+    arrays: dict[str, Any] = {
+        "header": np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8),
+        "prompts": np.concatenate([np.zeros(0, np.int64), *(t.prompt for t in trajs)]),
+        "prompt_offsets": _offsets([t.prompt_length for t in trajs]),
+        "actions": np.concatenate([np.zeros(0, np.int64), *(t.actions for t in trajs)]),
+        "action_offsets": _offsets([len(t) for t in trajs]),
+        "expert": np.concatenate([np.zeros(0, np.bool_), *(t.expert for t in trajs)]),
+        "terminal": np.asarray([t.terminal for t in trajs], dtype=np.bool_).reshape(len(trajs)),
+    }
+    _atomic_write_npz(os.fspath(path), arrays)
+
+
+def _atomic_write_npz(path: str, arrays: dict[str, Any]) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    base = os.path.basename(path)
+    while True:  # a fresh, unique temporary name next to the target (O_EXCL: never reuse an existing file)
+        tmp = os.path.join(directory, f".{base}.{secrets.token_hex(6)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for open()
+            break
+        except FileExistsError:
+            continue
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez_compressed(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    # Make the rename itself durable; not possible on every platform (e.g. Windows), hence best effort.
+    with contextlib.suppress(OSError):
+        dfd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+def _vocab_difference(in_file: Vocabulary, given: Vocabulary) -> str:
+    if in_file.n_tokens != given.n_tokens:
+        return f"the file has {in_file.n_tokens} ordinary tokens, the given vocabulary {given.n_tokens}"
+    for i, (a, b) in enumerate(zip(in_file.tokens, given.tokens)):
+        if a != b:
+            return f"token {i} is {a!r} in the file and {b!r} in the given vocabulary"
+    return f"the separators differ ({in_file.separator!r} in the file, {given.separator!r} given)"
+
+
+def load_demonstrations(path: str | os.PathLike[str], *, vocab: Vocabulary | None = None) -> list[Trajectory]:
+    """Read a demonstration set written by :func:`save_demonstrations`.
+
+    Args:
+        path: the file.
+        vocab: if given, the file's vocabulary must equal it, and the trajectories use this object; otherwise
+            the file's vocabulary is used.
+
+    Returns:
+        The trajectories, in the order saved (all sharing one ``Vocabulary`` object); ``[]`` for an empty set.
+
+    Raises:
+        FileNotFoundError: no such file.
+        DemonstrationFileError: the file is corrupt or truncated, not a seqgym demonstration file, of another
+            format version, holds invalid trajectories, or its vocabulary differs from ``vocab``. The message
+            names the problem and the file.
+
+    Example:
+        >>> import os, tempfile
+        >>> from seqgym.vocab import Vocabulary
+        >>> v = Vocabulary(["a", "b"])
+        >>> demos = [Trajectory.from_completion([0], [1, 2], vocab=v),
+        ...          Trajectory.from_completion([], [0], vocab=v)]
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     save_demonstrations(os.path.join(d, "demos.npz"), demos)
+        ...     load_demonstrations(os.path.join(d, "demos.npz"), vocab=v) == demos
+        True
+    """
+    p = os.fspath(path)
+
+    def fail(problem: str) -> DemonstrationFileError:
+        return DemonstrationFileError(f"{p}: {problem}")
+
+    with open(p, "rb") as f:  # FileNotFoundError / PermissionError pass through unchanged
+        try:
+            with np.load(f, allow_pickle=False) as npz:
+                if not isinstance(npz, np.lib.npyio.NpzFile):
+                    raise fail("not an .npz archive (a single .npy array); not a seqgym demonstration file.")
+                missing = [k for k in _KEYS if k not in npz.files]
+                if "header" in missing:
+                    raise fail("no 'header' array; not a seqgym demonstration file.")
+                data = {k: npz[k] for k in _KEYS if k in npz.files}
+        except DemonstrationFileError:
+            raise
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
+            raise fail(f"corrupt or truncated file, cannot be read as .npz ({type(e).__name__}: {e}).") from e
+
+    try:
+        header = json.loads(data["header"].tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise fail(f"corrupt header, not valid JSON ({e}).") from e
+    if not isinstance(header, dict) or header.get("format") != _FORMAT_NAME:
+        raise fail("not a seqgym demonstration file (the header names another format).")
+    if header.get("version") != FORMAT_VERSION:
+        raise fail(
+            f"format version {header.get('version')!r}, but this seqgym reads version {FORMAT_VERSION}; "
+            "re-create the file with this seqgym version."
+        )
+    if missing:
+        raise fail(f"missing arrays {missing}; the file is incomplete or corrupt.")
+    try:
+        file_vocab = Vocabulary.from_dict(header["vocab"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise fail(f"corrupt vocabulary in the header ({e}).") from e
+    if vocab is not None:
+        _check_vocab(vocab)
+        if file_vocab != vocab:
+            raise fail(f"vocabulary mismatch: {_vocab_difference(file_vocab, vocab)}.")
+        file_vocab = vocab
+
+    n = header.get("n_trajectories")
+    if not isinstance(n, int) or n < 0:
+        raise fail(f"corrupt header: n_trajectories is {n!r}.")
+    for name in ("prompt_offsets", "action_offsets"):
+        off, flat = data[name], data[name.replace("_offsets", "s")]
+        if (
+            off.shape != (n + 1,)
+            or not np.issubdtype(off.dtype, np.integer)
+            or off[0] != 0
+            or np.any(np.diff(off) < 0)
+            or off[-1] != flat.shape[0]
+            or flat.ndim != 1
+        ):
+            raise fail(f"corrupt '{name}': offsets do not match {n} trajectories and the concatenated data.")
+    if data["expert"].shape != data["actions"].shape or data["terminal"].shape != (n,):
+        raise fail("corrupt 'expert' or 'terminal': shapes do not match the actions.")
+
+    po, ao = data["prompt_offsets"], data["action_offsets"]
+    prompts, actions, expert, terminal = data["prompts"], data["actions"], data["expert"], data["terminal"]
+    out: list[Trajectory] = []
+    for k in range(n):
+        try:
+            out.append(
+                Trajectory(
+                    prompt=prompts[po[k] : po[k + 1]],
+                    actions=actions[ao[k] : ao[k + 1]],
+                    terminal=bool(terminal[k]) if terminal.dtype == np.bool_ else terminal[k],
+                    expert=expert[ao[k] : ao[k + 1]],
+                    vocab=file_vocab,
+                )
+            )
+        except (ValueError, TypeError) as e:
+            raise fail(f"trajectory {k} is invalid: {e}") from e
+    return out
