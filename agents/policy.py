@@ -1,0 +1,1010 @@
+"""The language-model policy: any Hugging Face causal LM plus a ``<backspace>`` action.
+
+The LM's logits over the environment's actions are the policy's Q-values (``sequencematch.md`` §2). Three
+ways to run the model, all agreeing with :func:`seqgym.dynamics.states` (the one definition of what an action
+history means):
+
+- :meth:`LMPolicy.state_logits`: plain forward on visible sequences (the reference).
+- :meth:`LMPolicy.trajectory_logits`: ONE masked forward for whole action histories with backspaces
+  (``sequencematch.md`` §5); equal to :meth:`~LMPolicy.state_logits` on every visited state.
+- :meth:`LMPolicy.generate`: batched sampling with backspace on a KV cache; a backspace never recomputes
+  the prefix.
+
+Env ids and model ids are mapped in one place, :class:`TokenMap`. The model input always starts with a BOS
+slot (the model's bos token, which is the model id of eos for models built from a config, GPT-2 style), so an
+empty prompt works.
+
+Example:
+    >>> from seqgym.vocab import Vocabulary
+    >>> vocab = Vocabulary(["a", "b"])                 # a=0, b=1, eos=2, backspace=3
+    >>> policy = LMPolicy.from_config(vocab, n_layer=1, n_embd=16, n_head=2, n_positions=32, seed=0)
+    >>> out = policy.trajectory_logits([[0]], [[1, 3, 0, 2]])
+    >>> tuple(out.logits.shape)                        # (B, T+1, A)
+    (1, 5, 4)
+    >>> ref = policy.state_logits([[0], [0, 1], [0], [0, 0], [0, 0, 2]], [1, 1, 1, 1, 1])
+    >>> bool(torch.allclose(out.logits[0], ref, atol=1e-5))
+    True
+    >>> g = policy.generate([[0], []], max_steps=6, max_length=5, generator=torch.Generator().manual_seed(0))
+    >>> len(g.sequences), len(g.actions[0]) <= 6
+    (2, True)
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+from seqgym.vocab import Vocabulary
+
+__all__ = [
+    "POLICY_CONFIG_NAME",
+    "Generation",
+    "LMPolicy",
+    "TokenMap",
+    "TrajectoryLogits",
+    "sample_actions",
+]
+
+#: File written next to the model by :meth:`LMPolicy.save_pretrained` (vocabulary and token map).
+POLICY_CONFIG_NAME = "seqgym_policy.json"
+_FORMAT = "seqgym-lm-policy"
+_FORMAT_VERSION = 1
+
+
+# ======================================================================================================
+# Token map
+# ======================================================================================================
+class TokenMap:
+    """The one mapping between env ids (``0 .. n_actions-1`` and pad) and model token ids.
+
+    For a model built from a config the map is the identity (the model's vocabulary is the env vocabulary,
+    pad included). For a pretrained model it follows the tokenizer.
+
+    Args:
+        env_to_model: model id of every env id, in env id order; length ``len(vocab)`` (pad last).
+        bos: model id fed in the BOS slot that starts every model input.
+        model_vocab_size: number of rows of the model's embedding matrix.
+
+    Raises:
+        ValueError: a model id out of range, or two actions mapped to the same model id.
+    """
+
+    def __init__(self, env_to_model: Sequence[int], *, bos: int, model_vocab_size: int) -> None:
+        ids = [int(i) for i in env_to_model]
+        if len(ids) < 4:
+            raise ValueError(
+                f"env_to_model must map at least 4 env ids (a token, eos, backspace, pad); got {ids}."
+            )
+        for name, i in [*((f"env id {k}", m) for k, m in enumerate(ids)), ("bos", int(bos))]:
+            if not 0 <= i < model_vocab_size:
+                raise ValueError(
+                    f"{name} maps to model id {i}, outside the model vocabulary 0..{model_vocab_size - 1}."
+                )
+        actions = ids[:-1]
+        if len(set(actions)) != len(actions):
+            seen: dict[int, int] = {}
+            for k, m in enumerate(actions):
+                if m in seen:
+                    raise ValueError(
+                        f"Env actions {seen[m]} and {k} both map to model id {m}; the map must be one-to-one."
+                    )
+                seen[m] = k
+        self.env_to_model: list[int] = ids
+        self.bos: int = int(bos)
+        self.model_vocab_size: int = int(model_vocab_size)
+        self.n_actions: int = len(ids) - 1
+        self.is_identity: bool = ids == list(range(len(ids)))
+        self._table = torch.tensor(ids, dtype=torch.long)  # (len(vocab),)
+        self._actions = self._table[: self.n_actions]  # (A,)
+        self._by_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @classmethod
+    def identity(cls, vocab: Vocabulary, *, model_vocab_size: int | None = None) -> TokenMap:
+        """Env id ``i`` is model id ``i``, BOS is eos; ``model_vocab_size`` defaults to ``len(vocab)``."""
+        size = len(vocab) if model_vocab_size is None else model_vocab_size
+        return cls(list(range(len(vocab))), bos=vocab.eos_id, model_vocab_size=size)
+
+    def _tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if device not in self._by_device:
+            self._by_device[device] = (self._table.to(device), self._actions.to(device))
+        return self._by_device[device]
+
+    def to_model(self, env_ids: torch.Tensor) -> torch.Tensor:
+        """Model ids of env ids (any shape, pad allowed); same shape and device."""
+        if self.is_identity:
+            return env_ids
+        return self._tables(env_ids.device)[0][env_ids]
+
+    def action_logits(self, model_logits: torch.Tensor) -> torch.Tensor:
+        """Restrict model logits ``(..., V)`` to the env actions: ``(..., A)`` in env id order."""
+        if self.is_identity:
+            return model_logits[..., : self.n_actions]
+        return model_logits.index_select(-1, self._tables(model_logits.device)[1])
+
+    def to_env(self, model_ids: Sequence[int]) -> list[int]:
+        """Env action ids of model ids; raises ``KeyError`` for a model id that is no env action."""
+        inverse = {m: k for k, m in enumerate(self.env_to_model[:-1])}
+        out = []
+        for m in model_ids:
+            if int(m) not in inverse:
+                raise KeyError(f"Model id {int(m)} is not mapped to any env action.")
+            out.append(inverse[int(m)])
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable description, inverse of :meth:`from_dict`."""
+        return {"env_to_model": self.env_to_model, "bos": self.bos, "model_vocab_size": self.model_vocab_size}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TokenMap:
+        try:
+            return cls(d["env_to_model"], bos=int(d["bos"]), model_vocab_size=int(d["model_vocab_size"]))
+        except KeyError as e:
+            raise ValueError(
+                f"Token map dict lacks the key {e}; it needs env_to_model, bos, model_vocab_size."
+            ) from None
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TokenMap) and self.to_dict() == other.to_dict()
+
+    def __hash__(self) -> int:
+        return hash((tuple(self.env_to_model), self.bos, self.model_vocab_size))
+
+    def __repr__(self) -> str:
+        kind = "identity" if self.is_identity else "general"
+        size = self.model_vocab_size
+        return f"TokenMap({kind}, n_actions={self.n_actions}, bos={self.bos}, model_vocab_size={size})"
+
+
+# ======================================================================================================
+# Results
+# ======================================================================================================
+@dataclass(frozen=True)
+class TrajectoryLogits:
+    """Logits of every state visited by a batch of action histories (one masked forward).
+
+    Attributes:
+        logits: ``(B, T+1, A)`` float; row ``b``, index ``i`` = logits over env actions at state
+            ``u_i`` (``u_0`` = prompt), ``i = 0 .. T_b``; the backspace logit is ``-inf`` where ``u_i`` is at
+            the prompt boundary; entries with ``i > T_b`` are 0. ``T = max_b T_b``, ``A = vocab.n_actions``.
+        state_mask: ``(B, T+1)`` bool, True for ``i <= T_b``.
+        actions: ``(B, T)`` long, the actions, padded with 0.
+        action_mask: ``(B, T)`` bool, True for ``i < T_b``.
+    """
+
+    logits: torch.Tensor
+    state_mask: torch.Tensor
+    actions: torch.Tensor
+    action_mask: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Generation:
+    """Result of :meth:`LMPolicy.generate` (one entry per prompt).
+
+    Attributes:
+        sequences: final visible sequences, prompt included (eos included when taken).
+        actions: the full action histories, backspaces included.
+        terminated: True where the row ended with eos.
+        truncated: True where the row hit ``max_length`` (after a non-eos token) or ``max_steps`` without eos.
+    """
+
+    sequences: list[list[int]]
+    actions: list[list[int]]
+    terminated: list[bool]
+    truncated: list[bool]
+
+
+# ======================================================================================================
+# Sampling
+# ======================================================================================================
+def _check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
+    if not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise ValueError(
+            f"temperature must be a number > 0, got {temperature!r}; use deterministic=True for argmax."
+        )
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}.")
+    if top_p is not None and (not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
+        raise ValueError(f"top_p must be None or a number in (0, 1], got {top_p!r}.")
+
+
+def sample_actions(
+    logits: torch.Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    deterministic: bool = False,
+) -> torch.Tensor:
+    """Sample one action per row: the one sampling function of generation and of ``Agent.predict``.
+
+    Inverse-CDF sampling with one uniform number per row drawn from ``generator`` (on the generator's device),
+    so a batch of one consumes the generator exactly as one env step does.
+
+    Args:
+        logits: ``(B, A)`` logits over env actions; masked actions hold ``-inf``.
+        generator: source of randomness (``None``: torch's global generator, not reproducible).
+        temperature: logits are divided by it (> 0).
+        top_k: keep only the ``top_k`` largest logits (>= 1).
+        top_p: keep the smallest set of most likely actions whose probability reaches ``top_p`` (in (0, 1]).
+        deterministic: argmax (no randomness consumed).
+
+    Returns:
+        ``(B,)`` long tensor of actions, on ``logits.device``.
+
+    Raises:
+        ValueError: bad sampling arguments, ``logits`` not 2-D, or a row with no allowed action.
+    """
+    _check_sampling(temperature, top_k, top_p)
+    if logits.dim() != 2:
+        raise ValueError(f"logits must have shape (B, A), got {tuple(logits.shape)}.")
+    x = logits.detach().double() / float(temperature)  # (B, A)
+    if bool((x == float("-inf")).all(dim=-1).any()):
+        raise ValueError("A row of logits has no allowed action (all -inf).")
+    if deterministic:
+        return x.argmax(dim=-1)
+    if top_k is not None and top_k < x.shape[-1]:
+        kth = x.topk(top_k, dim=-1).values[:, -1:]  # (B, 1)
+        x = x.masked_fill(x < kth, float("-inf"))
+    if top_p is not None and top_p < 1:
+        sorted_x, order = x.sort(dim=-1, descending=True)  # (B, A)
+        p = sorted_x.softmax(dim=-1)
+        drop = (p.cumsum(dim=-1) - p) >= top_p  # mass before this action already reaches top_p
+        drop[:, 0] = False
+        x = x.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    cdf = x.softmax(dim=-1).cumsum(dim=-1)  # (B, A)
+    cdf = cdf / cdf[:, -1:]  # last entry exactly 1
+    device = generator.device if generator is not None else logits.device
+    u = torch.rand(x.shape[0], 1, generator=generator, device=device, dtype=torch.float64)  # (B, 1)
+    u = u.to(x.device)
+    return torch.searchsorted(cdf, u, right=True)[:, 0].clamp_(max=x.shape[-1] - 1).to(logits.device)
+
+
+# ======================================================================================================
+# KV cache for generation with backspace
+# ======================================================================================================
+class _SlotLayer(CacheLayerMixin):
+    """One layer of :class:`_SlotCache`: preallocated keys/values, one row-specific slot written per step."""
+
+    def __init__(self, owner: _SlotCache) -> None:
+        super().__init__()
+        self.owner = owner
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        b, h, _, dk = key_states.shape
+        n = self.owner.max_slots
+        self.keys = key_states.new_zeros(b, h, n, dk)  # (B, H, L, Dk)
+        self.values = value_states.new_zeros(b, h, n, value_states.shape[-1])  # (B, H, L, Dv)
+        self.device = key_states.device
+        self.is_initialized = True
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        assert self.keys is not None and self.values is not None
+        w = self.owner.write_index
+        if w is None:  # prefill: slots 0 .. q-1
+            q = key_states.shape[-2]
+            self.keys[:, :, :q] = key_states
+            self.values[:, :, :q] = value_states
+        else:  # one slot per row, at its own index
+            rows = self.owner.rows
+            self.keys[rows, :, w] = key_states[:, :, 0]  # (B, H, Dk)
+            self.values[rows, :, w] = value_states[:, :, 0]  # (B, H, Dv)
+        n = self.owner.kv_len
+        return self.keys[:, :, :n], self.values[:, :, :n]
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.owner.kv_len, 0
+
+    def get_seq_length(self) -> int:
+        return self.owner.kv_len
+
+    def get_max_length(self) -> int:
+        return self.owner.max_slots
+
+
+class _SlotCache(Cache):
+    """KV cache where row ``b`` keeps position ``p`` of its visible sequence at slot ``offset_b + p``.
+
+    A token writes the next slot; a backspace rewrites the slot of the new last token (the same token at the
+    same position attending to the same prefix, so its keys/values are unchanged) and the deleted slot is
+    masked out by the caller: the prefix is never recomputed and the cache never outgrows ``max_slots``.
+    """
+
+    def __init__(self, n_layers: int, *, max_slots: int, batch_size: int, device: torch.device) -> None:
+        self.max_slots = max_slots
+        self.write_index: torch.Tensor | None = None  # (B,) slot written by the next 1-token step
+        self.kv_len = 0  # number of slots attention reads
+        self.rows = torch.arange(batch_size, device=device)  # (B,)
+        super().__init__(layers=[_SlotLayer(self) for _ in range(n_layers)])
+
+
+# ======================================================================================================
+# The policy
+# ======================================================================================================
+def _as_ids(x: Sequence[int] | np.ndarray | torch.Tensor, what: str) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    try:
+        arr = np.asarray(x)
+    except (TypeError, ValueError):
+        raise TypeError(f"{what} must be a sequence of ints, got {type(x).__name__}.") from None
+    if arr.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(
+            f"{what} must be a 1-D sequence of ints, got array of shape {arr.shape}, dtype {arr.dtype}."
+        )
+    return arr.astype(np.int64, copy=False)
+
+
+def _rows_to_padded(rows: list[np.ndarray], starts: np.ndarray, width: int, fill: int) -> np.ndarray:
+    """Place row ``b`` at columns ``starts[b] ..`` of a ``(B, width)`` array of ``fill`` (vectorised)."""
+    lengths = np.array([len(r) for r in rows], dtype=np.int64)
+    out = np.full((len(rows), width), fill, dtype=np.int64)
+    if lengths.sum() == 0:
+        return out
+    flat = np.concatenate(rows)
+    row_of = np.repeat(np.arange(len(rows)), lengths)
+    within = np.arange(len(flat)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    out[row_of, starts[row_of] + within] = flat
+    return out
+
+
+class LMPolicy(torch.nn.Module):
+    """A causal LM over the env's actions (tokens, eos, backspace), with its vocabulary and token map.
+
+    Build one with :meth:`from_config` (a tiny GPT-2 for CPU), :meth:`from_pretrained` (hub name or local
+    directory) or :meth:`load` (a directory written by :meth:`save_pretrained`).
+
+    Args:
+        model: a Hugging Face causal LM (``PreTrainedModel`` with an LM head) accepting 4-D float attention
+            masks, explicit ``position_ids`` and a ``Cache``.
+        vocab: the env vocabulary.
+        token_map: env id <-> model id map; default the identity (model vocabulary = env vocabulary).
+        tokenizer: the Hugging Face tokenizer the token map follows, if any (saved with the model).
+
+    Attributes:
+        model, vocab, token_map, tokenizer: as given.
+        n_positions: the longest model input (BOS slot included) the model's position embeddings allow.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: Any,
+        vocab: Vocabulary,
+        token_map: TokenMap | None = None,
+        tokenizer: Any = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(vocab, Vocabulary):
+            raise TypeError(f"vocab must be a seqgym Vocabulary, got {type(vocab).__name__}.")
+        if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
+            raise TypeError(
+                f"model must be a Hugging Face causal LM (torch module with a config), got {type(model)}."
+            )
+        model_vocab = _embedding_rows(model)
+        if token_map is None:
+            if model_vocab < len(vocab):
+                raise ValueError(
+                    f"The model has {model_vocab} token ids but the vocabulary needs {len(vocab)}; pass a "
+                    "token_map or build the policy with LMPolicy.from_pretrained(..., tokenizer=...)."
+                )
+            token_map = TokenMap.identity(vocab, model_vocab_size=model_vocab)
+        if token_map.n_actions != vocab.n_actions:
+            raise ValueError(
+                f"token_map maps {token_map.n_actions} actions but the vocabulary has {vocab.n_actions}."
+            )
+        if max(*token_map.env_to_model, token_map.bos) >= model_vocab:
+            raise ValueError(
+                f"token_map uses model ids beyond the model's {model_vocab} embeddings; resize them."
+            )
+        self.model: Any = model
+        self.vocab = vocab
+        self.token_map = token_map
+        self.tokenizer = tokenizer
+        cfg = model.config
+        n_pos = getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
+        self.n_positions: int = int(n_pos) if n_pos else 1 << 30
+        params = inspect.signature(model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._keep_kw = "logits_to_keep" if "logits_to_keep" in params else None
+
+    # -- construction ---------------------------------------------------------------------------------
+    @classmethod
+    def from_config(
+        cls,
+        vocab: Vocabulary,
+        *,
+        n_layer: int = 2,
+        n_embd: int = 64,
+        n_head: int = 2,
+        n_positions: int = 128,
+        seed: int = 0,
+        **gpt2_kwargs: Any,
+    ) -> LMPolicy:
+        """A freshly initialised GPT-2 over the env vocabulary (pad included), with the identity token map.
+
+        Dropout defaults to 0 (exact, reproducible losses); pass ``resid_pdrop=...`` etc. to change it. The
+        initialisation depends only on ``seed`` (torch's global generator is left untouched). The model is
+        returned in eval mode.
+
+        Args:
+            vocab: the env vocabulary.
+            n_layer, n_embd, n_head: transformer size (``n_embd`` divisible by ``n_head``).
+            n_positions: longest model input, BOS slot included.
+            seed: initialisation seed.
+            **gpt2_kwargs: further ``transformers.GPT2Config`` fields (e.g. ``attn_implementation="eager"``).
+        """
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        if not isinstance(vocab, Vocabulary):
+            raise TypeError(f"vocab must be a seqgym Vocabulary, got {type(vocab).__name__}.")
+        for name, value in (
+            ("n_layer", n_layer),
+            ("n_embd", n_embd),
+            ("n_head", n_head),
+            ("n_positions", n_positions),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}.")
+        if n_embd % n_head:
+            raise ValueError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head}).")
+        if "vocab_size" in gpt2_kwargs:
+            raise ValueError("vocab_size is set from the vocabulary (len(vocab)); do not pass it.")
+        attn = gpt2_kwargs.pop("attn_implementation", None)
+        kwargs: dict[str, Any] = {
+            "vocab_size": len(vocab),
+            "n_positions": n_positions,
+            "n_embd": n_embd,
+            "n_layer": n_layer,
+            "n_head": n_head,
+            "bos_token_id": vocab.eos_id,
+            "eos_token_id": vocab.eos_id,
+            "pad_token_id": vocab.pad_id,
+            "resid_pdrop": 0.0,
+            "embd_pdrop": 0.0,
+            "attn_pdrop": 0.0,
+            **gpt2_kwargs,
+        }
+        config = GPT2Config(**kwargs)
+        if attn is not None:
+            config._attn_implementation = attn
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = GPT2LMHeadModel(config)
+        model.eval()
+        return cls(model=model, vocab=vocab, token_map=TokenMap.identity(vocab))
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike[str],
+        *,
+        vocab: Vocabulary | None = None,
+        tokenizer: Any = None,
+    ) -> LMPolicy:
+        """Wrap a pretrained causal LM (hub name or local directory).
+
+        A directory written by :meth:`save_pretrained` is loaded as is (see :meth:`load`). Otherwise the model
+        is loaded with ``AutoModelForCausalLM`` and the token map follows the tokenizer (``tokenizer`` or the
+        one stored with the model):
+
+        - ``vocab=None``: the env vocabulary is the tokenizer's (every token except its eos / pad, plus a
+          ``<bksp>`` token), so any text the tokenizer encodes is an action sequence;
+        - ``vocab`` given: its tokens are looked up in the tokenizer, and the ones it lacks are added.
+
+        ``<backspace>`` (and eos, when the tokenizer has none) are added to the tokenizer when missing, and
+        the model's embeddings are resized. Without any tokenizer, a ``vocab`` of exactly the model's
+        vocabulary size gives the identity map.
+
+        Raises:
+            ValueError: no tokenizer and no matching ``vocab``, or a token map that is not one-to-one.
+        """
+        path = Path(name_or_path)
+        if path.is_dir() and (path / POLICY_CONFIG_NAME).is_file() and tokenizer is None:
+            policy = cls.load(path)
+            if vocab is not None and vocab != policy.vocab:
+                raise ValueError(
+                    f"{path} holds a policy over another vocabulary ({policy.vocab}) than {vocab}."
+                )
+            return policy
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model = AutoModelForCausalLM.from_pretrained(str(name_or_path))
+        if tokenizer is None:
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
+            except (OSError, ValueError, TypeError, KeyError):
+                tokenizer = None
+        model_vocab = _embedding_rows(model)
+        if tokenizer is None:
+            if vocab is None or len(vocab) != model_vocab:
+                have = "no vocab" if vocab is None else f"a vocab of {len(vocab)} ids"
+                raise ValueError(
+                    f"No tokenizer found for {name_or_path!s} and {have} for a model of {model_vocab} token "
+                    "ids: pass tokenizer=..., or a vocab of exactly the model's size (identity map)."
+                )
+            return cls(
+                model=model, vocab=vocab, token_map=TokenMap.identity(vocab, model_vocab_size=model_vocab)
+            )
+        vocab, token_map = _map_tokenizer(tokenizer, vocab)
+        if len(tokenizer) > model_vocab:
+            model.resize_token_embeddings(len(tokenizer))
+        token_map = TokenMap(
+            token_map.env_to_model,
+            bos=token_map.bos,
+            model_vocab_size=_embedding_rows(model),
+        )
+        return cls(model=model, vocab=vocab, token_map=token_map, tokenizer=tokenizer)
+
+    def save_pretrained(self, directory: str | os.PathLike[str]) -> None:
+        """Write the model (``save_pretrained`` format, safetensors), the tokenizer if any, and
+        ``seqgym_policy.json`` (vocabulary and token map) into ``directory`` (created if needed)."""
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(str(path))
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(str(path))
+        meta = {
+            "format": _FORMAT,
+            "version": _FORMAT_VERSION,
+            "vocab": self.vocab.to_dict(),
+            "token_map": self.token_map.to_dict(),
+        }
+        tmp = path / (POLICY_CONFIG_NAME + ".tmp")
+        tmp.write_text(json.dumps(meta, indent=2))
+        os.replace(tmp, path / POLICY_CONFIG_NAME)
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> LMPolicy:
+        """Load a policy written by :meth:`save_pretrained`; ``device`` may be ``"auto"`` (cuda if available).
+
+        Raises:
+            FileNotFoundError: ``directory`` does not exist.
+            ValueError: it holds no (or a malformed) ``seqgym_policy.json``, or the model does not match it.
+        """
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = Path(directory)
+        if not path.is_dir():
+            raise FileNotFoundError(f"No policy directory at {path}.")
+        meta_path = path / POLICY_CONFIG_NAME
+        if not meta_path.is_file():
+            raise ValueError(
+                f"{path} holds no {POLICY_CONFIG_NAME}; it was not written by LMPolicy.save_pretrained "
+                "(use LMPolicy.from_pretrained for a plain Hugging Face model directory)."
+            )
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(
+                f"{meta_path} is not valid JSON ({e}); the file is truncated or corrupt."
+            ) from None
+        if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
+            raise ValueError(f"{meta_path} is not a seqgym policy file (format {_FORMAT!r} expected).")
+        if int(meta.get("version", -1)) > _FORMAT_VERSION:
+            raise ValueError(
+                f"{meta_path} has format version {meta.get('version')}; "
+                f"this seqgym reads versions <= {_FORMAT_VERSION}."
+            )
+        vocab = Vocabulary.from_dict(meta["vocab"])
+        token_map = TokenMap.from_dict(meta["token_map"])
+        model = AutoModelForCausalLM.from_pretrained(str(path))
+        tokenizer = None
+        if any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+            tokenizer = AutoTokenizer.from_pretrained(str(path))
+        if str(device) == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        policy = cls(model=model, vocab=vocab, token_map=token_map, tokenizer=tokenizer)
+        return policy.to(device)
+
+    # -- helpers ----------------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        """Device of the model's parameters."""
+        return next(self.model.parameters()).device
+
+    def _neg(self) -> float:
+        return float(torch.finfo(self.model.dtype).min)
+
+    def _run(
+        self,
+        env_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        *,
+        keep: int | None = None,
+        cache: Cache | None = None,
+    ) -> torch.Tensor:
+        """Model forward on env ids ``(B, S)``; returns action logits ``(B, keep or S, A)``."""
+        kwargs: dict[str, Any] = {
+            "input_ids": self.token_map.to_model(env_ids),
+            "position_ids": position_ids,
+            "attention_mask": attention_mask,
+        }
+        if cache is not None:
+            kwargs[self._cache_kw] = cache
+            kwargs["use_cache"] = True
+        else:
+            kwargs["use_cache"] = False
+        if keep is not None and self._keep_kw is not None:
+            kwargs[self._keep_kw] = keep
+        logits = self.model(**kwargs).logits  # (B, S' , V)
+        if keep is not None:
+            logits = logits[:, -keep:]
+        return self.token_map.action_logits(logits)
+
+    def _check_prompts(self, prompts: Sequence[Sequence[int]], what: str) -> list[np.ndarray]:
+        if isinstance(prompts, (str, bytes)) or not isinstance(prompts, (Sequence, np.ndarray, torch.Tensor)):
+            raise TypeError(f"{what} must be a sequence of id sequences, got {type(prompts).__name__}.")
+        rows = [_as_ids(p, f"{what}[{b}]") for b, p in enumerate(prompts)]
+        if not rows:
+            raise ValueError(f"{what} is empty; pass at least one sequence.")
+        flat = np.concatenate(rows)
+        bad = np.nonzero((flat < 0) | (flat > self.vocab.eos_id))[0]
+        if len(bad):
+            lengths = np.array([len(r) for r in rows])
+            row = int(np.searchsorted(np.cumsum(lengths), bad[0], side="right"))
+            pos = int(bad[0] - (np.cumsum(lengths)[row] - lengths[row]))
+            self.vocab.check_ids(rows[row].tolist(), what=f"{what}[{row}]")
+            raise ValueError(f"{what}[{row}] holds invalid id {int(flat[bad[0]])} at position {pos}.")
+        return rows
+
+    # -- forwards -------------------------------------------------------------------------------------------
+    def state_logits(self, states: Sequence[Sequence[int]], prompt_lengths: Sequence[int]) -> torch.Tensor:
+        """Plain batched forward on visible sequences (the reference for the masked forward).
+
+        Args:
+            states: ``B`` visible sequences (prompt + generated tokens; ordinary ids or eos).
+            prompt_lengths: prompt length of each state (backspace is masked where the state is the prompt).
+
+        Returns:
+            ``(B, A)`` logits over env actions at each state, backspace ``-inf`` at the prompt boundary.
+        """
+        rows = self._check_prompts(states, "states")
+        lengths = np.array([len(r) for r in rows], dtype=np.int64)
+        pl = _as_ids(list(prompt_lengths), "prompt_lengths")
+        if len(pl) != len(rows):
+            raise ValueError(f"Got {len(rows)} states but {len(pl)} prompt_lengths.")
+        if (pl < 0).any() or (pl > lengths).any():
+            b = int(np.nonzero((pl < 0) | (pl > lengths))[0][0])
+            raise ValueError(
+                f"prompt_lengths[{b}] = {int(pl[b])} is not in 0..len(states[{b}]) = {int(lengths[b])}."
+            )
+        S = int(lengths.max()) + 1  # BOS slot
+        if S > self.n_positions:
+            raise ValueError(
+                f"A state of length {S - 1} does not fit the model's {self.n_positions} positions "
+                "(BOS included)."
+            )
+        dev = self.device
+        bos = [np.array([self.vocab.eos_id])] * len(rows)
+        seqs = [np.concatenate((b0, r)) for b0, r in zip(bos, rows)]
+        start = S - (lengths + 1)  # (B,) left padding
+        tok = torch.from_numpy(_rows_to_padded(seqs, start, S, self.vocab.pad_id)).to(dev)  # (B, S)
+        ar = torch.arange(S, device=dev)  # (S,)
+        start_t = torch.from_numpy(start).to(dev)[:, None]  # (B, 1)
+        valid = ar[None, :] >= start_t  # (B, S)
+        pos = (ar[None, :] - start_t).clamp(min=0)  # (B, S)
+        logits = self._run(tok, pos, valid.long(), keep=1)[:, -1]  # (B, A), HF builds the causal mask
+        boundary = torch.from_numpy(lengths == pl).to(dev)  # (B,)
+        return self._mask_backspace(logits, boundary)
+
+    def _mask_backspace(self, logits: torch.Tensor, boundary: torch.Tensor) -> torch.Tensor:
+        """Set the backspace logit to ``-inf`` where ``boundary`` (shape of ``logits[..., 0]``)."""
+        col = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+        col[self.vocab.backspace_id] = True
+        return logits.masked_fill(boundary[..., None] & col, float("-inf"))
+
+    def trajectory_logits(
+        self, prompts: Sequence[Sequence[int]], actions: Sequence[Sequence[int]]
+    ) -> TrajectoryLogits:
+        """Logits of every state of a batch of action histories, in ONE masked forward (differentiable).
+
+        Layout (``sequencematch.md`` §5): row ``b`` is left-padded to ``S`` slots and holds
+        ``[BOS, prompt..., one slot per action]``. A token slot holds the token at position id
+        ``len(state) - 1`` (BOS counted) and attends to the slots of the state it creates. A backspace slot
+        holds a copy of the new last token (BOS if the state becomes empty) at that token's position id and
+        attends to the slots of the new state with the original slot of that token replaced by itself (so no
+        slot is seen twice); a no-op backspace at the prompt boundary copies the last prompt slot the same
+        way. Slot ``k`` removes from the visible set every earlier slot ``j`` with ``pos_j >= pos_k``, which
+        gives the mask without a per-step loop: ``attend(s, j) = j <= s < death(j)`` with ``death(j)`` the
+        first such ``k > j``.
+        The logits at state ``u_i`` are the outputs of the slot before action ``i`` (the last prompt slot for
+        ``u_0``), i.e. the last ``T_b + 1`` slots of each row.
+
+        Args:
+            prompts: ``B`` prompts (ordinary ids or eos).
+            actions: ``B`` action histories (ids ``0 .. n_actions-1``; nothing after eos).
+
+        Returns:
+            :class:`TrajectoryLogits` (see there for shapes).
+
+        Raises:
+            ValueError: lengths differ, invalid ids, an action after eos, or a state too long for the model.
+        """
+        v = self.vocab
+        prow = self._check_prompts(prompts, "prompts")
+        if isinstance(actions, (str, bytes)) or len(actions) != len(prow):
+            raise ValueError(
+                f"Got {len(prow)} prompts but {len(actions)} action histories; pass one per prompt."
+            )
+        arow = [_as_ids(a, f"actions[{b}]") for b, a in enumerate(actions)]
+        B = len(prow)
+        P = np.array([len(p) for p in prow], dtype=np.int64)  # (B,)
+        T = np.array([len(a) for a in arow], dtype=np.int64)  # (B,)
+        self._check_actions(arow, T)
+        n = 1 + P + T  # (B,) slots per row
+        S, Tm = int(n.max()), int(T.max())
+        start = S - n  # (B,) slot of BOS (left padding)
+        seqs = [np.concatenate(([v.eos_id], p, a)) for p, a in zip(prow, arow)]
+        dev = self.device
+        tok = torch.from_numpy(_rows_to_padded(seqs, start, S, v.pad_id)).to(dev)  # (B, S) env ids
+
+        ar = torch.arange(S, device=dev)  # (S,)
+        start_t = torch.from_numpy(start).to(dev)[:, None]  # (B, 1)
+        P_t = torch.from_numpy(P).to(dev)[:, None]  # (B, 1)
+        valid = ar[None, :] >= start_t  # (B, S) real slots
+        is_act = ar[None, :] >= start_t + 1 + P_t  # (B, S) action slots
+        is_bk = is_act & (tok == v.backspace_id)  # (B, S)
+        # visible length after each action slot: cumulative +1/-1 reflected at the prompt boundary (Skorokhod)
+        step = is_act.long() - 2 * is_bk.long()  # (B, S)
+        cum = step.cumsum(dim=1)  # (B, S)
+        vis = P_t + cum - cum.cummin(dim=1).values  # (B, S)
+        pos = torch.where(is_act, vis, (ar[None, :] - start_t).clamp(min=0))  # (B, S) position ids
+        if int(pos.max()) >= self.n_positions:
+            raise ValueError(
+                f"A visited state of length {int(pos.max())} does not fit the model's {self.n_positions} "
+                "positions (BOS included); shorten the histories or use a model with more positions."
+            )
+        earlier = ar[None, :, None] > ar[None, None, :]  # (1, S, S) [s, k]: k < s
+        same_pos = pos[:, :, None] == pos[:, None, :]  # (B, S, S)
+        # a backspace slot copies the token of the latest earlier non-backspace slot at its position
+        origin = valid & ~is_bk  # (B, S)
+        src = ((same_pos & earlier & origin[:, None, :]) * (ar + 1)).amax(dim=-1) - 1  # (B, S)
+        inp = torch.where(is_bk, tok.gather(1, src.clamp(min=0)), tok)  # (B, S) env ids
+        # slot k (an action) removes every earlier slot j with pos_j >= pos_k
+        kills = is_act[:, :, None] & earlier & (pos[:, :, None] <= pos[:, None, :])  # (B, S_k, S_j)
+        death = torch.where(kills.any(dim=1), kills.to(torch.uint8).argmax(dim=1), S)  # (B, S_j)
+        eye = torch.eye(S, dtype=torch.bool, device=dev)  # (S, S)
+        alive = ar[None, :, None] < death[:, None, :]  # (B, S_q, S_j): j not yet removed at query s
+        attend = ((earlier | eye) & alive & valid[:, None, :]) | eye  # (B, S, S)
+        dtype = self.model.dtype
+        mask = torch.zeros(B, 1, S, S, dtype=dtype, device=dev)
+        mask.masked_fill_(~attend[:, None], self._neg())  # (B, 1, S, S) additive
+
+        K = Tm + 1  # states are the last T_b + 1 slots of each row
+        out = self._run(inp, pos, mask, keep=K)  # (B, K, A)
+        T_t = torch.from_numpy(T).to(dev)[:, None]  # (B, 1)
+        i = torch.arange(K, device=dev)[None, :]  # (1, K)
+        state_mask = i <= T_t  # (B, K)
+        idx = (Tm - T_t + i).clamp(max=Tm)  # (B, K) kept index of state i
+        logits = out.gather(1, idx[:, :, None].expand(-1, -1, out.shape[-1]))  # (B, K, A)
+        boundary = pos[:, S - K :].gather(1, idx) == P_t  # (B, K) state at prompt boundary
+        logits = self._mask_backspace(logits, boundary & state_mask)
+        logits = logits.masked_fill(~state_mask[:, :, None], 0.0)
+        acts = _rows_to_padded(arow, np.zeros(B, dtype=np.int64), Tm, 0)  # (B, T)
+        return TrajectoryLogits(
+            logits=logits,
+            state_mask=state_mask,
+            actions=torch.from_numpy(acts).to(dev),
+            action_mask=torch.arange(Tm, device=dev)[None, :] < T_t,
+        )
+
+    def forward(self, prompts: Sequence[Sequence[int]], actions: Sequence[Sequence[int]]) -> TrajectoryLogits:
+        """Same as :meth:`trajectory_logits`."""
+        return self.trajectory_logits(prompts, actions)
+
+    def _check_actions(self, arow: list[np.ndarray], T: np.ndarray) -> None:
+        v = self.vocab
+        if T.sum() == 0:
+            return
+        flat = np.concatenate(arow)
+        row_of = np.repeat(np.arange(len(arow)), T)
+        within = np.arange(len(flat)) - np.repeat(np.cumsum(T) - T, T)
+        bad = np.nonzero((flat < 0) | (flat >= v.n_actions))[0]
+        if len(bad):
+            k = bad[0]
+            hint = " (the pad id, never an action)" if flat[k] == v.pad_id else ""
+            raise ValueError(
+                f"actions[{row_of[k]}] holds id {int(flat[k])}{hint} at step {within[k]}; "
+                f"valid actions are 0..{v.n_actions - 1}."
+            )
+        late = np.nonzero((flat == v.eos_id) & (within < T[row_of] - 1))[0]
+        if len(late):
+            k = late[0]
+            raise ValueError(
+                f"actions[{row_of[k]}] continues after eos at step {within[k]}; an episode ends at eos."
+            )
+
+    # -- generation ---------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        *,
+        max_steps: int,
+        max_length: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        generator: torch.Generator | None = None,
+        allow_backspace: bool = True,
+        logits_processor: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> Generation:
+        """Sample a batch of action histories with backspace, on a KV cache.
+
+        Each row steps independently with the rules of ``SequenceEnv``: eos terminates; the visible length
+        reaching ``max_length`` after a non-eos token, or the step count reaching ``max_steps``, truncates.
+        Backspace is masked at the prompt boundary (and everywhere if ``allow_backspace=False``). Each step
+        calls :func:`sample_actions` once on the ``(B, A)`` logits, so with a batch of one and the same
+        generator this equals stepping the env with :meth:`state_logits` + :func:`sample_actions`.
+
+        Row ``b`` keeps position ``p`` of its visible sequence in cache slot ``offset_b + p``: a token writes
+        one new slot; a backspace re-feeds the new last token at its own slot and position (same keys/values),
+        and the deleted slot drops out of that row's attention mask. The prefix is never recomputed and
+        position ids follow the visible length.
+
+        Args:
+            prompts: ``B`` prompts (ordinary ids), each shorter than ``max_length``.
+            max_steps: most actions per row (>= 1).
+            max_length: most visible ids per row, prompt included (``<= n_positions``).
+            temperature, top_k, top_p, generator: as in :func:`sample_actions`.
+            allow_backspace: False masks backspace at every step.
+            logits_processor: optional ``(B, A) -> (B, A)`` function applied to the logits before masking and
+                sampling (e.g. a logit bias).
+
+        Returns:
+            :class:`Generation`.
+        """
+        _check_sampling(temperature, top_k, top_p)
+        for name, value in (("max_steps", max_steps), ("max_length", max_length)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}.")
+        if max_length > self.n_positions:
+            raise ValueError(
+                f"max_length={max_length} exceeds the model's {self.n_positions} positions (the BOS slot "
+                f"takes one); use max_length <= {self.n_positions}."
+            )
+        rows = self._check_prompts(prompts, "prompts")
+        P = np.array([len(r) for r in rows], dtype=np.int64)  # (B,)
+        if (P >= max_length).any():
+            b = int(np.nonzero(P >= max_length)[0][0])
+            raise ValueError(
+                f"prompts[{b}] has length {int(P[b])}; prompts must be shorter than max_length={max_length}."
+            )
+        v, dev = self.vocab, self.device
+        B, Pm = len(rows), int(P.max())
+        neg = self._neg()
+
+        # prefill, left padded: row b's BOS at slot off_b = Pm - P_b; position p lives at slot off_b + p
+        seqs = [np.concatenate(([v.eos_id], r)) for r in rows]
+        off_np = Pm - P
+        tok = torch.from_numpy(_rows_to_padded(seqs, off_np, Pm + 1, v.pad_id)).to(dev)  # (B, Pm+1)
+        ar = torch.arange(Pm + max_length, device=dev)  # (L,) slot indices
+        off = torch.from_numpy(off_np).to(dev)  # (B,)
+        q = ar[: Pm + 1]  # (Q,)
+        pos0 = (q[None, :] - off[:, None]).clamp(min=0)  # (B, Q)
+        causal = q[None, None, :] <= q[None, :, None]  # (1, Q, Q)
+        attend0 = (causal & (q[None, None, :] >= off[:, None, None])) | torch.eye(
+            Pm + 1, dtype=torch.bool, device=dev
+        )
+        mask0 = torch.zeros(B, 1, Pm + 1, Pm + 1, dtype=self.model.dtype, device=dev)
+        mask0.masked_fill_(~attend0[:, None], neg)  # (B, 1, Q, Q)
+        n_layers = int(getattr(self.model.config, "num_hidden_layers", 0) or self.model.config.n_layer)
+        cache = _SlotCache(n_layers, max_slots=Pm + max_length, batch_size=B, device=dev)
+        cache.kv_len = Pm + 1
+        logits = self._run(tok, pos0, mask0, keep=1, cache=cache)[:, -1]  # (B, A)
+
+        seq = torch.full((B, max_length + 1), v.pad_id, dtype=torch.long, device=dev)  # (B, L+1) by position
+        seq[:, : Pm + 1] = tok.gather(1, (q[None, :] + off[:, None]).clamp(max=Pm))  # left-align prompts
+        P_t = torch.from_numpy(P).to(dev)  # (B,)
+        vis = P_t.clone()  # (B,) visible length
+        done = torch.zeros(B, dtype=torch.bool, device=dev)
+        terminated = torch.zeros_like(done)
+        truncated = torch.zeros_like(done)
+        history = torch.full((B, max_steps), -1, dtype=torch.long, device=dev)  # (B, max_steps)
+        rows_t = cache.rows
+        bk, eos = v.backspace_id, v.eos_id
+        for t in range(max_steps):
+            if logits_processor is not None:
+                logits = logits_processor(logits)
+            block = (vis <= P_t) | (not allow_backspace)  # (B,)
+            logits[:, bk] = logits[:, bk].masked_fill(block, float("-inf"))
+            a = sample_actions(logits, generator=generator, temperature=temperature, top_k=top_k, top_p=top_p)
+            active = ~done
+            history[:, t] = torch.where(active, a, -1)
+            is_bk = active & (a == bk)  # (B,)
+            is_tok = active & ~is_bk  # (B,) token or eos
+            vis = vis + is_tok.long() - is_bk.long()
+            seq[rows_t, vis] = torch.where(is_tok, a, seq[rows_t, vis])
+            ended = is_tok & (a == eos)
+            cut = active & ~ended & ((is_tok & (vis >= max_length)) | (t + 1 >= max_steps))
+            terminated |= ended
+            truncated |= cut
+            done = done | ended | cut
+            if bool(done.all()):
+                break
+            # next input: the last visible token of each row (finished rows re-feed BOS at slot off_b)
+            feed = torch.where(done, 0, vis)  # (B,) position id
+            w = off + feed  # (B,) slot written
+            cache.write_index = w
+            cache.kv_len = int(w.max()) + 1
+            kv = ar[: cache.kv_len]  # (K,)
+            step_mask = (kv[None, :] >= off[:, None]) & (kv[None, :] <= w[:, None])  # (B, K)
+            m4 = torch.zeros(B, 1, 1, cache.kv_len, dtype=self.model.dtype, device=dev)
+            m4.masked_fill_(~step_mask[:, None, None, :], neg)  # (B, 1, 1, K)
+            inp = seq.gather(1, feed[:, None])  # (B, 1)
+            logits = self._run(inp, feed[:, None], m4, keep=1, cache=cache)[:, -1]  # (B, A)
+
+        seq_l, vis_l, hist_l = seq.tolist(), vis.tolist(), history.tolist()
+        return Generation(
+            sequences=[s[1 : n + 1] for s, n in zip(seq_l, vis_l)],
+            actions=[[x for x in h if x >= 0] for h in hist_l],
+            terminated=[bool(x) for x in terminated.tolist()],
+            truncated=[bool(x) for x in truncated.tolist()],
+        )
+
+
+# ======================================================================================================
+# Tokenizer -> token map
+def _embedding_rows(model: Any) -> int:
+    """Number of token ids the model embeds."""
+    return int(model.get_input_embeddings().weight.shape[0])
+
+
+# ======================================================================================================
+def _map_tokenizer(tokenizer: Any, vocab: Vocabulary | None) -> tuple[Vocabulary, TokenMap]:
+    """Build (or follow) the env vocabulary for a Hugging Face tokenizer; adds missing tokens to it."""
+    if tokenizer.eos_token is None:
+        eos_str = vocab.eos if vocab is not None else "<eos>"
+        tokenizer.add_special_tokens({"eos_token": eos_str})
+    eos_id = int(tokenizer.eos_token_id)
+    bksp_str = vocab.backspace if vocab is not None else "<bksp>"
+    if bksp_str not in tokenizer.get_vocab():
+        tokenizer.add_tokens([bksp_str], special_tokens=True)
+    bksp_id = int(tokenizer.convert_tokens_to_ids(bksp_str))
+    pad_id = tokenizer.pad_token_id
+    pad_model = int(pad_id) if pad_id is not None and int(pad_id) not in (eos_id, bksp_id) else eos_id
+    bos_id = tokenizer.bos_token_id
+    bos = int(bos_id) if bos_id is not None else eos_id
+
+    if vocab is None:
+        specials = {eos_id, bksp_id, pad_model}
+        names = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+        tokens = [str(t) for i, t in enumerate(names) if i not in specials]
+        ids = [i for i in range(len(tokenizer)) if i not in specials]
+        pad_str = tokenizer.pad_token if pad_model != eos_id else "<pad>"
+        known = set(tokens) | {tokenizer.eos_token, bksp_str}
+        while pad_str in known:
+            pad_str = "<" + pad_str + ">"
+        vocab = Vocabulary(tokens, eos=str(tokenizer.eos_token), backspace=bksp_str, pad=str(pad_str))
+        return vocab, TokenMap([*ids, eos_id, bksp_id, pad_model], bos=bos, model_vocab_size=len(tokenizer))
+
+    have = tokenizer.get_vocab()
+    missing = [t for t in vocab.tokens[: vocab.n_tokens] if t not in have]
+    if missing:
+        tokenizer.add_tokens(missing)
+    ids = [int(i) for i in tokenizer.convert_tokens_to_ids(vocab.tokens[: vocab.n_tokens])]
+    clash = [vocab.tokens[k] for k, i in enumerate(ids) if i in (eos_id, bksp_id)]
+    if clash:
+        raise ValueError(
+            f"Ordinary tokens {clash} are the tokenizer's eos/backspace; rename them in the vocabulary."
+        )
+    return vocab, TokenMap([*ids, eos_id, bksp_id, pad_model], bos=bos, model_vocab_size=len(tokenizer))
