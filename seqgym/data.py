@@ -43,12 +43,11 @@ import dataclasses
 import json
 import os
 import secrets
-import zipfile
-import zlib
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from seqgym import dynamics
 from seqgym.vocab import Vocabulary
@@ -167,7 +166,7 @@ def _as_trajectory_list(trajectories: Iterable[Trajectory], what: str) -> list[T
 
 
 # ------------------------------------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
+@dataclasses.dataclass(frozen=True, eq=False, init=False)
 class Trajectory:
     """One demonstration: a prompt and the action history that continues it.
 
@@ -210,16 +209,17 @@ class Trajectory:
     expert: np.ndarray
     vocab: Vocabulary = dataclasses.field(compare=False, repr=False)
 
-    def __post_init__(self) -> None:
-        vocab = _check_vocab(self.vocab)
-        prompt = _as_ids(self.prompt, "prompt")
-        actions = _as_ids(self.actions, "actions")
-        expert = _as_flags(self.expert, "expert")
-        if not isinstance(self.terminal, (bool, np.bool_)):
-            raise TypeError(
-                f"terminal must be a bool, got {type(self.terminal).__name__}: {self.terminal!r}."
-            )
-        terminal = bool(self.terminal)
+    def __init__(
+        self, *, prompt: ArrayLike, actions: ArrayLike, terminal: bool, expert: ArrayLike, vocab: Vocabulary
+    ) -> None:
+        # Written out (not generated) so that lists and other array-likes type-check; fields stay ndarrays.
+        vocab = _check_vocab(vocab)
+        prompt = _as_ids(prompt, "prompt")
+        actions = _as_ids(actions, "actions")
+        expert = _as_flags(expert, "expert")
+        if not isinstance(terminal, (bool, np.bool_)):
+            raise TypeError(f"terminal must be a bool, got {type(terminal).__name__}: {terminal!r}.")
+        terminal = bool(terminal)
         n_tok, n_act = vocab.n_tokens, vocab.n_actions
         P, T = prompt.shape[0], actions.shape[0]
 
@@ -262,14 +262,13 @@ class Trajectory:
 
         object.__setattr__(self, "prompt", _readonly(prompt))
         object.__setattr__(self, "actions", _readonly(actions))
-        object.__setattr__(self, "expert", _readonly(expert))
         object.__setattr__(self, "terminal", terminal)
+        object.__setattr__(self, "expert", _readonly(expert))
+        object.__setattr__(self, "vocab", vocab)
 
     # --------------------------------------------------------------------------------------------------------
     @classmethod
-    def from_completion(
-        cls, prompt: Sequence[int] | np.ndarray, completion: Sequence[int] | np.ndarray, *, vocab: Vocabulary
-    ) -> Trajectory:
+    def from_completion(cls, prompt: ArrayLike, completion: ArrayLike, *, vocab: Vocabulary) -> Trajectory:
         """A clean expert trajectory that writes ``completion`` after ``prompt`` (all actions expert).
 
         ``completion`` is what :meth:`Source.sample <seqgym.sources.base.Source.sample>` returns: token ids,
@@ -280,7 +279,7 @@ class Trajectory:
         vocab.check_ids(completion.tolist(), what="completion", allow_eos=True)
         terminal = completion.size > 0 and int(completion[-1]) == vocab.eos_id
         return cls(
-            prompt=_as_ids(prompt, "prompt"),
+            prompt=prompt,
             actions=completion,
             terminal=terminal,
             expert=np.ones(completion.shape[0], dtype=np.bool_),
@@ -365,7 +364,11 @@ def collect(source: Any, n: int, rng: RngLike) -> list[Trajectory]:
         rng: a ``numpy.random.Generator`` (advanced in place) or an int seed.
 
     Returns:
-        ``n`` trajectories with every action expert; ``terminal`` is True when the completion ends with eos.
+        ``n`` terminal trajectories (completions end with eos), every action expert.
+
+    Raises:
+        ValueError: a sample that is not a ``(prompt, completion)`` pair of valid ids, or whose completion
+            holds backspace or does not end with eos; the message names the source and the sample.
 
     Example:
         >>> import numpy as np
@@ -393,7 +396,10 @@ def collect(source: Any, n: int, rng: RngLike) -> list[Trajectory]:
         sample = source.sample(gen)
         try:
             prompt, completion = sample
-            out.append(Trajectory.from_completion(prompt, completion, vocab=vocab))
+            traj = Trajectory.from_completion(prompt, completion, vocab=vocab)
+            if not traj.terminal:
+                raise ValueError("the completion does not end with eos (the Source protocol requires it)")
+            out.append(traj)
         except (ValueError, TypeError) as e:
             raise ValueError(f"source {name!r} returned an invalid sample (number {k}): {e}") from e
     return out
@@ -809,16 +815,17 @@ def load_demonstrations(path: str | os.PathLike[str], *, vocab: Vocabulary | Non
 
     with open(p, "rb") as f:  # FileNotFoundError / PermissionError pass through unchanged
         try:
-            with np.load(f, allow_pickle=False) as npz:
-                if not isinstance(npz, np.lib.npyio.NpzFile):
-                    raise fail("not an .npz archive (a single .npy array); not a seqgym demonstration file.")
+            npz = np.load(f, allow_pickle=False)
+            if not isinstance(npz, np.lib.npyio.NpzFile):
+                raise fail("not an .npz archive (a single .npy array); not a seqgym demonstration file.")
+            with npz:
                 missing = [k for k in _KEYS if k not in npz.files]
                 if "header" in missing:
                     raise fail("no 'header' array; not a seqgym demonstration file.")
                 data = {k: npz[k] for k in _KEYS if k in npz.files}
         except DemonstrationFileError:
             raise
-        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
+        except Exception as e:  # zipfile / zlib / numpy raise many types on damaged bytes: all mean corrupt
             raise fail(f"corrupt or truncated file, cannot be read as .npz ({type(e).__name__}: {e}).") from e
 
     try:
@@ -845,7 +852,7 @@ def load_demonstrations(path: str | os.PathLike[str], *, vocab: Vocabulary | Non
         file_vocab = vocab
 
     n = header.get("n_trajectories")
-    if not isinstance(n, int) or n < 0:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise fail(f"corrupt header: n_trajectories is {n!r}.")
     for name in ("prompt_offsets", "action_offsets"):
         off, flat = data[name], data[name.replace("_offsets", "s")]
