@@ -25,6 +25,8 @@ from seqgym.data import (
     to_transitions,
     uniform_noise,
 )
+from seqgym.env import SequenceEnv
+from seqgym.sources.dyck import Dyck
 from seqgym.vocab import Vocabulary
 
 V = Vocabulary(["a", "b", "c"])  # a=0 b=1 c=2 eos=3 bksp=4 pad=5
@@ -245,8 +247,7 @@ def test_collect_errors():
 
 
 def test_collect_from_dyck_gives_valid_sequences():
-    dyck_mod = pytest.importorskip("seqgym.sources.dyck")
-    source = dyck_mod.Dyck(2)
+    source = Dyck(2)
     demos = collect(source, 50, 0)
     assert all(source.is_valid(t.final()) for t in demos)
     assert max(len(t.final()) for t in demos) <= source.max_sequence_length
@@ -467,11 +468,9 @@ def rollout(env, t: Trajectory):
 
 
 def test_augmented_trajectory_replays_through_the_env_to_the_clean_sequence():
-    env_mod = pytest.importorskip("seqgym.env")
-    dyck_mod = pytest.importorskip("seqgym.sources.dyck")
-    source = dyck_mod.Dyck(2, max_length=10)
+    source = Dyck(2, max_length=10)
     max_length = source.max_sequence_length  # the clean sequences just fit
-    env = env_mod.SequenceEnv(source, max_length=max_length, max_steps=100)
+    env = SequenceEnv(source, max_length=max_length, max_steps=100)
     clean = collect(source, 40, 0)
     noisy = augment(clean, 0.3, 1, max_length=max_length)
     assert sum(t.n_mistakes for t in noisy) > 20
@@ -490,9 +489,8 @@ def test_augmented_trajectory_replays_through_the_env_to_the_clean_sequence():
 @settings(max_examples=50, deadline=None)
 @given(st.lists(valid_histories(), min_size=1, max_size=3))
 def test_to_transitions_equals_env_observations(trajs):
-    env_mod = pytest.importorskip("seqgym.env")
     width = max(int(t.visible_lengths().max()) for t in trajs) + 2  # room: the env never truncates
-    env = env_mod.SequenceEnv(Tiny(), max_length=width, max_steps=100)
+    env = SequenceEnv(Tiny(), max_length=width, max_steps=100)
     batch = to_transitions(trajs, max_length=width)
     observations = [rollout(env, t)[0] for t in trajs]
     np.testing.assert_array_equal(batch.obs, np.concatenate([o[:-1] for o in observations]))
