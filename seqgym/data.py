@@ -467,6 +467,10 @@ def augment(
         ValueError: ``p_noise`` outside ``[0, 1]``, an unknown noise name, or a ``NoiseFn`` output of the
             wrong shape, or holding a non-ordinary token or the expert's own action.
     """
+    if isinstance(p_noise, (bool, np.bool_)) or not isinstance(
+        p_noise, (int, float, np.integer, np.floating)
+    ):
+        raise TypeError(f"p_noise must be a number in [0, 1], got {type(p_noise).__name__}: {p_noise!r}.")
     p = float(p_noise)
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"p_noise must be a probability in [0, 1], got {p_noise!r}.")
