@@ -11,6 +11,7 @@ import pytest
 
 from seqgym.sources.base import Source, has_exact_probabilities, has_validity, sequence_logprob
 from seqgym.sources.dyck import Dyck
+from seqgym.sources.markov import Markov
 
 # Tolerances of the statistical tests. With N samples over K outcomes the expected total-variation
 # distance between the empirical and the true distribution is about 0.4 * sqrt(K / N); the tolerances
@@ -180,3 +181,110 @@ def test_dyck_seeded_reproducibility() -> None:
 def test_dyck_bad_arguments(kwargs: dict[str, object], exc: type[Exception], match: str) -> None:
     with pytest.raises(exc, match=match):
         Dyck(**kwargs)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Markov
+
+
+def test_markov_construction_and_protocol() -> None:
+    src = Markov(8, forbidden_fraction=0.3, eos_prob=0.1, max_length=20, seed=0)
+    assert isinstance(src, Source) and has_exact_probabilities(src) and has_validity(src)
+    assert src.name == "markov" and src.max_sequence_length == 21 and src.vocab.n_actions == 10
+    assert repr(src) == "Markov(n_tokens=8, forbidden_fraction=0.3, eos_prob=0.1, max_length=20, seed=0)"
+    assert np.all((~src.allowed).sum(axis=1) == 2)  # round(0.3 * 8) forbidden per row
+    assert np.all(src.transition_matrix[~src.allowed] == 0.0)
+    np.testing.assert_allclose(src.transition_matrix.sum(axis=1), 1.0)
+    np.testing.assert_allclose(src.initial_probs.sum(), 1.0)
+    same, other = Markov(8, seed=0), Markov(8, seed=1)
+    np.testing.assert_array_equal(same.transition_matrix, src.transition_matrix)
+    assert not np.array_equal(other.allowed, src.allowed)
+    assert Markov(1, forbidden_fraction=0.9).allowed.all()  # a lone token may always follow itself
+
+
+def test_markov_exact_probabilities_sum_to_one_and_match_samples() -> None:
+    src = Markov(3, forbidden_fraction=0.34, eos_prob=0.3, max_length=4, seed=3)
+    support = enumerate_support(src, [], src.max_sequence_length)
+    assert math.isclose(sum(support.values()), 1.0, abs_tol=1e-12)
+    assert all(src.is_valid(list(s)) for s in support)
+    assert max(len(s) for s in support) == src.max_sequence_length
+    check_against_samples(src, seed=4, support=support)
+
+
+def test_markov_default_matches_samples() -> None:
+    check_against_samples(Markov(), seed=5)
+
+
+def test_markov_sequence_logprob_hand_computed() -> None:
+    src = Markov(4, forbidden_fraction=0.25, eos_prob=0.2, max_length=3, seed=2)
+    a = 0
+    b = int(np.flatnonzero(src.allowed[0])[0])
+    c = int(np.flatnonzero(src.allowed[b])[0])
+    expected = (
+        src.initial_probs[a]
+        * 0.8
+        * src.transition_matrix[a, b]
+        * 0.8
+        * src.transition_matrix[b, c]
+        * 1.0  # eos forced after max_length = 3 tokens
+    )
+    assert math.isclose(
+        sequence_logprob(src, [], [a, b, c, src.vocab.eos_id]), math.log(expected), rel_tol=1e-12
+    )
+    assert math.isclose(
+        sequence_logprob(src, [], [a, src.vocab.eos_id]), math.log(src.initial_probs[a] * 0.2)
+    )
+
+
+def test_markov_rejects_and_gives_minus_inf_off_support() -> None:
+    src = Markov(5, forbidden_fraction=0.4, eos_prob=0.2, max_length=4, seed=0)
+    eos = src.vocab.eos_id
+    a = 0
+    bad_b = int(np.flatnonzero(~src.allowed[a])[0])
+    ok_b = int(np.flatnonzero(src.allowed[a])[0])
+    loop = next(i for i in range(5) if src.allowed[i, i])
+    assert src.is_valid([a, ok_b, eos])
+    for seq in (
+        [a, bad_b, eos],  # forbidden transition
+        [eos],  # empty sequence
+        [a, ok_b],  # no eos
+        [a, eos, eos],  # eos twice
+        [loop] * 5 + [eos],  # longer than max_length
+        [a, src.vocab.backspace_id, eos],
+    ):
+        assert not src.is_valid(seq), seq
+    for prefix in ([a, bad_b], [a, eos], [loop] * 5):
+        assert np.all(src.next_token_logprobs(prefix) == -np.inf)
+    lp = src.next_token_logprobs([loop] * 4)  # full length: eos forced
+    assert lp[eos] == 0.0 and np.all(np.delete(lp, eos) == -np.inf)
+    with pytest.raises(ValueError, match="pad"):
+        src.next_token_logprobs([src.vocab.pad_id])
+
+
+def test_markov_seeded_reproducibility() -> None:
+    rng1, rng2 = np.random.default_rng(11), np.random.default_rng(11)
+    # Same construction seed and same sampling seed: same samples, also from a freshly built source.
+    assert [Markov(seed=4).sample(rng1) for _ in range(20)] == [
+        Markov(seed=4).sample(rng2) for _ in range(20)
+    ]
+    a = [Markov(seed=4).sample(np.random.default_rng(0)) for _ in range(5)]
+    b = [Markov(seed=5).sample(np.random.default_rng(0)) for _ in range(5)]
+    assert a != b
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"n_tokens": 0}, ValueError, "n_tokens"),
+        ({"n_tokens": 3.5}, TypeError, "n_tokens"),
+        ({"forbidden_fraction": 1.0}, ValueError, "forbidden_fraction"),
+        ({"forbidden_fraction": -0.1}, ValueError, "forbidden_fraction"),
+        ({"eos_prob": 0.0}, ValueError, "eos_prob"),
+        ({"eos_prob": 1.5}, ValueError, "eos_prob"),
+        ({"max_length": 0}, ValueError, "max_length"),
+        ({"seed": None}, TypeError, "seed"),
+    ],
+)
+def test_markov_bad_arguments(kwargs: dict[str, object], exc: type[Exception], match: str) -> None:
+    with pytest.raises(exc, match=match):
+        Markov(**kwargs)  # type: ignore[arg-type]
