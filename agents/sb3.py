@@ -1,0 +1,626 @@
+"""Stable-Baselines3 bridge: PPO / DQN / MaskablePPO on seqgym envs, evaluated like the imitation agents.
+
+Three pieces, each usable alone:
+
+- :class:`TokenEmbeddingExtractor`, a ``BaseFeaturesExtractor`` for token observations: SB3 hands a ``Box``
+  observation over as floats; the extractor casts it back to ids and embeds them (no one-hot), then pools
+  the visible sequence with a GRU (default) or a mean over positions. Pass it in ``policy_kwargs``.
+- :class:`RewardWrapper`, a ``gymnasium.Wrapper`` that replaces the env's reward with the reward recovered
+  by a trained SequenceMatch critic (``r = Q − γ·V'``), and :func:`make_env`, which builds an env with the
+  env's own ``"logprob"`` / ``"valid"`` reward, a callable reward, or a critic's reward.
+- :func:`train_sb3_baseline`, which trains an algorithm and returns an :class:`SB3Baseline` with ``predict``,
+  ``generate(n, seed=...)`` (samples produced by stepping the env with the trained model, action masks
+  respected) and ``save`` / ``load``. ``generate`` returns the same :class:`~agents.policy.Generation` as
+  the LM agents, so ``seqgym.metrics.evaluate_samples`` judges both the same way.
+
+Example:
+    >>> from seqgym.env import SequenceEnv
+    >>> from seqgym.sources.dyck import Dyck
+    >>> env = SequenceEnv(Dyck(), max_length=17, max_steps=24)
+    >>> baseline = train_sb3_baseline(
+    ...     "maskable_ppo", env, reward="logprob", total_timesteps=64, seed=0,
+    ...     algo_kwargs={"n_steps": 64, "batch_size": 32, "n_epochs": 1},
+    ... )
+    >>> gen = baseline.generate(4, seed=0)
+    >>> len(gen.sequences), all(t or tr for t, tr in zip(gen.terminated, gen.truncated))
+    (4, True)
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from stable_baselines3.common.vec_env import DummyVecEnv
+
+from agents.policy import Generation, sample_actions
+from seqgym.env import SequenceEnv
+from seqgym.rewards import Reward, RewardFn
+from seqgym.vocab import Vocabulary
+
+__all__ = [
+    "ALGOS",
+    "Critic",
+    "RewardWrapper",
+    "SB3Baseline",
+    "TokenEmbeddingExtractor",
+    "default_policy_kwargs",
+    "make_env",
+    "train_sb3_baseline",
+]
+
+ALGOS: tuple[str, ...] = ("maskable_ppo", "ppo", "dqn")
+"""Algorithm names accepted by :func:`train_sb3_baseline`."""
+
+_POOLINGS = ("gru", "mean")
+_FORMAT = 1
+_META_FILE = "sb3_baseline.json"
+_MODEL_FILE = "model.zip"
+
+
+# ============================================================================================================
+# Features extractor
+# ============================================================================================================
+class TokenEmbeddingExtractor(BaseFeaturesExtractor):
+    """Embeds a padded sequence of token ids and pools it into one feature vector.
+
+    The observation is ``SequenceEnv``'s ``Box(0, pad_id, (max_length,))``: the visible sequence left-aligned,
+    padded with ``pad_id`` on the right. SB3 passes it as floats; it is cast back to ``long`` here.
+
+    Pooling:
+
+    - ``"gru"`` (default): a learned start vector followed by the token embeddings runs through a one-layer
+      GRU; the hidden state after the last visible token is the summary (the empty sequence gives the state
+      after the start vector). Order-aware, which Dyck-like tasks need (the open-bracket stack).
+    - ``"mean"``: mean of token + position embeddings over the visible positions, concatenated with the
+      embedding of the last visible token (the start vector when empty). Cheaper; weaker on order.
+
+    The summary then goes through ``Linear + ReLU`` to ``features_dim``.
+
+    Args:
+        observation_space: a 1-D integer ``Box`` whose ``high`` is the pad id.
+        features_dim: size of the output features.
+        embed_dim: size of the token embeddings.
+        hidden_dim: GRU hidden size (``"gru"`` pooling); defaults to ``features_dim``.
+        pooling: ``"gru"`` or ``"mean"``.
+
+    Example (``policy_kwargs`` for PPO, DQN or MaskablePPO):
+        >>> policy_kwargs = dict(
+        ...     features_extractor_class=TokenEmbeddingExtractor,
+        ...     features_extractor_kwargs=dict(features_dim=64, pooling="gru"),
+        ... )
+        >>> ext = TokenEmbeddingExtractor(spaces.Box(0, 6, shape=(5,), dtype=np.int64), features_dim=8)
+        >>> ext(torch.tensor([[0.0, 1.0, 6.0, 6.0, 6.0], [6.0, 6.0, 6.0, 6.0, 6.0]])).shape
+        torch.Size([2, 8])
+    """
+
+    def __init__(
+        self,
+        observation_space: gym.Space,
+        features_dim: int = 64,
+        *,
+        embed_dim: int = 32,
+        hidden_dim: int | None = None,
+        pooling: str = "gru",
+    ) -> None:
+        if not isinstance(observation_space, spaces.Box) or len(observation_space.shape) != 1:
+            raise TypeError(
+                "TokenEmbeddingExtractor needs a 1-D Box observation space of token ids, "
+                f"got {observation_space}."
+            )
+        if pooling not in _POOLINGS:
+            raise ValueError(f"Unknown pooling {pooling!r}; choose one of {list(_POOLINGS)}.")
+        for name, value in (("features_dim", features_dim), ("embed_dim", embed_dim)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}.")
+        super().__init__(observation_space, features_dim)
+        high = np.asarray(observation_space.high)
+        self.pad_id = int(high.max())
+        self.max_length = int(observation_space.shape[0])
+        self.pooling = pooling
+        self.embed = torch.nn.Embedding(self.pad_id + 1, embed_dim, padding_idx=self.pad_id)
+        self.start = torch.nn.Parameter(torch.zeros(1, 1, embed_dim))  # stands before the first token
+        torch.nn.init.normal_(self.start, std=0.02)
+        if pooling == "gru":
+            hidden = hidden_dim or features_dim
+            self.gru: torch.nn.GRU | None = torch.nn.GRU(embed_dim, hidden, batch_first=True)
+            summary = hidden
+        else:
+            self.gru = None
+            self.pos = torch.nn.Embedding(self.max_length, embed_dim)
+            summary = 2 * embed_dim
+        self.head = torch.nn.Sequential(torch.nn.Linear(summary, features_dim), torch.nn.ReLU())
+
+    def forward(self, observations: torch.Tensor) -> torch.Tensor:
+        """``(B, max_length)`` float or int observations -> ``(B, features_dim)`` features."""
+        ids = observations.round().long().clamp(0, self.pad_id)  # (B, L)
+        visible = ids != self.pad_id  # (B, L)
+        lengths = visible.sum(dim=1)  # (B,)
+        B = ids.shape[0]
+        x = self.embed(ids)  # (B, L, E)
+        start = self.start.expand(B, 1, -1)  # (B, 1, E)
+        rows = torch.arange(B, device=ids.device)
+        if self.gru is not None:
+            out, _ = self.gru(torch.cat([start, x], dim=1))  # (B, L+1, H)
+            summary = out[rows, lengths]  # (B, H): state after the last visible token
+        else:
+            pos = self.pos(torch.arange(ids.shape[1], device=ids.device))  # (L, E)
+            m = visible.unsqueeze(-1).to(x.dtype)  # (B, L, 1)
+            mean = ((x + pos) * m).sum(dim=1) / lengths.clamp(min=1).unsqueeze(-1).to(x.dtype)  # (B, E)
+            with_start = torch.cat([start, x], dim=1)  # (B, L+1, E)
+            last = with_start[rows, lengths]  # (B, E)
+            summary = torch.cat([mean, last], dim=-1)  # (B, 2E)
+        return self.head(summary)
+
+
+def default_policy_kwargs(**features_extractor_kwargs: Any) -> dict[str, Any]:
+    """``policy_kwargs``: :class:`TokenEmbeddingExtractor` (GRU, 64 features) and one 64-unit hidden layer.
+
+    Valid for PPO, DQN and MaskablePPO alike. Keyword arguments override the extractor's defaults.
+    """
+    return {
+        "features_extractor_class": TokenEmbeddingExtractor,
+        "features_extractor_kwargs": {"features_dim": 64, **features_extractor_kwargs},
+        "net_arch": [64],
+    }
+
+
+# ============================================================================================================
+# Rewards
+# ============================================================================================================
+@runtime_checkable
+class Critic(Protocol):
+    """Anything that recovers per-step rewards from action histories (e.g. a trained ``SequenceMatch``).
+
+    ``reward(prompts, action_histories)`` returns one float array per history, of shape ``(T_b,)``: the reward
+    of each step, ``r_i = Q(u_i, a_i) − γ·V(u_{i+1})``.
+    """
+
+    def reward(self, prompts: Sequence[Sequence[int]], action_histories: Sequence[Sequence[int]]) -> Any: ...
+
+
+class RewardWrapper(gym.Wrapper):
+    """Replaces a sequence env's reward with the reward recovered by a critic (``r = Q − γ·V'``).
+
+    The wrapper records the episode's prompt (from ``reset``) and its action history, and calls
+    ``critic.reward([prompt], [history])``. The env's own reward is kept in ``info["env_reward"]``.
+
+    Modes:
+
+    - ``"dense"`` (default): after every step, the reward of that step (the last entry of the critic's
+      output). Cost: one critic forward over the whole history per step, so ``O(T²)`` tokens per episode of
+      ``T`` steps; fine for toy tasks (``T`` of tens), slow for long text.
+    - ``"terminal"``: ``0.0`` until the episode ends, then the sum of the history's recovered rewards. One
+      critic forward per episode (``O(T)`` tokens). Sparse: harder credit assignment for the RL algorithm.
+
+    With a critic whose per-step reward depends only on ``(u_i, a_i, u_{i+1})`` (as SequenceMatch's does)
+    both modes give an episode the same return.
+
+    Args:
+        env: a ``SequenceEnv`` (possibly wrapped); its ``info`` must hold ``prompt_length``.
+        critic: an object with a ``reward(prompts, action_histories)`` method (see :class:`Critic`).
+        mode: ``"dense"`` or ``"terminal"``.
+
+    Example:
+        >>> from seqgym.sources.dyck import Dyck
+        >>> class Stub:  # a critic that pays 1 per step
+        ...     def reward(self, prompts, histories):
+        ...         return [np.ones(len(h)) for h in histories]
+        >>> env = RewardWrapper(SequenceEnv(Dyck(), max_length=17, max_steps=24), Stub())
+        >>> _ = env.reset(seed=0)
+        >>> env.step(0)[1]
+        1.0
+    """
+
+    def __init__(self, env: gym.Env, critic: Critic, *, mode: str = "dense") -> None:
+        super().__init__(env)
+        if not callable(getattr(critic, "reward", None)):
+            raise TypeError(
+                f"critic must have a reward(prompts, action_histories) method, got {type(critic).__name__}."
+            )
+        if mode not in ("dense", "terminal"):
+            raise ValueError(f"Unknown mode {mode!r}; choose 'dense' or 'terminal'.")
+        self.critic = critic
+        self.mode = mode
+        self._prompt: list[int] = []
+        self._history: list[int] = []
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict]:
+        obs, info = self.env.reset(seed=seed, options=options)
+        self._prompt = [int(t) for t in np.asarray(obs)[: int(info["prompt_length"])]]
+        self._history = []
+        return obs, info
+
+    def _rewards(self) -> np.ndarray:
+        out = self.critic.reward([self._prompt], [list(self._history)])
+        r = np.asarray(out[0], dtype=np.float64).reshape(-1)  # (T,)
+        if r.shape[0] != len(self._history):
+            raise ValueError(
+                f"critic.reward returned {r.shape[0]} rewards for a history of {len(self._history)} actions; "
+                "it must return one reward per action."
+            )
+        return r
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
+        obs, env_reward, terminated, truncated, info = self.env.step(action)
+        self._history.append(int(action))
+        info = dict(info)
+        info["env_reward"] = env_reward
+        if self.mode == "dense":
+            reward = float(self._rewards()[-1])
+        else:
+            reward = float(self._rewards().sum()) if (terminated or truncated) else 0.0
+        return obs, reward, terminated, truncated, info
+
+
+def _is_critic(reward: object) -> bool:
+    return not isinstance(reward, str) and callable(getattr(reward, "reward", None))
+
+
+def _check_reward(reward: object) -> None:
+    if isinstance(reward, str):
+        if reward not in ("none", "logprob", "valid"):
+            raise ValueError(
+                f"Unknown reward {reward!r}; choose 'none', 'logprob', 'valid', a callable or a critic."
+            )
+    elif not (callable(reward) or _is_critic(reward)):
+        raise TypeError(
+            "reward must be 'none' / 'logprob' / 'valid', a callable (state, action, next_state, terminated) "
+            "-> float, or a critic with a reward(prompts, action_histories) method; "
+            f"got {type(reward).__name__}."
+        )
+
+
+class _EnvSpec:
+    """How to build copies of one sequence env with any reward (the source is built once and shared)."""
+
+    def __init__(self, env: str | gym.Env, env_kwargs: dict[str, Any] | None) -> None:
+        kwargs = dict(env_kwargs or {})
+        if "reward" in kwargs:
+            raise ValueError("Pass the reward as reward=..., not inside env_kwargs.")
+        self.env_id: str | None = None
+        self.env_kwargs = kwargs
+        if isinstance(env, str):
+            self.env_id = env
+            _ensure_registered(env)
+            template = gym.make(env, **kwargs).unwrapped
+        elif isinstance(env, gym.Env):
+            if kwargs:
+                raise ValueError("env_kwargs only apply to an env id; configure an env instance yourself.")
+            template = env.unwrapped
+        else:
+            raise TypeError(f"env must be a registered env id or a SequenceEnv, got {type(env).__name__}.")
+        if not isinstance(template, SequenceEnv):
+            raise TypeError(f"The env must be a seqgym SequenceEnv, got {type(template).__name__}.")
+        self.source = template.source
+        self.vocab: Vocabulary = template.vocab
+        self.max_length = template.max_length
+        self.max_steps = template.max_steps
+        self.logprob_floor = float(
+            kwargs.get("logprob_floor", getattr(template.reward_fn, "logprob_floor", -20.0))
+        )
+
+    def make(self, reward: str | RewardFn | Reward | Critic = "none", critic_mode: str = "dense") -> gym.Env:
+        _check_reward(reward)
+        if _is_critic(reward):
+            base = SequenceEnv(self.source, max_length=self.max_length, max_steps=self.max_steps)
+            return RewardWrapper(base, reward, mode=critic_mode)  # type: ignore[arg-type]
+        return SequenceEnv(
+            self.source,
+            max_length=self.max_length,
+            max_steps=self.max_steps,
+            reward=reward,  # type: ignore[arg-type]
+            logprob_floor=self.logprob_floor,
+        )
+
+    def to_json(self) -> dict[str, Any] | None:
+        if self.env_id is None:
+            return None
+        try:
+            json.dumps(self.env_kwargs)
+        except TypeError:
+            return None
+        return {"env_id": self.env_id, "env_kwargs": self.env_kwargs}
+
+
+def _ensure_registered(env_id: str) -> None:
+    if env_id in gym.registry or not env_id.startswith("seqgym/"):
+        return
+    registration = importlib.import_module("seqgym.registration")
+    registration.register_envs()
+
+
+def make_env(
+    env: str | gym.Env,
+    *,
+    reward: str | RewardFn | Reward | Critic = "logprob",
+    critic_mode: str = "dense",
+    env_kwargs: dict[str, Any] | None = None,
+) -> gym.Env:
+    """A fresh sequence env with the requested reward, ready for an SB3 algorithm.
+
+    Args:
+        env: a registered id (``"seqgym/Dyck-v0"``) or a ``SequenceEnv`` instance to copy (its source is
+            shared; its limits and ``logprob_floor`` are kept).
+        reward: the env's own ``"logprob"`` (exact log-probability of each token, floored; needs a toy
+            source), ``"valid"`` (1 at eos if valid; needs ``is_valid``), ``"none"``, a callable
+            ``(state, action, next_state, terminated) -> float``, or a critic (an object with
+            ``reward(prompts, action_histories)``, e.g. a trained ``SequenceMatch``) whose recovered reward
+            replaces the env's through :class:`RewardWrapper`.
+        critic_mode: ``"dense"`` or ``"terminal"``, for a critic (see :class:`RewardWrapper`).
+        env_kwargs: keyword arguments of ``gym.make`` for an env id (source and env options, not ``reward``).
+    """
+    return _EnvSpec(env, env_kwargs).make(reward, critic_mode)
+
+
+# ============================================================================================================
+# Baselines
+# ============================================================================================================
+def _algo_class(algo: str) -> type[BaseAlgorithm]:
+    if algo == "ppo":
+        from stable_baselines3 import PPO
+
+        return PPO
+    if algo == "dqn":
+        from stable_baselines3 import DQN
+
+        return DQN
+    if algo == "maskable_ppo":
+        try:
+            from sb3_contrib import MaskablePPO
+        except ImportError as e:
+            raise ImportError('MaskablePPO needs sb3-contrib: pip install "seqgym[sb3]"') from e
+        return MaskablePPO
+    raise ValueError(f"Unknown algo {algo!r}; choose one of {list(ALGOS)}.")
+
+
+class SB3Baseline:
+    """A trained SB3 model on a sequence env, with the interface the experiments evaluate.
+
+    Attributes:
+        model: the SB3 algorithm (``PPO``, ``DQN`` or ``MaskablePPO``).
+        algo: its name in :data:`ALGOS`.
+        vocab: the env's vocabulary.
+        source: the env's source.
+    """
+
+    def __init__(self, model: BaseAlgorithm, *, algo: str, spec: _EnvSpec) -> None:
+        _algo_class(algo)  # validates the name
+        self.model = model
+        self.algo = algo
+        self._spec = spec
+        self.vocab = spec.vocab
+        self.source = spec.source
+
+    def __repr__(self) -> str:
+        return f"SB3Baseline(algo={self.algo!r}, env={self._spec.env_id or type(self.source).__name__})"
+
+    @property
+    def max_length(self) -> int:
+        return self._spec.max_length
+
+    @property
+    def max_steps(self) -> int:
+        return self._spec.max_steps
+
+    # --------------------------------------------------------------------------------------------------------
+    def learn(self, total_timesteps: int, **learn_kwargs: Any) -> SB3Baseline:
+        """Train further (``model.learn`` without resetting the timestep counter); returns ``self``."""
+        learn_kwargs.setdefault("reset_num_timesteps", False)
+        self.model.learn(total_timesteps, **learn_kwargs)
+        return self
+
+    @torch.no_grad()
+    def action_logits(self, observations: np.ndarray, action_masks: np.ndarray | None = None) -> torch.Tensor:
+        """Scores of every action for a batch of observations, with masked actions at ``-inf``.
+
+        PPO / MaskablePPO: the policy's logits; DQN: the Q-values (act greedily on them).
+
+        Args:
+            observations: ``(B, max_length)`` token observations.
+            action_masks: ``(B, n_actions)`` bool, ``True`` = allowed; ``None`` = all allowed.
+
+        Returns:
+            ``(B, n_actions)`` float tensor on the CPU.
+        """
+        obs = np.asarray(observations).reshape(-1, self.max_length)
+        policy: Any = self.model.policy
+        obs_t, _ = policy.obs_to_tensor(obs)
+        if self.algo == "dqn":
+            scores = policy.q_net(obs_t)  # (B, A)
+        else:
+            scores = policy.get_distribution(obs_t).distribution.logits  # (B, A)
+        scores = scores.detach().float().cpu()
+        if action_masks is not None:
+            mask = torch.as_tensor(np.asarray(action_masks, dtype=bool).reshape(scores.shape))
+            scores = scores.masked_fill(~mask, float("-inf"))
+        return scores
+
+    def predict(
+        self,
+        observation: np.ndarray,
+        state: Any = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = False,
+        action_masks: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, Any]:
+        """SB3's ``predict``; with ``action_masks`` every algorithm respects them.
+
+        Without masks this is exactly ``model.predict``. With masks, MaskablePPO uses its own masking; PPO
+        samples from (or, if ``deterministic``, takes the argmax of) its masked logits, and DQN takes the
+        masked greedy action.
+        """
+        if action_masks is None:
+            return self.model.predict(observation, state, episode_start, deterministic)
+        if self.algo == "maskable_ppo":
+            return self.model.predict(  # type: ignore[call-arg]
+                observation, state, episode_start, deterministic, action_masks=action_masks
+            )
+        obs = np.asarray(observation)
+        scores = self.action_logits(obs, action_masks)
+        actions = sample_actions(scores, deterministic=deterministic or self.algo == "dqn").numpy()
+        return (actions if obs.ndim > 1 else actions[0]), state
+
+    def generate(
+        self,
+        n: int | None = None,
+        *,
+        prompts: Sequence[Sequence[int]] | None = None,
+        seed: int | None = None,
+        deterministic: bool = False,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+    ) -> Generation:
+        """Sample ``n`` episodes by stepping copies of the env with the trained model, masks respected.
+
+        Prompts come from ``prompts`` or, for ``n``, from the source (each env reset with a seed drawn from
+        ``seed``). Actions are drawn with :func:`agents.policy.sample_actions` (the imitation agents' sampling
+        function) from the masked logits, with a ``torch.Generator`` seeded by ``seed``: the same seed gives
+        the same samples. DQN acts greedily on its masked Q-values (a DQN policy is deterministic).
+
+        Returns:
+            :class:`~agents.policy.Generation`: final visible sequences (prompt included), action histories,
+            and ``terminated`` / ``truncated`` flags, exactly as the env produced them.
+        """
+        if prompts is None and n is None:
+            raise ValueError("Give n (prompts drawn from the source) or prompts.")
+        if prompts is not None and n is not None and n != len(prompts):
+            raise ValueError(f"n={n} but {len(prompts)} prompts were given; give one or make them agree.")
+        count = len(prompts) if prompts is not None else int(n)  # type: ignore[arg-type]
+        if count < 1:
+            raise ValueError(f"n must be positive, got {count}.")
+        rng = np.random.default_rng(seed)
+        generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        envs = [self._spec.make("none") for _ in range(count)]
+        obs = np.zeros((count, self.max_length), dtype=np.int64)  # (N, L)
+        for i, env in enumerate(envs):
+            options = {"prompt": list(prompts[i])} if prompts is not None else None
+            obs[i], _ = env.reset(seed=int(rng.integers(2**31)), options=options)
+        terminated = [False] * count
+        truncated = [False] * count
+        active = list(range(count))
+        greedy = deterministic or self.algo == "dqn"
+        while active:
+            masks = np.stack([envs[i].action_masks() for i in active])  # type: ignore[attr-defined]  # (B, A)
+            scores = self.action_logits(obs[active], masks)  # (B, A)
+            actions = sample_actions(
+                scores,
+                generator=generator,
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                deterministic=greedy,
+            ).tolist()
+            still = []
+            for i, a in zip(active, actions):
+                obs[i], _, term, trunc, _ = envs[i].step(int(a))
+                terminated[i], truncated[i] = bool(term), bool(trunc)
+                if not (term or trunc):
+                    still.append(i)
+            active = still
+        seqs = [list(e.unwrapped.state) for e in envs]  # type: ignore[attr-defined]
+        hist = [e.unwrapped.history for e in envs]  # type: ignore[attr-defined]
+        return Generation(sequences=seqs, actions=hist, terminated=terminated, truncated=truncated)
+
+    # --------------------------------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write ``path/model.zip`` (SB3's own format) and ``path/sb3_baseline.json`` (algo and env id)."""
+        directory = Path(path)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.model.save(directory / _MODEL_FILE)
+        meta = {"format": _FORMAT, "algo": self.algo, "env": self._spec.to_json()}
+        tmp = directory / (_META_FILE + ".tmp")
+        tmp.write_text(json.dumps(meta, indent=2))
+        tmp.replace(directory / _META_FILE)
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike[str], env: str | gym.Env | None = None, device: str = "cpu"
+    ) -> SB3Baseline:
+        """Load what :meth:`save` wrote. ``env`` is needed when the baseline was trained on an env instance
+        (only an env id and JSON-serialisable ``env_kwargs`` are stored)."""
+        directory = Path(path)
+        meta_file = directory / _META_FILE
+        if not meta_file.is_file():
+            raise FileNotFoundError(
+                f"{meta_file} not found; is {directory} a directory written by SB3Baseline.save?"
+            )
+        meta = json.loads(meta_file.read_text())
+        if meta.get("format") != _FORMAT:
+            raise ValueError(f"{meta_file} has format {meta.get('format')!r}; this version reads {_FORMAT}.")
+        if env is not None:
+            spec = _EnvSpec(env, None)
+        elif meta.get("env") is not None:
+            spec = _EnvSpec(meta["env"]["env_id"], meta["env"]["env_kwargs"])
+        else:
+            raise ValueError(
+                "This baseline was trained on an env instance; pass env= (the same kind of env) to load."
+            )
+        model = _algo_class(meta["algo"]).load(directory / _MODEL_FILE, device=device)
+        return cls(model, algo=meta["algo"], spec=spec)
+
+
+def train_sb3_baseline(
+    algo: str = "maskable_ppo",
+    env: str | gym.Env = "seqgym/Dyck-v0",
+    *,
+    reward: str | RewardFn | Reward | Critic = "logprob",
+    total_timesteps: int,
+    seed: int = 0,
+    policy_kwargs: dict[str, Any] | None = None,
+    algo_kwargs: dict[str, Any] | None = None,
+    env_kwargs: dict[str, Any] | None = None,
+    n_envs: int = 1,
+    critic_mode: str = "dense",
+    device: str = "cpu",
+    verbose: int = 0,
+    callback: Any = None,
+    progress_bar: bool = False,
+) -> SB3Baseline:
+    """Train an SB3 baseline on a sequence env and return it as an :class:`SB3Baseline`.
+
+    Args:
+        algo: ``"maskable_ppo"`` (sb3-contrib; never takes a masked backspace), ``"ppo"`` or ``"dqn"`` (both
+            unmasked while training: a backspace at the prompt boundary is a no-op step).
+        env: a registered env id or a ``SequenceEnv`` (copied, not stepped itself).
+        reward: see :func:`make_env` (``"logprob"``, ``"valid"``, a callable, or a trained critic).
+            Note that maximising the ``"logprob"`` return seeks the *mode* of the source (its most likely
+            sequences), not its distribution.
+        total_timesteps: environment steps to train for (SB3 rounds up to whole rollouts).
+        seed: seeds the algorithm and the envs.
+        policy_kwargs: merged over :func:`default_policy_kwargs` (the token extractor, ``net_arch=[64]``).
+        algo_kwargs: keyword arguments of the algorithm's constructor, over the defaults ``gamma=1.0``
+            (episodes are short and the undiscounted ``"logprob"`` return is the sequence's log-probability)
+            and SB3's own.
+        env_kwargs: ``gym.make`` keyword arguments for an env id.
+        n_envs: parallel envs in a ``DummyVecEnv``, each wrapped in SB3's ``Monitor``.
+        critic_mode: ``"dense"`` or ``"terminal"`` when ``reward`` is a critic (see :class:`RewardWrapper`).
+        device: torch device of the model.
+        verbose, callback, progress_bar: passed to SB3.
+    """
+    cls = _algo_class(algo)
+    _check_reward(reward)
+    if not isinstance(total_timesteps, int) or total_timesteps < 1:
+        raise ValueError(f"total_timesteps must be a positive int, got {total_timesteps!r}.")
+    spec = _EnvSpec(env, env_kwargs)
+    make: Callable[[], gym.Env] = lambda: spec.make(reward, critic_mode)  # noqa: E731
+    vec_env = make_vec_env(make, n_envs=n_envs, seed=seed, vec_env_cls=DummyVecEnv)
+    pk = default_policy_kwargs()
+    pk.update(policy_kwargs or {})
+    kwargs: dict[str, Any] = {"gamma": 1.0}
+    kwargs.update(algo_kwargs or {})
+    model = cls("MlpPolicy", vec_env, policy_kwargs=pk, seed=seed, device=device, verbose=verbose, **kwargs)
+    model.learn(total_timesteps, callback=callback, progress_bar=progress_bar)
+    return SB3Baseline(model, algo=algo, spec=spec)
