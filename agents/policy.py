@@ -45,9 +45,13 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 
 from seqgym.vocab import Vocabulary
 
+#: A batch of id sequences: a sequence of sequences, or a 2-D integer array / tensor.
+IdRows = Sequence[Sequence[int]] | np.ndarray | torch.Tensor
+
 __all__ = [
     "POLICY_CONFIG_NAME",
     "Generation",
+    "IdRows",
     "LMPolicy",
     "TokenMap",
     "TrajectoryLogits",
@@ -527,7 +531,7 @@ class LMPolicy(torch.nn.Module):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         model = AutoModelForCausalLM.from_pretrained(str(name_or_path))
-        if tokenizer is None:
+        if tokenizer is None and (not path.is_dir() or _has_tokenizer_files(path)):
             try:
                 tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
             except (OSError, ValueError, TypeError, KeyError):
@@ -607,7 +611,7 @@ class LMPolicy(torch.nn.Module):
         token_map = TokenMap.from_dict(meta["token_map"])
         model = AutoModelForCausalLM.from_pretrained(str(path))
         tokenizer = None
-        if any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+        if _has_tokenizer_files(path):
             tokenizer = AutoTokenizer.from_pretrained(str(path))
         if str(device) == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -650,7 +654,7 @@ class LMPolicy(torch.nn.Module):
             logits = logits[:, -keep:]
         return self.token_map.action_logits(logits)
 
-    def _check_prompts(self, prompts: Sequence[Sequence[int]], what: str) -> list[np.ndarray]:
+    def _check_prompts(self, prompts: IdRows, what: str) -> list[np.ndarray]:
         if isinstance(prompts, (str, bytes)) or not isinstance(prompts, (Sequence, np.ndarray, torch.Tensor)):
             raise TypeError(f"{what} must be a sequence of id sequences, got {type(prompts).__name__}.")
         rows = [_as_ids(p, f"{what}[{b}]") for b, p in enumerate(prompts)]
@@ -667,7 +671,7 @@ class LMPolicy(torch.nn.Module):
         return rows
 
     # -- forwards -------------------------------------------------------------------------------------------
-    def state_logits(self, states: Sequence[Sequence[int]], prompt_lengths: Sequence[int]) -> torch.Tensor:
+    def state_logits(self, states: IdRows, prompt_lengths: Sequence[int]) -> torch.Tensor:
         """Plain batched forward on visible sequences (the reference for the masked forward).
 
         Args:
@@ -712,9 +716,7 @@ class LMPolicy(torch.nn.Module):
         col[self.vocab.backspace_id] = True
         return logits.masked_fill(boundary[..., None] & col, float("-inf"))
 
-    def trajectory_logits(
-        self, prompts: Sequence[Sequence[int]], actions: Sequence[Sequence[int]]
-    ) -> TrajectoryLogits:
+    def trajectory_logits(self, prompts: IdRows, actions: IdRows) -> TrajectoryLogits:
         """Logits of every state of a batch of action histories, in ONE masked forward (differentiable).
 
         Layout (``sequencematch.md`` §5): row ``b`` is left-padded to ``S`` slots and holds
@@ -807,7 +809,7 @@ class LMPolicy(torch.nn.Module):
             action_mask=torch.arange(Tm, device=dev)[None, :] < T_t,
         )
 
-    def forward(self, prompts: Sequence[Sequence[int]], actions: Sequence[Sequence[int]]) -> TrajectoryLogits:
+    def forward(self, prompts: IdRows, actions: IdRows) -> TrajectoryLogits:
         """Same as :meth:`trajectory_logits`."""
         return self.trajectory_logits(prompts, actions)
 
@@ -837,7 +839,7 @@ class LMPolicy(torch.nn.Module):
     @torch.inference_mode()
     def generate(
         self,
-        prompts: Sequence[Sequence[int]],
+        prompts: IdRows,
         *,
         max_steps: int,
         max_length: int,
@@ -964,6 +966,20 @@ class LMPolicy(torch.nn.Module):
 
 # ======================================================================================================
 # Tokenizer -> token map
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "tokenizer.model",
+    "spiece.model",
+)
+
+
+def _has_tokenizer_files(directory: Path) -> bool:
+    """Whether a local model directory holds a tokenizer (transformers would invent an empty one)."""
+    return any((directory / f).is_file() for f in _TOKENIZER_FILES)
+
+
 def _embedding_rows(model: Any) -> int:
     """Number of token ids the model embeds."""
     return int(model.get_input_embeddings().weight.shape[0])
