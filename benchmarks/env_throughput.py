@@ -1,0 +1,180 @@
+"""Environment throughput: steps per second of SequenceEnv, SyncVectorEnv over it, and SequenceVectorEnv.
+
+Every configuration steps ``seqgym/Dyck-v0``'s defaults (``Dyck(2, max_depth=4, max_length=16)``,
+``max_length=17``, ``max_steps=51``, ``reward="none"``) with uniformly random *masked* actions (backspace only
+where allowed) for at least ``--min-time`` seconds. The uniform numbers are drawn before timing; turning one
+into an action takes one multiply per step on the step's own ``action_mask`` (vectorised for the vector envs),
+which is inside the timing. A step of a vector env over ``N`` sub-envs counts as ``N`` steps.
+
+Random agents end an episode every few steps (eos is one action in six), so resets matter: each reset draws a
+prompt from the source. Two source variants are measured:
+
+- ``dyck``: the source as registered; a reset calls ``Dyck.sample`` (a whole sequence, about 10 us in Python)
+  to get its (empty) prompt.
+- ``dyck+sample_prompt``: the same source with a ``sample_prompt(rng)`` method that returns the empty prompt
+  without sampling a completion (``SequenceEnv`` and ``SequenceVectorEnv`` use it when a source has one).
+  This isolates the environments' own cost from the source's.
+
+Run: ``python benchmarks/env_throughput.py`` (``--help`` for options). Writes
+``benchmarks/results/env_throughput.json`` and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+
+from seqgym.env import SequenceEnv
+from seqgym.sources.dyck import Dyck
+from seqgym.vector import SequenceVectorEnv
+
+MAX_LENGTH, MAX_STEPS = 17, 51
+N_UNIFORMS = 512  # rows of pre-drawn uniforms, reused cyclically
+
+
+class DyckPromptOnly(Dyck):
+    """Dyck with a prompt-only sampler: a reset no longer samples (and discards) a whole sequence."""
+
+    def sample_prompt(self, rng: np.random.Generator) -> list[int]:
+        return []
+
+
+def _masked(u: np.ndarray, mask: np.ndarray, n_actions: int) -> np.ndarray:
+    """Uniform over the allowed actions: tokens and eos always, backspace (the last id) where allowed."""
+    return (u * (n_actions - 1 + mask[..., n_actions - 1])).astype(np.int64)
+
+
+def bench_single(source: Dyck, n_envs: int, min_time: float, rng: np.random.Generator) -> tuple[int, float]:
+    env = SequenceEnv(source, max_length=MAX_LENGTH, max_steps=MAX_STEPS)
+    n_actions = env.vocab.n_actions
+    uniforms = rng.random(N_UNIFORMS * 64).tolist()
+    _, info = env.reset(seed=0)
+    steps, t0 = 0, time.perf_counter()
+    while True:
+        for u in uniforms:
+            action = int(u * (n_actions - 1 + int(info["action_mask"][n_actions - 1])))
+            _, _, terminated, truncated, info = env.step(action)
+            if terminated or truncated:
+                _, info = env.reset()
+        steps += len(uniforms)
+        elapsed = time.perf_counter() - t0
+        if elapsed >= min_time:
+            return steps, elapsed
+
+
+def _bench_vector(envs: gym.vector.VectorEnv, min_time: float, rng: np.random.Generator) -> tuple[int, float]:
+    n_actions = int(envs.single_action_space.n)  # type: ignore[attr-defined]
+    uniforms = rng.random((N_UNIFORMS, envs.num_envs))
+    _, info = envs.reset(seed=0)
+    for k in range(20):  # warm-up
+        _, _, _, _, info = envs.step(_masked(uniforms[k], info["action_mask"], n_actions))
+    steps, t0 = 0, time.perf_counter()
+    while True:
+        for row in uniforms:
+            _, _, _, _, info = envs.step(_masked(row, info["action_mask"], n_actions))
+        steps += len(uniforms) * envs.num_envs
+        elapsed = time.perf_counter() - t0
+        if elapsed >= min_time:
+            return steps, elapsed
+
+
+def bench_sync(source: Dyck, n_envs: int, min_time: float, rng: np.random.Generator) -> tuple[int, float]:
+    envs = gym.vector.SyncVectorEnv(
+        [lambda: SequenceEnv(source, max_length=MAX_LENGTH, max_steps=MAX_STEPS) for _ in range(n_envs)]
+    )
+    return _bench_vector(envs, min_time, rng)
+
+
+def bench_native(source: Dyck, n_envs: int, min_time: float, rng: np.random.Generator) -> tuple[int, float]:
+    envs = SequenceVectorEnv(source, n_envs, max_length=MAX_LENGTH, max_steps=MAX_STEPS)
+    return _bench_vector(envs, min_time, rng)
+
+
+BENCHES: dict[str, Callable[[Dyck, int, float, np.random.Generator], tuple[int, float]]] = {
+    "SequenceEnv": bench_single,
+    "SyncVectorEnv(SequenceEnv)": bench_sync,
+    "SequenceVectorEnv": bench_native,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1, 64, 1024], help="numbers of sub-envs")
+    parser.add_argument("--min-time", type=float, default=2.0, help="seconds per configuration (at least)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the pre-drawn uniforms")
+    parser.add_argument(
+        "--sources", nargs="+", default=["dyck", "dyck+sample_prompt"], choices=["dyck", "dyck+sample_prompt"]
+    )
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "env_throughput.json")
+    args = parser.parse_args(argv)
+
+    sources = {"dyck": Dyck(2, max_depth=4, max_length=16), "dyck+sample_prompt": DyckPromptOnly(2)}
+    rows = []
+    for source_name in args.sources:
+        for name, bench in BENCHES.items():
+            for n in [1] if name == "SequenceEnv" else args.sizes:
+                steps, elapsed = bench(
+                    sources[source_name], n, args.min_time, np.random.default_rng(args.seed)
+                )
+                rows.append(
+                    {"source": source_name, "env": name, "num_envs": n, "steps": steps, "seconds": elapsed,
+                     "steps_per_s": steps / elapsed}
+                )  # fmt: skip
+                print(
+                    f"  {source_name:20s} {name:28s} {n:5d}  {steps / elapsed:12,.0f} steps/s",
+                    file=sys.stderr,
+                )
+
+    def rate(source: str, env: str, n: int) -> float:
+        return next(
+            r["steps_per_s"] for r in rows if (r["source"], r["env"], r["num_envs"]) == (source, env, n)
+        )
+
+    speedups = {
+        f"{s} @ {n}": rate(s, "SequenceVectorEnv", n) / rate(s, "SyncVectorEnv(SequenceEnv)", n)
+        for s in args.sources
+        for n in args.sizes
+    }
+    print(f"\n{'source':20s} {'env':28s} {'num_envs':>8s} {'steps/s':>14s}")
+    for r in rows:
+        print(f"{r['source']:20s} {r['env']:28s} {r['num_envs']:8d} {r['steps_per_s']:14,.0f}")
+    print("\nSequenceVectorEnv / SyncVectorEnv:")
+    for key, value in speedups.items():
+        print(f"  {key:28s} {value:6.1f}x")
+
+    result = {
+        "benchmark": "env_throughput",
+        "env": {
+            "source": "Dyck(2, max_depth=4, max_length=16)",
+            "max_length": MAX_LENGTH,
+            "max_steps": MAX_STEPS,
+        },
+        "actions": "uniform over the allowed actions (masked), from pre-drawn uniforms",
+        "min_time_s": args.min_time,
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+        },
+        "numpy": np.__version__,
+        "gymnasium": gym.__version__,
+        "results": rows,
+        "speedup_native_over_sync": speedups,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
