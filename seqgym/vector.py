@@ -122,7 +122,11 @@ class SequenceVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
         self._mask_boundary = action_mask(0, 0, v)  # (A,) bool, from the reference function
         self._mask_free = action_mask(1, 0, v)  # (A,) bool
 
-        self._obs = np.full((n, length), v.pad_id, dtype=np.int64)  # (N, L)
+        # (N, L + 1): the observations plus a scratch column that absorbs the writes of sub-envs that neither
+        # append nor delete, so a step updates every row with one scatter.
+        self._buf = np.full((n, length + 1), v.pad_id, dtype=np.int64)
+        self._obs = self._buf[:, :length]  # (N, L) view
+        self._mask_free_i8 = self._mask_free.astype(np.int8)  # (A,)
         self._length = np.zeros(n, dtype=np.int64)  # (N,) visible length
         self._prompt_length = np.zeros(n, dtype=np.int64)  # (N,)
         self._steps = np.zeros(n, dtype=np.int64)  # (N,) steps this episode
@@ -216,29 +220,34 @@ class SequenceVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
                 "(with options={'reset_mask': mask} to reset only some) before step()."
             )
         next_step = self.autoreset_mode == AutoresetMode.NEXT_STEP
+        # Sub-envs that ended on the previous step (NEXT_STEP) ignore their action and reset below.
         pending = np.flatnonzero(self._autoreset) if next_step else self._env_ids[:0]
-        active = ~self._autoreset if next_step else self._all  # (N,) bool
+        active = ~self._autoreset if len(pending) else None  # (N,) bool, None = all
 
         obs, length, plen, steps = self._obs, self._length, self._prompt_length, self._steps
         if self.reward_fn.needs_states:
             obs_before, length_before = obs.copy(), length.copy()
         is_backspace = a == v.backspace_id  # (N,)
-        append = active & ~is_backspace
-        delete = active & is_backspace & (length > plen)
-        ai = np.flatnonzero(append)
-        obs[ai, length[ai]] = a[ai]
-        length[ai] += 1
-        di = np.flatnonzero(delete)
-        length[di] -= 1
-        obs[di, length[di]] = v.pad_id
-        si = np.flatnonzero(active)
-        steps[si] += 1
+        append = ~is_backspace if active is None else active & ~is_backspace
+        delete = is_backspace & (length > plen)  # backspace at the prompt boundary: a no-op
+        if active is not None:
+            delete &= active
+        # One scatter: append writes a at length, delete writes pad at length - 1, the rest hit the scratch.
+        pos = np.where(append, length, np.where(delete, length - 1, self.max_length))
+        self._buf[self._env_ids, pos] = np.where(append, a, v.pad_id)
+        length += append
+        length -= delete
+        steps += 1 if active is None else active
         if self.render_mode is not None:
+            si = self._env_ids if active is None else np.flatnonzero(active)
             self._history[si, steps[si] - 1] = a[si]
 
         terminated = append & (a == v.eos_id)  # (N,)
-        truncated = active & ~terminated & ((length >= self.max_length) | (steps >= self.max_steps))
+        truncated = ~terminated & ((length >= self.max_length) | (steps >= self.max_steps))
+        if active is not None:
+            truncated &= active
         if self.reward_fn.needs_states:
+            si = self._env_ids if active is None else np.flatnonzero(active)
             rewards = np.zeros(self.num_envs, dtype=np.float64)
             rewards[si] = self.reward_fn.batch(
                 obs_before[si], length_before[si], a[si], obs[si], length[si], terminated[si]
@@ -289,7 +298,7 @@ class SequenceVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
     def _reset_rows(self, idx: np.ndarray, prompts: list[Any] | None) -> None:
         """Start new episodes in sub-envs ``idx`` (prompts given, or drawn from each sub-env's generator)."""
         obs, v = self._obs, self.vocab
-        obs[idx] = v.pad_id
+        self._buf[idx] = v.pad_id
         self._steps[idx] = 0
         self._autoreset[idx] = False
         self._needs_reset[idx] = False
@@ -309,7 +318,8 @@ class SequenceVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
         self._prompt_length[idx] = lengths
 
     def _info(self, mask: np.ndarray) -> dict[str, Any]:
-        masks = np.ones((self.num_envs, self.vocab.n_actions), dtype=np.int8)  # (N, A)
+        masks = np.empty((self.num_envs, self.vocab.n_actions), dtype=np.int8)  # (N, A)
+        masks[:] = self._mask_free_i8
         masks[:, self.vocab.backspace_id] = self._length > self._prompt_length
         return {
             "length": self._length.copy(),
