@@ -6,6 +6,8 @@ import math
 import os
 import tempfile
 import zipfile
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -26,7 +28,9 @@ from seqgym.data import (
     uniform_noise,
 )
 from seqgym.env import SequenceEnv
+from seqgym.sources.arithmetic import Arithmetic
 from seqgym.sources.dyck import Dyck
+from seqgym.sources.markov import Markov
 from seqgym.vocab import Vocabulary
 
 V = Vocabulary(["a", "b", "c"])  # a=0 b=1 c=2 eos=3 bksp=4 pad=5
@@ -249,11 +253,20 @@ def test_collect_errors():
         collect(Bad([0, 1, 2]), 1, 0)
 
 
-def test_collect_from_dyck_gives_valid_sequences():
-    source = Dyck(2)
+SOURCES: dict[str, Callable[[], Any]] = {
+    "dyck": lambda: Dyck(2, max_length=10),
+    "markov": lambda: Markov(6, max_length=10, seed=0),
+    "arithmetic": lambda: Arithmetic(base=10, n_digits=2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SOURCES))
+def test_collect_from_the_builtin_sources_gives_valid_sequences(name):
+    source = SOURCES[name]()
     demos = collect(source, 50, 0)
-    assert all(source.is_valid(t.final()) for t in demos)
+    assert all(source.is_valid(t.final()) and t.terminal and t.expert.all() for t in demos)
     assert max(len(t.final()) for t in demos) <= source.max_sequence_length
+    assert all(t.prompt_length == source.prompt_length(t.final()) for t in demos)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -475,8 +488,9 @@ def rollout(env, t: Trajectory):
     return np.stack(observations), flags
 
 
-def test_augmented_trajectory_replays_through_the_env_to_the_clean_sequence():
-    source = Dyck(2, max_length=10)
+@pytest.mark.parametrize("name", sorted(SOURCES))
+def test_augmented_trajectory_replays_through_the_env_to_the_clean_sequence(name, tmp_path):
+    source = SOURCES[name]()
     max_length = source.max_sequence_length  # the clean sequences just fit
     env = SequenceEnv(source, max_length=max_length, max_steps=100)
     clean = collect(source, 40, 0)
@@ -491,7 +505,10 @@ def test_augmented_trajectory_replays_through_the_env_to_the_clean_sequence():
         assert flags == [(False, False)] * (len(t) - 1) + [(True, False)]  # never truncated, ends at eos
         np.testing.assert_array_equal(batch.obs[row : row + len(t)], observations[:-1])
         np.testing.assert_array_equal(batch.next_obs[row : row + len(t)], observations[1:])
+        assert source.is_valid(t.final())
         row += len(t)
+    save_demonstrations(tmp_path / "demos.npz", noisy)
+    assert load_demonstrations(tmp_path / "demos.npz", vocab=source.vocab) == noisy
 
 
 @settings(max_examples=50, deadline=None)
