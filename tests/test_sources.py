@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
+import json
 import math
+import sys
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
+from seqgym.sources import registry
 from seqgym.sources.arithmetic import Arithmetic
 from seqgym.sources.base import Source, has_exact_probabilities, has_validity, sequence_logprob
 from seqgym.sources.dyck import Dyck
 from seqgym.sources.markov import Markov
+from seqgym.sources.registry import list_sources, make_source, register_source
+from seqgym.sources.text import Text
+from seqgym.sources.tokenizers import (
+    BPETokenizer,
+    CharTokenizer,
+    as_tokenizer,
+    tokenizer_from_dict,
+    tokenizer_from_json,
+)
 
 # Tolerances of the statistical tests (fixed seeds, N_SAMPLES draws each). Whole sequences: the total
 # variation (TV) between the empirical and the exact distribution must stay below TV_RATIO times its expected
@@ -413,3 +427,194 @@ def test_arithmetic_seeded_reproducibility() -> None:
 def test_arithmetic_bad_arguments(kwargs: dict[str, object], exc: type[Exception], match: str) -> None:
     with pytest.raises(exc, match=match):
         Arithmetic(**kwargs)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Tokenizers and Text (small corpora built here; never the shared data folder)
+
+CORPUS = (
+    "It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of "
+    "foolishness, it was the epoch of belief, it was the epoch of incredulity.\n"
+) * 4
+
+
+def test_char_tokenizer_roundtrip_unk_and_serialisation() -> None:
+    tok = CharTokenizer.train("banana bread", min_frequency=2)
+    assert tok.tokens == ["a", "b", "n", "<unk>"]  # " ", "d", "e", "r" occur once
+    assert tok.encode("nab!") == [2, 0, 1, 3] and tok.decode([2, 0, 1]) == "nab"
+    full = CharTokenizer.train(CORPUS)
+    assert full.decode(full.encode(CORPUS)) == CORPUS
+    assert CharTokenizer.train(CORPUS) == full  # deterministic
+    back = tokenizer_from_json(full.to_json())
+    assert back == full and back.encode("worst") == full.encode("worst")
+    assert tokenizer_from_dict(json.loads(json.dumps(full.to_dict()))) == full
+    strict = CharTokenizer.train("abc", unk_token=None)
+    assert strict.tokens == ["a", "b", "c"]
+    with pytest.raises(ValueError, match="unk_token"):
+        strict.encode("abd")
+    with pytest.raises(ValueError, match="min_frequency"):
+        CharTokenizer.train("abc", min_frequency=0)
+    with pytest.raises(ValueError, match="single characters"):
+        CharTokenizer(["ab"])
+    with pytest.raises(ValueError, match="out of range"):
+        strict.decode([3])
+    with pytest.raises(ValueError, match="type"):
+        tokenizer_from_dict({"type": "word"})
+
+
+def test_bpe_tokenizer_deterministic_and_serialisable() -> None:
+    pytest.importorskip("tokenizers")
+    tok = BPETokenizer.train(CORPUS, vocab_size=300)
+    assert len(tok.tokens) == 300 and len(set(tok.tokens)) == 300
+    ids = tok.encode("it was the age of times")
+    assert len(ids) < len("it was the age of times")
+    unseen = "Größe: 42 € — ok"  # characters never seen in training still round-trip (byte level)
+    assert tok.decode(tok.encode(unseen)) == unseen
+    again = BPETokenizer.train(CORPUS, vocab_size=300)
+    assert again == tok and again.to_json() == tok.to_json()
+    back = tokenizer_from_json(tok.to_json())
+    assert isinstance(back, BPETokenizer) and back == tok and back.encode(CORPUS) == tok.encode(CORPUS)
+    import tokenizers
+
+    assert isinstance(as_tokenizer(tok.tokenizer), BPETokenizer)
+    assert as_tokenizer(tokenizers.Tokenizer.from_str(tok.tokenizer.to_str())) == tok
+    with pytest.raises(ValueError, match="vocab_size"):
+        BPETokenizer.train(CORPUS, vocab_size=100)
+    with pytest.raises(TypeError, match="tokenizer"):
+        as_tokenizer(42)
+
+
+def test_bpe_missing_library_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "tokenizers", None)  # makes `import tokenizers` fail
+    with pytest.raises(ImportError, match=r'pip install "seqgym\[text\]"'):
+        BPETokenizer.train(CORPUS, vocab_size=300)
+    with pytest.raises(ImportError, match=r'pip install "seqgym\[text\]"'):
+        Text(text=CORPUS, tokenizer="bpe", prompt_length=2, completion_length=3)
+    Text(text=CORPUS, prompt_length=2, completion_length=3)  # the char tokenizer needs nothing
+
+
+def test_text_char_windows() -> None:
+    src = Text(text=CORPUS, prompt_length=5, completion_length=7)
+    assert isinstance(src, Source) and not has_exact_probabilities(src) and not has_validity(src)
+    assert not hasattr(src, "next_token_logprobs")
+    assert src.name == "text" and src.max_sequence_length == 13
+    assert src.vocab.tokens[: src.vocab.n_tokens] == src.tokenizer.tokens
+    assert src.vocab.eos == "<eos>" and len(src.ids) == len(CORPUS)
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        prompt, completion = src.sample(rng)
+        assert len(prompt) == 5 and len(completion) == 8 and completion[-1] == src.vocab.eos_id
+        assert src.decode(prompt + completion) in CORPUS
+        src.vocab.check_ids(prompt, allow_eos=False)
+        assert src.prompt_length(prompt + completion) == 5
+    assert src.decode(src.encode_text("the age")) == "the age"
+    a = [src.sample(np.random.default_rng(4)) for _ in range(3)]
+    assert a == [src.sample(np.random.default_rng(4)) for _ in range(3)]
+    tiny = Text(text="abcdef", prompt_length=0, completion_length=6)  # ids 0..5, <unk> 6, eos 7
+    assert tiny.sample(rng) == ([], [0, 1, 2, 3, 4, 5, 7])
+
+
+def test_text_train_test_split_shares_the_tokenizer() -> None:
+    corpus = CORPUS + "Zebras quietly jog.\n"  # "Z", "q", "j" and "." appear late
+    kw: dict[str, Any] = {"text": corpus, "prompt_length": 3, "completion_length": 4, "test_fraction": 0.05}
+    train, test = Text(split="train", **kw), Text(split="test", **kw)
+    assert train.vocab == test.vocab and train.tokenizer == test.tokenizer
+    cut = round(len(corpus) * 0.95)
+    assert train.decode(train.ids.tolist()) == corpus[:cut]
+    assert len(train.ids) + len(test.ids) == len(corpus)
+    unk = train.tokenizer.tokens.index("<unk>")
+    assert unk in test.ids.tolist()  # a held-out-only character
+    assert "Z" not in train.tokenizer.tokens and "Z" in Text(**kw).tokenizer.tokens  # "all" sees everything
+    # A held-out file with the training tokenizer passed along, also through its JSON.
+    other = Text(
+        text="the worst of times.\n" * 3, tokenizer=train.tokenizer, prompt_length=3, completion_length=4
+    )
+    assert other.vocab == train.vocab
+    rebuilt = tokenizer_from_json(train.tokenizer.to_json())  # type: ignore[attr-defined]
+    assert Text(text=corpus, tokenizer=rebuilt, prompt_length=3, completion_length=4).vocab == train.vocab
+
+
+def test_text_bpe_and_files(tmp_path: Path) -> None:
+    pytest.importorskip("tokenizers")
+    (tmp_path / "a.txt").write_text(CORPUS[:200], encoding="utf-8")  # no trailing newline
+    (tmp_path / "b.txt").write_text(CORPUS[200:], encoding="utf-8")
+    src = Text(
+        [tmp_path / "a.txt", str(tmp_path / "b.txt")], tokenizer="bpe", vocab_size=290, completion_length=6
+    )
+    assert src.vocab.n_tokens == 290 and src.max_sequence_length == 32 + 6 + 1
+    assert src.decode(src.ids.tolist()) == CORPUS[:200] + "\n" + CORPUS[200:]
+    prompt, completion = src.sample(np.random.default_rng(1))
+    assert (
+        len(prompt) == 32 and len(completion) == 7 and src.decode(prompt + completion) in src.decode(src.ids)
+    )
+    assert "a.txt" in repr(src)
+    one = Text(tmp_path / "a.txt", prompt_length=2, completion_length=3)
+    assert len(one.ids) == 200
+    kw: dict[str, Any] = {"tokenizer": "bpe", "vocab_size": 290, "prompt_length": 3, "completion_length": 4}
+    assert Text(text=CORPUS, **kw).tokenizer == Text(text=CORPUS, **kw).tokenizer  # deterministic
+
+
+def test_text_special_names_avoid_tokenizer_strings() -> None:
+    tok = CharTokenizer.train(CORPUS, unk_token="<eos>")
+    src = Text(text=CORPUS, tokenizer=tok, prompt_length=2, completion_length=3)
+    assert src.vocab.eos == "<eos_1>" and src.vocab.tokens[tok.unk_id] == "<eos>"  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({}, ValueError, "exactly one corpus"),
+        ({"text": "abc", "paths": "x.txt"}, ValueError, "exactly one corpus"),
+        ({"paths": "/nonexistent/novel.txt"}, FileNotFoundError, "novel.txt"),
+        ({"paths": []}, ValueError, "at least one"),
+        ({"text": ""}, ValueError, "empty"),
+        ({"text": CORPUS, "tokenizer": "word"}, ValueError, "'char', 'bpe'"),
+        ({"text": CORPUS, "tokenizer": 3}, TypeError, "tokenizer"),
+        ({"text": CORPUS, "split": "valid"}, ValueError, "split"),
+        ({"text": CORPUS, "test_fraction": 1.0}, ValueError, "test_fraction"),
+        ({"text": CORPUS, "prompt_length": -1}, ValueError, "prompt_length"),
+        ({"text": CORPUS, "completion_length": 0}, ValueError, "completion_length"),
+        ({"text": CORPUS, "completion_length": 2.5}, TypeError, "completion_length"),
+        (
+            {"text": "short text", "prompt_length": 8, "completion_length": 8},
+            ValueError,
+            "fewer than one window",
+        ),
+        ({"text": CORPUS, "prompt_length": 300, "split": "test"}, ValueError, "'test' split"),
+        ({"text": CORPUS, "min_frequency": 0}, ValueError, "min_frequency"),
+    ],
+)
+def test_text_bad_arguments(kwargs: dict[str, Any], exc: type[Exception], match: str) -> None:
+    with pytest.raises(exc, match=match):
+        Text(**kwargs)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Registry
+
+
+def test_registry_builds_the_builtins() -> None:
+    assert {"arithmetic", "dyck", "markov", "text"} <= set(list_sources())
+    assert list_sources() == sorted(list_sources())
+    assert repr(make_source("dyck", n_types=3)) == repr(Dyck(3))
+    assert repr(make_source("markov", seed=3)) == repr(Markov(seed=3))
+    assert repr(make_source("arithmetic", base=8)) == repr(Arithmetic(base=8))
+    assert isinstance(make_source("text", text=CORPUS, prompt_length=2, completion_length=2), Text)
+    with pytest.raises(KeyError, match="known sources: arithmetic, dyck"):
+        make_source("dyk")
+    with pytest.raises(TypeError, match="n_typez"):
+        make_source("dyck", n_typez=3)
+
+
+def test_registry_register_and_overwrite(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    register_source("tiny", lambda **kw: Dyck(1, max_length=4, **kw))
+    assert "tiny" in list_sources() and make_source("tiny", p_end=0.5).p_end == 0.5
+    with pytest.raises(ValueError, match="already registered"):
+        register_source("tiny", Dyck)
+    register_source("tiny", Markov, overwrite=True)
+    assert isinstance(make_source("tiny"), Markov)
+    with pytest.raises(TypeError, match="callable"):
+        register_source("broken", "Dyck")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="non-empty"):
+        register_source("", Dyck)
