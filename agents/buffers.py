@@ -1,0 +1,174 @@
+"""Replay buffer of the model's own trajectories, bounded in memory.
+
+SequenceMatch mixes expert trajectories with trajectories the current model generated (with ``<backspace>``)
+(``sequencematch.md`` §3). :class:`ReplayBuffer` keeps the most recent ``capacity`` of them in a ring: every
+array is allocated once, at construction, so the memory it holds never grows (:attr:`ReplayBuffer.nbytes`).
+
+Example:
+    >>> import numpy as np
+    >>> buf = ReplayBuffer(capacity=2, max_prompt_length=3, max_steps=4)
+    >>> buf.nbytes                      # 2 * (3 + 4) ids * 8 bytes + 2 * (2 lengths * 8 bytes + 1 flag)
+    146
+    >>> buf.add([[0], [1, 1]], [[2, 5], [0, 3, 2]], [False, True])
+    >>> buf.add([[]], [[1]], [False])   # full: overwrites the oldest record
+    >>> len(buf), buf.n_added
+    (2, 3)
+    >>> batch = buf.sample(2, np.random.default_rng(0))
+    >>> sorted(a.tolist() for a in batch.actions)
+    [[0, 3, 2], [1]]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["ReplayBuffer", "Rollouts"]
+
+
+@dataclass(frozen=True)
+class Rollouts:
+    """A batch of action histories (not necessarily expert ones).
+
+    Attributes:
+        prompts: ``B`` int64 arrays, the prompt ``u_0`` of each trajectory (may be empty).
+        actions: ``B`` int64 arrays, the actions taken (tokens, ``eos``, ``backspace``), ``(T_b,)`` each.
+        terminal: bool array ``(B,)``: True where the trajectory ended with ``eos`` (False: cut by a time or
+            length limit, so its last state is not terminal).
+    """
+
+    prompts: list[np.ndarray]
+    actions: list[np.ndarray]
+    terminal: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+
+class ReplayBuffer:
+    """Ring buffer of ``(prompt, actions, terminal)`` records in arrays allocated once.
+
+    Memory is fixed at construction: ``capacity * (max_prompt_length + max_steps)`` int64 ids plus two int64
+    lengths and one bool flag per record (:attr:`nbytes`); adding never allocates. When full, :meth:`add`
+    overwrites the oldest records first.
+
+    Args:
+        capacity: number of trajectories kept (``>= 1``).
+        max_prompt_length: longest prompt a record may hold (``>= 0``).
+        max_steps: longest action history a record may hold (``>= 1``).
+
+    Raises:
+        ValueError: on a non-positive ``capacity`` / ``max_steps`` or a negative ``max_prompt_length``.
+    """
+
+    def __init__(self, capacity: int, *, max_prompt_length: int, max_steps: int) -> None:
+        if int(capacity) < 1:
+            raise ValueError(f"ReplayBuffer capacity must be >= 1, got {capacity}.")
+        if int(max_prompt_length) < 0:
+            raise ValueError(f"max_prompt_length must be >= 0, got {max_prompt_length}.")
+        if int(max_steps) < 1:
+            raise ValueError(f"max_steps must be >= 1, got {max_steps}.")
+        self.capacity = int(capacity)
+        self.max_prompt_length = int(max_prompt_length)
+        self.max_steps = int(max_steps)
+        self._prompts = np.zeros((self.capacity, self.max_prompt_length), dtype=np.int64)  # (N, P_max)
+        self._actions = np.zeros((self.capacity, self.max_steps), dtype=np.int64)  # (N, T_max)
+        self._prompt_lengths = np.zeros(self.capacity, dtype=np.int64)  # (N,)
+        self._lengths = np.zeros(self.capacity, dtype=np.int64)  # (N,)
+        self._terminal = np.zeros(self.capacity, dtype=bool)  # (N,)
+        self._size = 0
+        self._next = 0  # slot the next record goes to
+        self.n_added = 0  # records added since construction (or the last clear)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the buffer's arrays; constant for the buffer's lifetime."""
+        arrays = (self._prompts, self._actions, self._prompt_lengths, self._lengths, self._terminal)
+        return int(sum(a.nbytes for a in arrays))
+
+    def __len__(self) -> int:
+        """Number of records stored (at most :attr:`capacity`)."""
+        return self._size
+
+    def clear(self) -> None:
+        """Forget every record (the memory stays allocated)."""
+        self._size = 0
+        self._next = 0
+        self.n_added = 0
+
+    def add(
+        self,
+        prompts: Sequence[Sequence[int] | np.ndarray],
+        actions: Sequence[Sequence[int] | np.ndarray],
+        terminal: Sequence[bool] | np.ndarray,
+    ) -> None:
+        """Append trajectories, overwriting the oldest ones once the buffer is full.
+
+        Args:
+            prompts: ``B`` prompts (id sequences, possibly empty), each at most ``max_prompt_length`` long.
+            actions: ``B`` action histories, each of length ``1 .. max_steps``.
+            terminal: ``B`` flags, True where the history ends with ``eos``.
+
+        Raises:
+            ValueError: on mismatched lengths, an empty or too long history, or a too long prompt. Nothing is
+                stored when an error is raised.
+        """
+        terminal = np.asarray(terminal, dtype=bool).reshape(-1)
+        if not len(prompts) == len(actions) == len(terminal):
+            raise ValueError(
+                f"add() needs as many prompts, action histories and terminal flags; got {len(prompts)}, "
+                f"{len(actions)} and {len(terminal)}."
+            )
+        ps = [np.asarray(p, dtype=np.int64).reshape(-1) for p in prompts]
+        acts = [np.asarray(a, dtype=np.int64).reshape(-1) for a in actions]
+        for b, (p, a) in enumerate(zip(ps, acts)):
+            if len(p) > self.max_prompt_length:
+                raise ValueError(
+                    f"Prompt {b} has {len(p)} ids but this buffer holds at most max_prompt_length="
+                    f"{self.max_prompt_length}; build it with a larger max_prompt_length."
+                )
+            if not 1 <= len(a) <= self.max_steps:
+                raise ValueError(
+                    f"Action history {b} has {len(a)} actions; this buffer holds 1..max_steps="
+                    f"{self.max_steps}."
+                )
+        # Only the last `capacity` records can survive this call.
+        start = max(0, len(acts) - self.capacity)
+        for p, a, term in zip(ps[start:], acts[start:], terminal[start:]):
+            i = self._next
+            self._prompts[i, : len(p)] = p
+            self._prompt_lengths[i] = len(p)
+            self._actions[i, : len(a)] = a
+            self._lengths[i] = len(a)
+            self._terminal[i] = term
+            self._next = (i + 1) % self.capacity
+            self._size = min(self._size + 1, self.capacity)
+        self.n_added += len(acts)
+
+    def sample(self, n: int, rng: np.random.Generator) -> Rollouts:
+        """Draw ``n`` records uniformly; without replacement if ``n <= len(self)``, else with replacement.
+
+        Raises:
+            ValueError: if the buffer is empty or ``n < 0``.
+        """
+        if n < 0:
+            raise ValueError(f"sample() needs n >= 0, got {n}.")
+        if self._size == 0:
+            raise ValueError("The replay buffer is empty; add trajectories before sampling.")
+        idx = rng.choice(self._size, size=n, replace=n > self._size)
+        return self._gather(np.asarray(idx, dtype=np.int64))
+
+    def all(self) -> Rollouts:
+        """Every stored record, oldest first."""
+        start = self._next if self._size == self.capacity else 0
+        idx = (start + np.arange(self._size)) % self.capacity
+        return self._gather(idx)
+
+    def _gather(self, idx: np.ndarray) -> Rollouts:
+        return Rollouts(
+            prompts=[self._prompts[i, : self._prompt_lengths[i]].copy() for i in idx],
+            actions=[self._actions[i, : self._lengths[i]].copy() for i in idx],
+            terminal=self._terminal[idx].copy(),
+        )
