@@ -59,7 +59,9 @@ class Vocabulary:
                 raise TypeError(f"Vocabulary tokens must be str, got {type(t).__name__}: {t!r}.")
         specials = [eos, backspace, pad]
         if len(set(specials)) != 3:
-            raise ValueError(f"The special tokens must differ, got eos={eos!r}, backspace={backspace!r}, pad={pad!r}.")
+            raise ValueError(
+                f"The special tokens must differ, got eos={eos!r}, backspace={backspace!r}, pad={pad!r}."
+            )
         if len(set(tokens)) != len(tokens):
             dup = sorted({t for t in tokens if tokens.count(t) > 1})
             raise ValueError(f"Vocabulary tokens must be unique; duplicated: {dup[:10]}.")
@@ -118,7 +120,9 @@ class Vocabulary:
         try:
             return self._index[token]
         except KeyError:
-            raise KeyError(f"Unknown token {token!r}; it is not in this vocabulary of {len(self)} ids.") from None
+            raise KeyError(
+                f"Unknown token {token!r}; it is not in this vocabulary of {len(self)} ids."
+            ) from None
 
     def encode(self, tokens: Iterable[str]) -> list[int]:
         """Map token strings to ids (an already tokenized sequence; see ``seqgym.sources.Text`` for raw text)."""
@@ -147,7 +151,9 @@ class Vocabulary:
                 continue
             if i in (self.backspace_id, self.pad_id):
                 name = "backspace" if i == self.backspace_id else "pad"
-                raise ValueError(f"{what} holds the {name} id {i} at position {pos}; only token ids may appear there.")
+                raise ValueError(
+                    f"{what} holds the {name} id {i} at position {pos}; only token ids may appear there."
+                )
             raise ValueError(
                 f"{what} holds unknown id {i} at position {pos}; valid token ids are 0..{self.n_tokens - 1}"
                 + (f" (and eos={self.eos_id})" if allow_eos else "")

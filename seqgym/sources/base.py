@@ -72,7 +72,9 @@ def has_validity(source: object) -> bool:
 def sequence_logprob(source: object, prompt: Sequence[int], completion: Sequence[int]) -> float:
     """Exact ``log p(completion | prompt)`` under a source with ``next_token_logprobs`` (natural log)."""
     if not has_exact_probabilities(source):
-        raise TypeError(f"{type(source).__name__} has no next_token_logprobs; exact log-probabilities are unknown.")
+        raise TypeError(
+            f"{type(source).__name__} has no next_token_logprobs; exact log-probabilities are unknown."
+        )
     prefix = [int(t) for t in prompt]
     total = 0.0
     for t in completion:

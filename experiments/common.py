@@ -1,0 +1,125 @@
+"""Plumbing shared by the experiment scripts: run caching (resume after an interruption), atomic JSON,
+mean ± std tables and figures. The logic being compared lives in ``seqgym`` and ``agents``."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["RunCache", "format_table", "summarize", "write_json_atomic"]
+
+
+def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
+    """Write ``obj`` as indented JSON to ``path`` through a temporary file and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=False, default=_jsonable)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, Path):
+        return str(x)
+    raise TypeError(f"Cannot write {type(x).__name__} to JSON.")
+
+
+class RunCache:
+    """One JSON file per finished run under ``folder``; a rerun skips what is already there.
+
+    Example:
+        >>> import tempfile
+        >>> cache = RunCache(tempfile.mkdtemp())
+        >>> cache.get("mle", 0) is None
+        True
+        >>> cache.put("mle", 0, {"validity": 0.5})
+        >>> cache.get("mle", 0)
+        {'validity': 0.5}
+    """
+
+    def __init__(self, folder: str | os.PathLike[str], *, enabled: bool = True) -> None:
+        self.folder = Path(folder)
+        self.enabled = enabled
+
+    def _path(self, *key: object) -> Path:
+        name = "_".join(str(k).replace("/", "-") for k in key)
+        return self.folder / f"{name}.json"
+
+    def get(self, *key: object) -> dict[str, Any] | None:
+        """The stored record of ``key``, or ``None`` (also when caching is disabled)."""
+        p = self._path(*key)
+        if not self.enabled or not p.exists():
+            return None
+        with open(p) as f:
+            out: dict[str, Any] = json.load(f)
+        return out
+
+    def put(self, *key_and_record: Any) -> None:
+        """``put(*key, record)``: store ``record`` atomically."""
+        *key, record = key_and_record
+        write_json_atomic(self._path(*key), record)
+
+
+def summarize(
+    records: Iterable[Mapping[str, Any]], metrics: Sequence[str]
+) -> dict[str, dict[str, list[float]]]:
+    """Group run records by ``record["agent"]`` and return ``{agent: {metric: [mean, std, n]}}`` over seeds.
+
+    The standard deviation is the sample one (``ddof=1``; 0 for a single seed). NaN values are skipped.
+    """
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for r in records:
+        groups.setdefault(str(r["agent"]), []).append(r)
+    out: dict[str, dict[str, list[float]]] = {}
+    for agent, rs in groups.items():
+        out[agent] = {}
+        for m in metrics:
+            vals = np.array([float(r[m]) for r in rs if m in r and r[m] is not None], dtype=float)
+            vals = vals[~np.isnan(vals)]
+            if len(vals) == 0:
+                continue
+            std = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+            out[agent][m] = [float(vals.mean()), std, float(len(vals))]
+    return out
+
+
+def _fmt(mean: float, std: float) -> str:
+    if math.isinf(mean):
+        return "-inf" if mean < 0 else "inf"
+    digits = 3 if abs(mean) < 100 else 1
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def format_table(summary: Mapping[str, Mapping[str, Sequence[float]]], metrics: Sequence[str]) -> str:
+    """A Markdown table: one row per agent, one column per metric, cells ``mean ± std``.
+
+    Example:
+        >>> print(format_table({"mle": {"validity": [0.5, 0.1, 3]}}, ["validity"]))
+        | agent | validity |
+        |---|---|
+        | mle | 0.500 ± 0.100 |
+    """
+    lines = ["| agent | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+    for agent, row in summary.items():
+        cells = [_fmt(row[m][0], row[m][1]) if m in row else "n/a" for m in metrics]
+        lines.append(f"| {agent} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
