@@ -35,7 +35,7 @@ import inspect
 import json
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,11 @@ __all__ = [
     "TrajectoryLogits",
     "sample_actions",
 ]
+
+#: Largest per-call store of state logits (``B * (max_length+1) * A`` floats) that lets a backspace in
+#: :meth:`LMPolicy.generate` reuse the logits of the state it returns to; above it, a backspace re-feeds the
+#: new last token instead (one cache slot, no prefix recompute).
+_LOGIT_STACK_BYTES = 256 * 2**20
 
 #: File written next to the model by :meth:`LMPolicy.save_pretrained` (vocabulary and token map).
 POLICY_CONFIG_NAME = "seqgym_policy.json"
@@ -200,12 +205,16 @@ class Generation:
         actions: the full action histories, backspaces included.
         terminated: True where the row ended with eos.
         truncated: True where the row hit ``max_length`` (after a non-eos token) or ``max_steps`` without eos.
+        logits: with ``output_logits=True``, per row a ``(T_b, A)`` tensor: the model's logits at each step's
+            state (before ``logits_processor``; backspace ``-inf`` where masked), as :meth:`trajectory_logits`
+            gives them.
     """
 
     sequences: list[list[int]]
     actions: list[list[int]]
     terminated: list[bool]
     truncated: list[bool]
+    logits: list[torch.Tensor] | None = field(default=None, compare=False, repr=False)
 
 
 # ======================================================================================================
@@ -849,19 +858,23 @@ class LMPolicy(torch.nn.Module):
         generator: torch.Generator | None = None,
         allow_backspace: bool = True,
         logits_processor: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        output_logits: bool = False,
     ) -> Generation:
         """Sample a batch of action histories with backspace, on a KV cache.
 
         Each row steps independently with the rules of ``SequenceEnv``: eos terminates; the visible length
         reaching ``max_length`` after a non-eos token, or the step count reaching ``max_steps``, truncates.
-        Backspace is masked at the prompt boundary (and everywhere if ``allow_backspace=False``). Each step
-        calls :func:`sample_actions` once on the ``(B, A)`` logits, so with a batch of one and the same
-        generator this equals stepping the env with :meth:`state_logits` + :func:`sample_actions`.
+        Backspace is masked at the prompt boundary (and everywhere if ``allow_backspace=False``). Every
+        action is drawn by one call of :func:`sample_actions` on the ``(B, A)`` logits (rows that are not
+        choosing an action at that call ignore their draw), so with a batch of one and the same generator
+        this equals stepping the env with :meth:`state_logits` + :func:`sample_actions`.
 
-        Row ``b`` keeps position ``p`` of its visible sequence in cache slot ``offset_b + p``: a token writes
-        one new slot; a backspace re-feeds the new last token at its own slot and position (same keys/values),
-        and the deleted slot drops out of that row's attention mask. The prefix is never recomputed and
-        position ids follow the visible length.
+        KV cache: row ``b`` keeps position ``p`` of its visible sequence in cache slot ``offset_b + p``, so a
+        token writes one new slot with position id ``p``, and the slots past the visible length drop out of
+        that row's attention mask (a later token overwrites them). A backspace never recomputes the prefix:
+        the logits of every visible prefix are kept (while ``B * (max_length+1) * A`` floats fit in 256 MiB),
+        so a backspace costs no forward at all and the row samples its next action at once; otherwise the
+        new last token is re-fed at its own slot and position (identical keys/values, one slot of compute).
 
         Args:
             prompts: ``B`` prompts (ordinary ids), each shorter than ``max_length``.
@@ -869,8 +882,9 @@ class LMPolicy(torch.nn.Module):
             max_length: most visible ids per row, prompt included (``<= n_positions``).
             temperature, top_k, top_p, generator: as in :func:`sample_actions`.
             allow_backspace: False masks backspace at every step.
-            logits_processor: optional ``(B, A) -> (B, A)`` function applied to the logits before masking and
-                sampling (e.g. a logit bias).
+            logits_processor: optional ``(B, A) -> (B, A)`` function applied to (a copy of) the logits before
+                masking and sampling, e.g. a logit bias.
+            output_logits: also return the logits of every step's state (``Generation.logits``).
 
         Returns:
             :class:`Generation`.
@@ -917,33 +931,55 @@ class LMPolicy(torch.nn.Module):
         seq = torch.full((B, max_length + 1), v.pad_id, dtype=torch.long, device=dev)  # (B, L+1) by position
         seq[:, : Pm + 1] = tok.gather(1, (q[None, :] + off[:, None]).clamp(max=Pm))  # left-align prompts
         P_t = torch.from_numpy(P).to(dev)  # (B,)
+        A = v.n_actions
+        # logits of the state of visible length p, kept so that a backspace needs no forward at all
+        use_stack = B * (max_length + 1) * A * logits.element_size() <= _LOGIT_STACK_BYTES
+        stack = torch.empty((B, max_length + 1, A) if use_stack else (0,), dtype=logits.dtype, device=dev)
+        rows_t = cache.rows  # (B,)
+        if use_stack:
+            stack[rows_t, P_t] = logits
         vis = P_t.clone()  # (B,) visible length
+        steps = torch.zeros(B, dtype=torch.long, device=dev)  # (B,) actions taken
         done = torch.zeros(B, dtype=torch.bool, device=dev)
         terminated = torch.zeros_like(done)
         truncated = torch.zeros_like(done)
         history = torch.full((B, max_steps), -1, dtype=torch.long, device=dev)  # (B, max_steps)
-        rows_t = cache.rows
+        seen = torch.zeros((B, max_steps, A) if output_logits else (0,), dtype=logits.dtype, device=dev)
         bk, eos = v.backspace_id, v.eos_id
-        for t in range(max_steps):
-            if logits_processor is not None:
-                logits = logits_processor(logits)
-            block = (vis <= P_t) | (not allow_backspace)  # (B,)
-            logits[:, bk] = logits[:, bk].masked_fill(block, float("-inf"))
-            a = sample_actions(logits, generator=generator, temperature=temperature, top_k=top_k, top_p=top_p)
-            active = ~done
-            history[:, t] = torch.where(active, a, -1)
-            is_bk = active & (a == bk)  # (B,)
-            is_tok = active & ~is_bk  # (B,) token or eos
-            vis = vis + is_tok.long() - is_bk.long()
-            seq[rows_t, vis] = torch.where(is_tok, a, seq[rows_t, vis])
-            ended = is_tok & (a == eos)
-            cut = active & ~ended & ((is_tok & (vis >= max_length)) | (t + 1 >= max_steps))
-            terminated |= ended
-            truncated |= cut
-            done = done | ended | cut
+        bk_col = torch.zeros(A, dtype=torch.bool, device=dev)
+        bk_col[bk] = True
+        while True:
+            # sample until every live row has taken a token (or eos); a row that backspaces samples again
+            # at once from the stored logits of its new state
+            need = ~done  # (B,)
+            while True:
+                block = (vis <= P_t) | (not allow_backspace)  # (B,) backspace not allowed
+                logits = logits.masked_fill(block[:, None] & bk_col, float("-inf"))  # (B, A)
+                at = steps.clamp(max=max_steps - 1)  # (B,)
+                if output_logits:
+                    seen[rows_t, at] = torch.where(need[:, None], logits, seen[rows_t, at])
+                x = logits if logits_processor is None else logits_processor(logits.clone())
+                x = x.masked_fill(block[:, None] & bk_col, float("-inf"))
+                a = sample_actions(x, generator=generator, temperature=temperature, top_k=top_k, top_p=top_p)
+                history[rows_t, at] = torch.where(need, a, history[rows_t, at])
+                is_bk = need & (a == bk)  # (B,)
+                is_tok = need & ~is_bk  # (B,) token or eos
+                steps += need.long()
+                vis = vis + is_tok.long() - is_bk.long()
+                seq[rows_t, vis] = torch.where(is_tok, a, seq[rows_t, vis])
+                ended = is_tok & (a == eos)
+                cut = need & ~ended & ((is_tok & (vis >= max_length)) | (steps >= max_steps))
+                terminated |= ended
+                truncated |= cut
+                done = done | ended | cut
+                need = is_bk & ~done if use_stack else is_bk & False
+                if not bool(need.any()):
+                    break
+                logits = torch.where(need[:, None], stack[rows_t, vis], logits)  # (B, A)
             if bool(done.all()):
                 break
-            # next input: the last visible token of each row (finished rows re-feed BOS at slot off_b)
+            # next input: the last visible token of each row, at its position; after a backspace (without
+            # the stack) this re-feeds the new last token at its own slot. Finished rows re-feed BOS.
             feed = torch.where(done, 0, vis)  # (B,) position id
             w = off + feed  # (B,) slot written
             cache.write_index = w
@@ -954,13 +990,17 @@ class LMPolicy(torch.nn.Module):
             m4.masked_fill_(~step_mask[:, None, None, :], neg)  # (B, 1, 1, K)
             inp = seq.gather(1, feed[:, None])  # (B, 1)
             logits = self._run(inp, feed[:, None], m4, keep=1, cache=cache)[:, -1]  # (B, A)
+            if use_stack:
+                stack[rows_t, feed] = logits
 
-        seq_l, vis_l, hist_l = seq.tolist(), vis.tolist(), history.tolist()
+        seq_l, vis_l, n_l = seq.tolist(), vis.tolist(), steps.tolist()
+        hist_l = history.tolist()
         return Generation(
             sequences=[s[1 : n + 1] for s, n in zip(seq_l, vis_l)],
-            actions=[[x for x in h if x >= 0] for h in hist_l],
+            actions=[h[:n] for h, n in zip(hist_l, n_l)],
             terminated=[bool(x) for x in terminated.tolist()],
             truncated=[bool(x) for x in truncated.tolist()],
+            logits=[seen[b, :n] for b, n in enumerate(n_l)] if output_logits else None,
         )
 
 

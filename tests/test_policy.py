@@ -270,7 +270,7 @@ def _backspace_bias(strength: float) -> Callable[[torch.Tensor], torch.Tensor]:
     return lambda logits: logits + bias
 
 
-def test_generate_replays_and_follows_env_limits(policy: LMPolicy) -> None:
+def test_generate_replays_and_follows_env_limits(policy: LMPolicy, backspace_mode: str) -> None:
     prompts = [[0, 1], [], [2], [3, 0, 1], [1]]
     g = torch.Generator().manual_seed(0)
     out = policy.generate(
@@ -293,28 +293,33 @@ def test_generate_replays_and_follows_env_limits(policy: LMPolicy) -> None:
     assert n_backspaces >= 5
 
 
-def test_generate_logits_equal_trajectory_logits(policy: LMPolicy) -> None:
-    seen: list[torch.Tensor] = []
-    bias = _backspace_bias(1.0)
+@pytest.fixture(params=["logit_stack", "refeed"])
+def backspace_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a generation test with both ways a backspace gets its logits: stored, or re-fed to the cache."""
+    if request.param == "refeed":
+        monkeypatch.setattr("agents.policy._LOGIT_STACK_BYTES", 0)
+    return str(request.param)
 
-    def record(logits: torch.Tensor) -> torch.Tensor:
-        seen.append(logits.clone())
-        return bias(logits)
 
+def test_generate_logits_equal_trajectory_logits(policy: LMPolicy, backspace_mode: str) -> None:
     prompts = [[0, 1], [], [2, 2, 3]]
     out = policy.generate(
         prompts,
         max_steps=30,
         max_length=14,
         generator=torch.Generator().manual_seed(1),
-        logits_processor=record,
+        logits_processor=_backspace_bias(1.0),
+        output_logits=True,
     )
+    assert out.logits is not None
     ref = policy.trajectory_logits(prompts, out.actions)
+    assert sum(a.count(BK) for a in out.actions) >= 3
     for b, acts in enumerate(out.actions):
-        for t in range(len(acts)):
-            got, want = seen[t][b], ref.logits[b, t]
-            finite = torch.isfinite(want)  # backspace at the boundary is masked after the processor
-            torch.testing.assert_close(got[finite], want[finite], atol=ATOL, rtol=0)
+        got, want = out.logits[b], ref.logits[b, : len(acts)]
+        assert got.shape == (len(acts), VOCAB.n_actions)
+        assert torch.equal(torch.isinf(got), torch.isinf(want))
+        finite = torch.isfinite(want)
+        torch.testing.assert_close(got[finite], want[finite], atol=ATOL, rtol=0)
 
 
 def test_generate_is_reproducible_and_can_forbid_backspace(policy: LMPolicy) -> None:
@@ -373,12 +378,12 @@ def test_generate_rejects_bad_arguments(policy: LMPolicy, kwargs: dict, match: s
         policy.generate(args.pop("prompts"), **args)
 
 
-def test_generate_equals_stepping_the_env_with_predict_sampling() -> None:
+def test_generate_equals_stepping_the_env_with_predict_sampling(backspace_mode: str) -> None:
     """Batch of one: generate == SequenceEnv stepped with state_logits + sample_actions, same generator."""
-    env_mod = pytest.importorskip("seqgym.env")
+    from seqgym.env import SequenceEnv
     from seqgym.sources.dyck import Dyck
 
-    env = env_mod.SequenceEnv(Dyck(2, max_length=8), max_length=10, max_steps=16)
+    env = SequenceEnv(Dyck(2, max_length=8), max_length=10, max_steps=16)
     policy = LMPolicy.from_config(env.vocab, n_layer=2, n_embd=32, n_head=2, n_positions=32, seed=4)
     bias = torch.zeros(env.vocab.n_actions)
     bias[env.vocab.backspace_id] = 1.0

@@ -1,0 +1,364 @@
+"""Speed and memory of the LM policy's backspace-aware code paths, against their plain baselines.
+
+(a) The one-pass masked forward (``LMPolicy.trajectory_logits``) vs running the model on every visited
+    state, over action histories of ``n_steps`` steps with ``p_backspace`` backspaces. Baselines: one
+    forward per state (the definition), one batched forward per history, one forward over all states.
+(b) Generation with backspace on the KV cache (``LMPolicy.generate``; a logit processor gives backspace
+    probability ``p_backspace_gen`` at every step where it is allowed) vs Hugging Face ``model.generate``
+    without backspace, in tokens of final text per second (both write exactly ``new_tokens`` final tokens
+    per row).
+
+Timings are medians over ``repeats`` runs, interleaved across methods, after one warm-up each. Peak memory
+is the peak resident-set growth of one run in a forked child process (torch's CPU allocations are invisible
+to ``tracemalloc``). Writes ``benchmarks/results/policy_bench.json`` and prints a table.
+
+Usage::
+
+    python benchmarks/policy_bench.py            # defaults below
+    python benchmarks/policy_bench.py --threads 2 --repeats 7
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from agents.policy import LMPolicy
+from seqgym.dynamics import states
+from seqgym.vocab import Vocabulary
+
+
+@dataclass
+class Config:
+    """Benchmark settings (one model and batch for every measurement)."""
+
+    n_tokens: int = 32
+    """ordinary tokens in the vocabulary"""
+    n_layer: int = 2
+    """GPT-2 layers"""
+    n_embd: int = 128
+    """GPT-2 width"""
+    n_head: int = 2
+    """attention heads"""
+    batch: int = 32
+    """rows per batch"""
+    prompt_length: int = 8
+    """prompt tokens per row"""
+    n_steps: int = 64
+    """(a) actions per history"""
+    p_backspace: float = 0.2
+    """(a) fraction of backspace actions in the histories"""
+    new_tokens: int = 64
+    """(b) final generated tokens per row"""
+    p_backspace_gen: float = 0.1
+    """(b) probability of backspace at each step (where allowed)"""
+    repeats: int = 5
+    """timed runs per measurement (median reported)"""
+    threads: int = 1
+    """torch CPU threads"""
+    seed: int = 0
+    """seed of the model, the histories and the sampling"""
+    out: str = "benchmarks/results/policy_bench.json"
+    """where the JSON results go"""
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_memory_mb(fn: Callable[[], Any]) -> float | None:
+    """Peak resident-set growth (MiB) of one call of ``fn`` in a forked child; None if unsupported."""
+    if not hasattr(os, "fork") or not os.path.exists("/proc/self/statm"):
+        return None
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: its maxrss starts at its current RSS
+        os.close(r)
+        try:
+            start = _rss_bytes()
+            fn()
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            os.write(w, str(max(peak - start, 0)).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    data = os.read(r, 64)
+    os.close(r)
+    os.waitpid(pid, 0)
+    return int(data) / 2**20 if data else None
+
+
+def interleaved_times(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
+    """Wall-clock seconds of ``repeats`` calls of each function, interleaved round-robin after one warm-up
+    each, so that load from other processes on a shared machine hits every method alike."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def make_histories(cfg: Config, vocab: Vocabulary, rng: np.random.Generator) -> tuple[list, list]:
+    """Random prompts and histories with ``p_backspace`` backspaces (never at the prompt boundary)."""
+    prompts, histories = [], []
+    for _ in range(cfg.batch):
+        prompt = rng.integers(0, vocab.n_tokens, cfg.prompt_length).tolist()
+        acts, generated = [], 0
+        for _ in range(cfg.n_steps):
+            if generated > 0 and rng.random() < cfg.p_backspace:
+                acts.append(vocab.backspace_id)
+                generated -= 1
+            else:
+                acts.append(int(rng.integers(0, vocab.n_tokens)))
+                generated += 1
+        prompts.append(prompt)
+        histories.append(acts)
+    return prompts, histories
+
+
+def bench_masked_forward(cfg: Config, policy: LMPolicy, rng: np.random.Generator) -> dict[str, Any]:
+    v = policy.vocab
+    prompts, histories = make_histories(cfg, v, rng)
+    visited = [states(p, a, v) for p, a in zip(prompts, histories)]
+    n_states = sum(len(s) for s in visited)
+    bksp = sum(a.count(v.backspace_id) for a in histories) / (cfg.batch * cfg.n_steps)
+
+    def one_pass() -> torch.Tensor:
+        with torch.inference_mode():
+            return policy.trajectory_logits(prompts, histories).logits
+
+    def per_state() -> None:
+        with torch.inference_mode():
+            for p, ss in zip(prompts, visited):
+                for s in ss:
+                    policy.state_logits([s], [len(p)])
+
+    def per_history() -> None:
+        with torch.inference_mode():
+            for p, ss in zip(prompts, visited):
+                policy.state_logits(ss, [len(p)] * len(ss))
+
+    def all_states() -> None:
+        with torch.inference_mode():
+            policy.state_logits(
+                [s for ss in visited for s in ss], [len(p) for p, ss in zip(prompts, visited) for _ in ss]
+            )
+
+    # correctness on this very batch
+    got = one_pass()
+    worst = 0.0
+    with torch.inference_mode():
+        for b, (p, ss) in enumerate(zip(prompts, visited)):
+            ref = policy.state_logits(ss, [len(p)] * len(ss))
+            finite = torch.isfinite(ref)
+            worst = max(worst, float((got[b, : len(ss)][finite] - ref[finite]).abs().max()))
+
+    fns = {
+        "one_pass_masked": one_pass,
+        "per_state": per_state,
+        "per_history_batched": per_history,
+        "all_states_one_batch": all_states,
+    }
+    rows: dict[str, Any] = {}
+    for name, times in interleaved_times(fns, cfg.repeats).items():
+        fn = fns[name]
+        rows[name] = {
+            "seconds": statistics.median(times),
+            "times": times,
+            "states_per_s": n_states / statistics.median(times),
+            "peak_mem_mb": peak_memory_mb(fn),
+        }
+    base = rows["one_pass_masked"]["seconds"]
+    for r in rows.values():
+        r["speedup_of_one_pass"] = r["seconds"] / base
+    return {
+        "n_states": n_states,
+        "backspace_fraction": bksp,
+        "max_abs_diff_vs_per_state": worst,
+        "methods": rows,
+        "target": ">= 10x faster than per_state",
+        "meets_target": rows["per_state"]["speedup_of_one_pass"] >= 10,
+    }
+
+
+def bench_generation(cfg: Config, policy: LMPolicy, rng: np.random.Generator) -> dict[str, Any]:
+    v = policy.vocab
+    prompts = [rng.integers(0, v.n_tokens, cfg.prompt_length).tolist() for _ in range(cfg.batch)]
+    bk, eos = v.backspace_id, v.eos_id
+    log_odds = math.log(cfg.p_backspace_gen / (1 - cfg.p_backspace_gen))
+
+    def force_backspace(logits: torch.Tensor) -> torch.Tensor:
+        """Backspace gets probability p_backspace_gen where allowed; no eos, so rows write new_tokens."""
+        logits[:, eos] = float("-inf")
+        others = logits.clone()
+        others[:, bk] = float("-inf")
+        logits[:, bk] = others.logsumexp(-1) + log_odds
+        return logits
+
+    def no_eos(logits: torch.Tensor) -> torch.Tensor:
+        logits[:, eos] = float("-inf")
+        return logits
+
+    max_length = cfg.prompt_length + cfg.new_tokens
+    stats: dict[bool, Any] = {}
+
+    def ours(allow_backspace: bool) -> Callable[[], Any]:
+        def run() -> Any:
+            g = torch.Generator().manual_seed(cfg.seed)
+            out = policy.generate(
+                prompts,
+                max_steps=10 * cfg.new_tokens,
+                max_length=max_length,
+                generator=g,
+                allow_backspace=allow_backspace,
+                logits_processor=force_backspace if allow_backspace else no_eos,
+            )
+            stats[allow_backspace] = out
+            return out
+
+        return run
+
+    input_ids = torch.tensor([[eos, *p] for p in prompts])  # (B, 1+P): the same BOS slot as ours
+
+    def hf() -> torch.Tensor:
+        torch.manual_seed(cfg.seed)
+        with torch.inference_mode():
+            return policy.model.generate(
+                input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                do_sample=True,
+                max_new_tokens=cfg.new_tokens,
+                min_new_tokens=cfg.new_tokens,
+                pad_token_id=v.pad_id,
+                eos_token_id=eos,
+            )
+
+    fns = {
+        "hf_generate_no_backspace": hf,
+        "ours_with_backspace": ours(True),
+        "ours_no_backspace": ours(False),
+    }
+    rows: dict[str, Any] = {}
+    final_tokens = cfg.batch * cfg.new_tokens
+    for name, times in interleaved_times(fns, cfg.repeats).items():
+        fn = fns[name]
+        rows[name] = {
+            "seconds": statistics.median(times),
+            "times": times,
+            "final_tokens_per_s": final_tokens / statistics.median(times),
+            "peak_mem_mb": peak_memory_mb(fn),
+        }
+    out = stats[True]
+    assert all(len(s) == max_length for s in out.sequences), "every row must write new_tokens final tokens"
+    steps = sum(len(a) for a in out.actions)
+    rows["ours_with_backspace"]["steps_per_s"] = steps / rows["ours_with_backspace"]["seconds"]
+    hf_rate = rows["hf_generate_no_backspace"]["final_tokens_per_s"]
+    for r in rows.values():
+        r["ratio_to_hf"] = r["final_tokens_per_s"] / hf_rate
+    return {
+        "final_tokens": final_tokens,
+        "steps_with_backspace": steps,
+        "backspace_fraction": sum(a.count(bk) for a in out.actions) / steps,
+        "methods": rows,
+        "target": ">= 0.8x HF generate final tokens/s",
+        "meets_target": rows["ours_with_backspace"]["ratio_to_hf"] >= 0.8,
+    }
+
+
+def main(cfg: Config) -> dict[str, Any]:
+    torch.set_num_threads(cfg.threads)
+    vocab = Vocabulary([f"t{i}" for i in range(cfg.n_tokens)], separator=" ")
+    policy = LMPolicy.from_config(
+        vocab,
+        n_layer=cfg.n_layer,
+        n_embd=cfg.n_embd,
+        n_head=cfg.n_head,
+        n_positions=max(128, cfg.prompt_length + cfg.n_steps + cfg.new_tokens + 2),
+        seed=cfg.seed,
+    )
+    policy.eval()
+    rng = np.random.default_rng(cfg.seed)
+    results = {
+        "config": asdict(cfg),
+        "env": {
+            "torch": torch.__version__,
+            "transformers": __import__("transformers").__version__,
+            "python": platform.python_version(),
+            "cpu": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "attn_implementation": policy.model.config._attn_implementation,
+        },
+        "masked_forward": bench_masked_forward(cfg, policy, rng),
+        "generation": bench_generation(cfg, policy, rng),
+    }
+    out = Path(cfg.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print_table(results)
+    print(f"\nwrote {out}")
+    return results
+
+
+def print_table(res: dict[str, Any]) -> None:
+    c, e = res["config"], res["env"]
+    print(
+        f"GPT-2 {c['n_layer']} layers / {c['n_embd']} dims / {c['n_head']} heads, vocab {c['n_tokens']}+3, "
+        f"batch {c['batch']}, torch {e['torch']} ({e['torch_threads']} thread(s)), "
+        f"transformers {e['transformers']}, attn={e['attn_implementation']}"
+    )
+    m = res["masked_forward"]
+    print(
+        f"\n(a) logits of every state: {c['n_steps']}-step histories, "
+        f"{m['backspace_fraction']:.0%} backspaces, {m['n_states']} states; "
+        f"max |diff| vs per-state = {m['max_abs_diff_vs_per_state']:.2e}"
+    )
+    print(f"{'method':<26}{'median s':>10}{'states/s':>12}{'one-pass x':>12}{'peak MiB':>10}")
+    for name, r in m["methods"].items():
+        mem = "n/a" if r["peak_mem_mb"] is None else f"{r['peak_mem_mb']:.1f}"
+        print(
+            f"{name:<26}{r['seconds']:>10.4f}{r['states_per_s']:>12.0f}{r['speedup_of_one_pass']:>12.1f}{mem:>10}"
+        )
+    print(f"target {m['target']}: {'met' if m['meets_target'] else 'NOT met'}")
+    g = res["generation"]
+    print(
+        f"\n(b) generation: {c['new_tokens']} final tokens per row, "
+        f"backspace on {g['backspace_fraction']:.1%} of {g['steps_with_backspace']} steps"
+    )
+    print(f"{'method':<26}{'median s':>10}{'final tok/s':>12}{'vs HF':>8}{'peak MiB':>10}")
+    for name, r in g["methods"].items():
+        mem = "n/a" if r["peak_mem_mb"] is None else f"{r['peak_mem_mb']:.1f}"
+        print(
+            f"{name:<26}{r['seconds']:>10.4f}{r['final_tokens_per_s']:>12.0f}{r['ratio_to_hf']:>8.2f}{mem:>10}"
+        )
+    print(f"target {g['target']}: {'met' if g['meets_target'] else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    try:
+        import tyro
+
+        config = tyro.cli(Config)
+    except ImportError:  # pragma: no cover - tyro is optional
+        config = Config()
+    main(config)
