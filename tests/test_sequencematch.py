@@ -1,0 +1,393 @@
+"""Tests of SequenceMatch: the loss of ``sequencematch.md`` §3 against a deliberately naive per-state
+reference, the identities of §2, the direction of each term's gradient, and the agent."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from agents.policy import LMPolicy
+from agents.sequencematch import (
+    DIVERGENCES,
+    PHI_WEIGHT_MAX,
+    bc_term,
+    chi2_term,
+    expert_term,
+    phi_weights,
+    sequencematch_loss,
+    soft_q,
+    value_term,
+    value_term_telescoped,
+)
+from seqgym.dynamics import states
+from seqgym.vocab import Vocabulary
+
+VOCAB = Vocabulary(["a", "b", "c"])  # a=0 b=1 c=2 eos=3 backspace=4 pad=5
+BK, EOS, A = VOCAB.backspace_id, VOCAB.eos_id, VOCAB.n_actions
+TOL = {"atol": 1e-5, "rtol": 1e-5}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A deliberately naive reference: one forward per state, Python loops and floats
+# ---------------------------------------------------------------------------------------------------------
+def tiny_gpt2(seed: int = 0) -> GPT2LMHeadModel:
+    """A 1-layer GPT-2 over the env ids (model id = env id); wide init so that rewards spread out."""
+    torch.manual_seed(seed)
+    cfg = GPT2Config(
+        vocab_size=len(VOCAB),
+        n_positions=48,
+        n_embd=16,
+        n_layer=1,
+        n_head=2,
+        initializer_range=0.5,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
+    return GPT2LMHeadModel(cfg).eval()
+
+
+def naive_state_logits(model: GPT2LMHeadModel, state: list[int], prompt_length: int) -> list[float]:
+    """Logits over the env actions at one state: BOS (= eos) + state, run alone; backspace -inf at the
+    prompt boundary."""
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor([[EOS, *state]])).logits[0, -1, :A]
+    logits = [float(x) for x in out]
+    if len(state) == prompt_length:
+        logits[BK] = -math.inf
+    return logits
+
+
+def naive_phi(r: float, divergence: str) -> float:
+    W = PHI_WEIGHT_MAX
+    if divergence == "chi2":
+        return 1.0
+    if divergence == "kl":
+        return min(math.exp(-r - 1.0), W)
+    if divergence == "js":
+        e = math.exp(-r)
+        return W if 2.0 - e <= 0 else min(e / (2.0 - e), W)
+    return W if 1.0 + r <= 0 else min(1.0 / (1.0 + r) ** 2, W)  # hellinger
+
+
+def naive_terms(
+    model: GPT2LMHeadModel,
+    prompts: list[list[int]],
+    actions: list[list[int]],
+    expert: list[list[bool]],
+    *,
+    alpha: float,
+    gamma: float,
+    chi2_coef: float,
+    divergence: str,
+) -> dict[str, list[float]]:
+    """Per-trajectory terms of §3, state by state."""
+    out: dict[str, list[float]] = {"expert": [], "value": [], "chi2": [], "bc": [], "rewards": []}
+    for p, acts, exp in zip(prompts, actions, expert):
+        visited = states(p, acts, VOCAB)
+        terminal = bool(acts) and acts[-1] == EOS
+        lg = [naive_state_logits(model, s, len(p)) for s in visited]
+        V = [alpha * math.log(sum(math.exp(x / alpha) for x in row if x > -math.inf)) for row in lg]
+        e_sum = v_sum = c_sum = bc_sum = 0.0
+        rewards = []
+        for i, a in enumerate(acts):
+            q = lg[i][a]
+            v_next = 0.0 if (terminal and i == len(acts) - 1) else V[i + 1]
+            r = q - gamma * v_next
+            rewards.append(r)
+            g = gamma**i
+            v_sum += g * (V[i] - gamma * v_next)
+            c_sum += g * r * r / (4.0 * chi2_coef)
+            if exp[i]:
+                e_sum -= g * naive_phi(r, divergence) * r
+                bc_sum -= (q - V[i]) / alpha
+        out["expert"].append(e_sum)
+        out["value"].append(v_sum)
+        out["chi2"].append(c_sum)
+        out["bc"].append(bc_sum)
+        out["rewards"].append(rewards)  # type: ignore[arg-type]
+    return out
+
+
+def random_histories(
+    rng: np.random.Generator, n: int, max_steps: int = 9
+) -> tuple[list[list[int]], list[list[int]], list[list[bool]]]:
+    """Random prompts and action histories with backspaces, some ending with eos, some cut."""
+    prompts, actions, expert = [], [], []
+    for _ in range(n):
+        p = [int(x) for x in rng.integers(0, VOCAB.n_tokens, size=int(rng.integers(0, 3)))]
+        acts: list[int] = []
+        length = len(p)
+        for _ in range(int(rng.integers(1, max_steps))):
+            if length > len(p) and rng.random() < 0.3:
+                acts.append(BK)
+                length -= 1
+            else:
+                acts.append(int(rng.integers(0, VOCAB.n_tokens)))
+                length += 1
+        if rng.random() < 0.5:
+            acts.append(EOS)
+        prompts.append(p)
+        actions.append(acts)
+        expert.append([bool(x) for x in rng.random(len(acts)) < 0.8])
+    return prompts, actions, expert
+
+
+def padded(rows: list[list[int]] | list[list[bool]], dtype: torch.dtype) -> torch.Tensor:
+    T = max(len(r) for r in rows)
+    out = torch.zeros(len(rows), T, dtype=dtype)
+    for b, r in enumerate(rows):
+        out[b, : len(r)] = torch.tensor(r, dtype=dtype)
+    return out
+
+
+@pytest.fixture(scope="module")
+def model() -> GPT2LMHeadModel:
+    return tiny_gpt2(seed=1)
+
+
+@pytest.fixture(scope="module")
+def batch() -> tuple[list[list[int]], list[list[int]], list[list[bool]]]:
+    return random_histories(np.random.default_rng(0), 6)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The loss equals the naive reference
+# ---------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("divergence", DIVERGENCES)
+@pytest.mark.parametrize(("alpha", "gamma"), [(1.0, 0.998), (0.5, 0.9)])
+def test_loss_equals_naive_per_state_reference(model, batch, divergence: str, alpha: float, gamma: float):
+    prompts, actions, expert = batch
+    chi2_coef, bc_weight = 0.7, 0.3
+    policy = LMPolicy(model=model, vocab=VOCAB)
+    out = policy.trajectory_logits(prompts, actions)  # the one masked forward the agent uses
+    terminal = torch.tensor([a[-1] == EOS for a in actions])
+    expert_mask = padded(expert, torch.bool)
+    in_expert = torch.tensor([True, True, True, True, False, False])
+    in_mixture = torch.tensor([False, True, True, True, True, True])
+    with torch.no_grad():
+        loss, terms = sequencematch_loss(
+            out.logits,
+            out.actions,
+            out.action_mask,
+            terminal,
+            expert_mask,
+            in_expert=in_expert,
+            in_mixture=in_mixture,
+            alpha=alpha,
+            gamma=gamma,
+            chi2_coef=chi2_coef,
+            bc_weight=bc_weight,
+            divergence=divergence,
+        )
+        sq = soft_q(out.logits, out.actions, out.action_mask, terminal, alpha=alpha, gamma=gamma)
+    ref = naive_terms(
+        model, prompts, actions, expert, alpha=alpha, gamma=gamma, chi2_coef=chi2_coef, divergence=divergence
+    )
+    per_row = {
+        "expert": expert_term(sq, expert_mask, divergence),
+        "value": value_term(sq),
+        "chi2": chi2_term(sq, chi2_coef),
+        "bc": bc_term(sq, expert_mask),
+    }
+    for name, got in per_row.items():
+        torch.testing.assert_close(got, torch.tensor(ref[name]), **TOL, msg=name)
+    for b, r in enumerate(ref["rewards"]):
+        torch.testing.assert_close(sq.reward[b, : len(r)], torch.tensor(r, dtype=torch.float32), **TOL)
+
+    def mean(name: str, rows: torch.Tensor) -> float:
+        vals = [x for x, keep in zip(ref[name], rows.tolist()) if keep]
+        return sum(vals) / len(vals)
+
+    expected = {
+        "expert": mean("expert", in_expert),
+        "value": mean("value", in_mixture),
+        "chi2": mean("chi2", in_mixture),
+        "bc": mean("bc", in_expert),
+    }
+    for name, value in expected.items():
+        torch.testing.assert_close(terms[name], torch.tensor(value), **TOL, msg=name)
+    total = expected["expert"] + expected["value"] + expected["chi2"] + bc_weight * expected["bc"]
+    torch.testing.assert_close(loss, torch.tensor(total), **TOL)
+
+
+def test_reference_batch_exercises_every_case(model, batch):
+    """The random batch holds backspaces, eos-terminated and cut rows, masked mistakes, and rewards on both
+    sides of the JS / Hellinger domain edges, so the comparison above covers every branch."""
+    prompts, actions, expert = batch
+    assert any(BK in a for a in actions)
+    assert {a[-1] == EOS for a in actions} == {True, False}
+    assert not all(all(e) for e in expert)
+    ref = naive_terms(model, prompts, actions, expert, alpha=1.0, gamma=0.998, chi2_coef=0.5, divergence="js")
+    flat = [r for rs in ref["rewards"] for r in rs]  # type: ignore[union-attr]
+    assert min(flat) < -1.0 and max(flat) > -math.log(2.0)
+
+
+def test_phi_weights_follow_iq_learn_forms_and_cap():
+    r = torch.linspace(-4.0, 4.0, 81, dtype=torch.float64)
+    for div in DIVERGENCES:
+        got = phi_weights(r, div)
+        want = torch.tensor([naive_phi(float(x), div) for x in r], dtype=torch.float64)
+        torch.testing.assert_close(got, want, atol=1e-9, rtol=1e-9)
+        assert bool((got > 0).all()) and bool((got <= PHI_WEIGHT_MAX).all())
+    # inside the domains, the weights are exactly IQ-Learn's phi'(r)
+    x = torch.tensor([-0.5, 0.0, 0.7])
+    torch.testing.assert_close(phi_weights(x, "js"), torch.exp(-x) / (2 - torch.exp(-x)))
+    torch.testing.assert_close(phi_weights(x, "hellinger"), 1 / (1 + x) ** 2)
+    torch.testing.assert_close(phi_weights(x, "kl"), torch.exp(-x - 1))
+    xg = x.clone().requires_grad_(True)
+    assert not phi_weights(xg, "kl").requires_grad
+    with pytest.raises(ValueError, match="Unknown divergence"):
+        phi_weights(x, "wasserstein")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Identities of §2
+# ---------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("alpha", [1.0, 0.5])
+def test_reward_identity_and_telescoped_value(model, batch, alpha: float):
+    """r_i = α·log π(a_i|u_i) + V(u_i) − γ·V'(u_{i+1}) (α = 1: the identity of §2), log π taken from an
+    independent log-softmax; the value term equals its closed form V(u_0) − γ^T·V'(u_T)."""
+    prompts, actions, _ = batch
+    gamma = 0.9
+    out = LMPolicy(model=model, vocab=VOCAB).trajectory_logits(prompts, actions)
+    terminal = torch.tensor([a[-1] == EOS for a in actions])
+    with torch.no_grad():
+        sq = soft_q(out.logits, out.actions, out.action_mask, terminal, alpha=alpha, gamma=gamma)
+        T = out.actions.shape[1]
+        log_pi = torch.log_softmax(out.logits[:, :T] / alpha, dim=-1).gather(-1, out.actions[:, :, None])[
+            ..., 0
+        ]
+        m = out.action_mask
+        rhs = alpha * log_pi + sq.v[:, :T] - gamma * sq.v_next
+        torch.testing.assert_close(sq.reward[m], rhs[m], **TOL)
+        torch.testing.assert_close(sq.log_pi[m], log_pi[m], **TOL)
+        torch.testing.assert_close(value_term(sq), value_term_telescoped(sq), **TOL)
+        # terminal rows bootstrap nothing after eos; cut rows bootstrap from V(u_T)
+        for b, a in enumerate(actions):
+            t = len(a)
+            want = 0.0 if a[-1] == EOS else float(sq.v[b, t])
+            assert float(sq.v_next[b, t - 1]) == pytest.approx(want)
+
+
+def test_soft_q_rejects_bad_input():
+    logits = torch.zeros(1, 3, A)
+    logits[0, 0, BK] = -math.inf
+    ok = {"alpha": 1.0, "gamma": 0.9}
+    acts, mask, term = torch.tensor([[0, 1]]), torch.tensor([[True, True]]), torch.tensor([False])
+    with pytest.raises(ValueError, match="gamma"):
+        soft_q(logits, acts, mask, term, alpha=1.0, gamma=0.0)
+    with pytest.raises(ValueError, match="alpha"):
+        soft_q(logits, acts, mask, term, alpha=0.0, gamma=0.9)
+    with pytest.raises(ValueError, match="prefix"):
+        soft_q(logits, acts, torch.tensor([[False, True]]), term, **ok)
+    with pytest.raises(ValueError, match="shape"):
+        soft_q(logits, acts[:, :1], mask, term, **ok)
+    with pytest.raises(ValueError, match="prompt boundary"):
+        soft_q(logits, torch.tensor([[BK, 1]]), mask, term, **ok)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Gradients point where the terms demand (2-token toy, free logits: one parameter per state and action)
+# ---------------------------------------------------------------------------------------------------------
+TOY = Vocabulary(["a", "b"])  # a=0 b=1 eos=2 backspace=3
+# "a", then a mistake "a" and its backspace, then "b", eos
+TOY_ACTIONS = torch.tensor([[0, 0, 3, 1, 2]])
+TOY_EXPERT = torch.tensor([[True, False, True, True, True]])
+TOY_STEPS = torch.ones(1, 5, dtype=torch.bool)
+
+
+def toy_logits(seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, 6, TOY.n_actions, generator=g)
+    x[0, 0, TOY.backspace_id] = -math.inf  # u_0 is the (empty) prompt
+    return x.requires_grad_(True)
+
+
+def sgd_step(x: torch.Tensor, loss: torch.Tensor, lr: float = 0.1) -> torch.Tensor:
+    (g,) = torch.autograd.grad(loss, x)
+    return (x - lr * g.nan_to_num(0.0)).detach()
+
+
+def test_expert_term_step_raises_expert_q_and_lowers_the_mistake():
+    x = toy_logits()
+    sq = soft_q(x, TOY_ACTIONS, TOY_STEPS, torch.tensor([True]), alpha=1.0, gamma=0.998)
+    y = sgd_step(x, expert_term(sq, TOY_EXPERT).sum())
+    acts = TOY_ACTIONS[0].tolist()
+    for i, a in enumerate(acts):
+        dq = float(y[0, i, a] - x.detach()[0, i, a])
+        if TOY_EXPERT[0, i]:
+            assert dq > 0, f"expert step {i}: Q must rise"
+        else:
+            assert dq < 0, "the inserted mistake's Q must not rise (it only lowers via V' of the step before)"
+    # the state after eos is terminal: its logits get no gradient
+    assert torch.equal(y[0, 5], x[0, 5].detach())
+
+
+def test_value_term_step_lowers_v0_and_touches_only_the_ends():
+    for terminal in (True, False):
+        x = toy_logits(1)
+        sq = soft_q(x, TOY_ACTIONS, TOY_STEPS, torch.tensor([terminal]), alpha=1.0, gamma=0.9)
+        (g,) = torch.autograd.grad(value_term(sq).sum(), x)
+        g = g.nan_to_num(0.0)
+        assert float(g[0, 0].sum()) > 0  # gradient descent lowers V(u_0)
+        assert torch.allclose(g[0, 1:5], torch.zeros_like(g[0, 1:5]), atol=1e-6)  # telescoped away
+        if terminal:
+            assert torch.equal(g[0, 5], torch.zeros_like(g[0, 5]))
+        else:
+            assert float(g[0, 5].sum()) < 0  # a cut trajectory raises V(u_T) (it bootstraps)
+
+
+def test_chi2_term_step_shrinks_rewards_and_bc_ignores_the_mistake():
+    x = toy_logits(2)
+    term = torch.tensor([True])
+    sq = soft_q(x, TOY_ACTIONS, TOY_STEPS, term, alpha=1.0, gamma=0.998)
+    before = chi2_term(sq, 0.5).item()
+    y = sgd_step(x, chi2_term(sq, 0.5).sum(), lr=0.01)
+    after = chi2_term(soft_q(y, TOY_ACTIONS, TOY_STEPS, term, alpha=1.0, gamma=0.998), 0.5).item()
+    assert after < before
+    sq = soft_q(x, TOY_ACTIONS, TOY_STEPS, term, alpha=1.0, gamma=0.998)
+    (g,) = torch.autograd.grad(bc_term(sq, TOY_EXPERT).sum(), x)
+    assert torch.equal(g[0, 1], torch.zeros_like(g[0, 1]))  # the mistake's state-action is masked out
+    assert float(g[0, 2, TOY.backspace_id]) < 0  # ... the backspace after it is learnt
+
+
+def test_full_loss_step_raises_expert_log_probabilities():
+    """One small SGD step of the whole loss on a toy GPT-2 raises log π of every expert action and lowers
+    that of the inserted mistake."""
+    policy = LMPolicy.from_config(TOY, n_layer=1, n_embd=16, n_head=2, n_positions=16, seed=0)
+    opt = torch.optim.SGD(policy.parameters(), lr=1e-3)
+    prompts, acts, terminal = [[]], [TOY_ACTIONS[0].tolist()], torch.tensor([True])
+
+    def log_pi() -> torch.Tensor:
+        with torch.no_grad():
+            out = policy.trajectory_logits(prompts, acts)
+            return soft_q(out.logits, out.actions, out.action_mask, terminal, alpha=1.0, gamma=0.998).log_pi[
+                0
+            ]
+
+    before = log_pi()
+    out = policy.trajectory_logits(prompts, acts)
+    loss, _ = sequencematch_loss(
+        out.logits,
+        out.actions,
+        out.action_mask,
+        terminal,
+        TOY_EXPERT,
+        in_expert=torch.tensor([True]),
+        in_mixture=torch.tensor([True]),
+    )
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    change = log_pi() - before
+    assert bool((change[TOY_EXPERT[0]] > 0).all())
+    assert float(change[1]) < 0
