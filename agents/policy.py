@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -333,9 +334,10 @@ class _SlotLayer(CacheLayerMixin):
 class _SlotCache(Cache):
     """KV cache where row ``b`` keeps position ``p`` of its visible sequence at slot ``offset_b + p``.
 
-    A token writes the next slot; a backspace rewrites the slot of the new last token (the same token at the
-    same position attending to the same prefix, so its keys/values are unchanged) and the deleted slot is
-    masked out by the caller: the prefix is never recomputed and the cache never outgrows ``max_slots``.
+    A token writes the slot of its position; slots past a row's visible length are masked out by the caller
+    (and overwritten by its next token), so a backspace never recomputes the prefix and the cache never
+    outgrows ``max_slots``. Re-feeding the new last token after a backspace rewrites its own slot with the
+    same keys/values (same token, same position, same prefix). Finished rows are dropped (:meth:`keep_rows`).
     """
 
     def __init__(self, n_layers: int, *, max_slots: int, batch_size: int, device: torch.device) -> None:
@@ -343,7 +345,16 @@ class _SlotCache(Cache):
         self.write_index: torch.Tensor | None = None  # (B,) slot written by the next 1-token step
         self.kv_len = 0  # number of slots attention reads
         self.rows = torch.arange(batch_size, device=device)  # (B,)
-        super().__init__(layers=[_SlotLayer(self) for _ in range(n_layers)])
+        self.slot_layers = [_SlotLayer(self) for _ in range(n_layers)]
+        super().__init__(layers=list(self.slot_layers))
+
+    def keep_rows(self, index: torch.Tensor) -> None:
+        """Keep only the batch rows ``index`` (``(B',)`` long), in that order."""
+        for layer in self.slot_layers:
+            if layer.keys is not None and layer.values is not None:
+                layer.keys = layer.keys.index_select(0, index)
+                layer.values = layer.values.index_select(0, index)
+        self.rows = torch.arange(len(index), device=index.device)
 
 
 # ======================================================================================================
@@ -935,7 +946,7 @@ class LMPolicy(torch.nn.Module):
         # logits of the state of visible length p, kept so that a backspace needs no forward at all
         use_stack = B * (max_length + 1) * A * logits.element_size() <= _LOGIT_STACK_BYTES
         stack = torch.empty((B, max_length + 1, A) if use_stack else (0,), dtype=logits.dtype, device=dev)
-        rows_t = cache.rows  # (B,)
+        rows_t = torch.arange(B, device=dev)  # (B,)
         if use_stack:
             stack[rows_t, P_t] = logits
         vis = P_t.clone()  # (B,) visible length
@@ -945,6 +956,7 @@ class LMPolicy(torch.nn.Module):
         truncated = torch.zeros_like(done)
         history = torch.full((B, max_steps), -1, dtype=torch.long, device=dev)  # (B, max_steps)
         seen = torch.zeros((B, max_steps, A) if output_logits else (0,), dtype=logits.dtype, device=dev)
+        act = rows_t.clone()  # (B',) original row of each cache row
         bk, eos = v.backspace_id, v.eos_id
         bk_col = torch.zeros(A, dtype=torch.bool, device=dev)
         bk_col[bk] = True
@@ -953,13 +965,14 @@ class LMPolicy(torch.nn.Module):
             # at once from the stored logits of its new state
             need = ~done  # (B,)
             while True:
-                block = (vis <= P_t) | (not allow_backspace)  # (B,) backspace not allowed
-                logits = logits.masked_fill(block[:, None] & bk_col, float("-inf"))  # (B, A)
+                blocked = ((vis <= P_t) | (not allow_backspace))[:, None] & bk_col  # (B, A) backspace masked
                 at = steps.clamp(max=max_steps - 1)  # (B,)
                 if output_logits:
-                    seen[rows_t, at] = torch.where(need[:, None], logits, seen[rows_t, at])
-                x = logits if logits_processor is None else logits_processor(logits.clone())
-                x = x.masked_fill(block[:, None] & bk_col, float("-inf"))
+                    seen[rows_t, at] = torch.where(
+                        need[:, None], logits.masked_fill(blocked, -math.inf), seen[rows_t, at]
+                    )
+                x = logits if logits_processor is None else logits_processor(logits.clone())  # (B, A)
+                x = x.masked_fill(blocked, -math.inf)
                 a = sample_actions(x, generator=generator, temperature=temperature, top_k=top_k, top_p=top_p)
                 history[rows_t, at] = torch.where(need, a, history[rows_t, at])
                 is_bk = need & (a == bk)  # (B,)
@@ -978,20 +991,27 @@ class LMPolicy(torch.nn.Module):
                 logits = torch.where(need[:, None], stack[rows_t, vis], logits)  # (B, A)
             if bool(done.all()):
                 break
-            # next input: the last visible token of each row, at its position; after a backspace (without
-            # the stack) this re-feeds the new last token at its own slot. Finished rows re-feed BOS.
-            feed = torch.where(done, 0, vis)  # (B,) position id
-            w = off + feed  # (B,) slot written
+            live = ~done[act]  # (B',) rows of the cache still generating
+            if not bool(live.all()):  # drop finished rows from the cache and the forward
+                keep = live.nonzero()[:, 0]
+                act = act[keep]
+                cache.keep_rows(keep)
+            # next input: the last visible token of each live row, at its position; after a backspace (without
+            # the stack) this re-feeds the new last token at its own slot
+            feed = vis[act]  # (B',) position id
+            lo = off[act]  # (B',) slot of BOS
+            w = lo + feed  # (B',) slot written
             cache.write_index = w
             cache.kv_len = int(w.max()) + 1
             kv = ar[: cache.kv_len]  # (K,)
-            step_mask = (kv[None, :] >= off[:, None]) & (kv[None, :] <= w[:, None])  # (B, K)
-            m4 = torch.zeros(B, 1, 1, cache.kv_len, dtype=self.model.dtype, device=dev)
-            m4.masked_fill_(~step_mask[:, None, None, :], neg)  # (B, 1, 1, K)
-            inp = seq.gather(1, feed[:, None])  # (B, 1)
-            logits = self._run(inp, feed[:, None], m4, keep=1, cache=cache)[:, -1]  # (B, A)
+            step_mask = (kv[None, :] >= lo[:, None]) & (kv[None, :] <= w[:, None])  # (B', K)
+            m4 = torch.zeros(len(act), 1, 1, cache.kv_len, dtype=self.model.dtype, device=dev)
+            m4.masked_fill_(~step_mask[:, None, None, :], neg)  # (B', 1, 1, K)
+            inp = seq[act, feed][:, None]  # (B', 1)
+            out = self._run(inp, feed[:, None], m4, keep=1, cache=cache)[:, -1]  # (B', A)
+            logits = logits.index_copy(0, act, out)  # (B, A)
             if use_stack:
-                stack[rows_t, feed] = logits
+                stack[act, feed] = out
 
         seq_l, vis_l, n_l = seq.tolist(), vis.tolist(), steps.tolist()
         hist_l = history.tolist()

@@ -286,6 +286,9 @@ def bench_generation(cfg: Config, policy: LMPolicy, rng: np.random.Generator) ->
 
 
 def main(cfg: Config) -> dict[str, Any]:
+    import transformers
+
+    transformers.logging.set_verbosity_error()  # HF generate may sample the pad id; its warning is noise here
     torch.set_num_threads(cfg.threads)
     vocab = Vocabulary([f"t{i}" for i in range(cfg.n_tokens)], separator=" ")
     policy = LMPolicy.from_config(
@@ -302,7 +305,7 @@ def main(cfg: Config) -> dict[str, Any]:
         "config": asdict(cfg),
         "env": {
             "torch": torch.__version__,
-            "transformers": __import__("transformers").__version__,
+            "transformers": transformers.__version__,
             "python": platform.python_version(),
             "cpu": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(),
