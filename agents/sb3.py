@@ -7,7 +7,8 @@ Three pieces, each usable alone:
   the visible sequence with a GRU (default) or a mean over positions. Pass it in ``policy_kwargs``.
 - :class:`RewardWrapper`, a ``gymnasium.Wrapper`` that replaces the env's reward with the reward recovered
   by a trained SequenceMatch critic (``r = Q − γ·V'``), and :func:`make_env`, which builds an env with the
-  env's own ``"logprob"`` / ``"valid"`` reward, a callable reward, or a critic's reward.
+  env's own ``"logprob"`` / ``"valid"`` reward, a callable reward, or a critic's reward;
+  :class:`TruncationPenalty` charges an episode that never reaches eos (on by default for ``"logprob"``).
 - :func:`train_sb3_baseline`, which trains an algorithm and returns an :class:`SB3Baseline` with ``predict``,
   ``generate(n, seed=...)`` (samples produced by stepping the env with the trained model, action masks
   respected) and ``save`` / ``load``. ``generate`` returns the same :class:`~agents.policy.Generation` as
@@ -55,6 +56,7 @@ __all__ = [
     "RewardWrapper",
     "SB3Baseline",
     "TokenEmbeddingExtractor",
+    "TruncationPenalty",
     "default_policy_kwargs",
     "make_env",
     "train_sb3_baseline",
@@ -264,6 +266,38 @@ class RewardWrapper(gym.Wrapper):
         return obs, reward, terminated, truncated, info
 
 
+class TruncationPenalty(gym.Wrapper):
+    """Adds ``penalty`` to the reward of a step that ends an episode by truncation (not by eos).
+
+    Why: with the ``"logprob"`` reward every step pays ``≤ 0`` and a backspace refunds what the deleted token
+    earned, so without a penalty the best return (0) belongs to a policy that types and deletes until the step
+    limit and never finishes a sequence; DQN finds it within 20k steps on Dyck. Charging a truncated episode
+    the log-probability floor (the price of one impossible token) makes finishing with eos worth it.
+    ``info["truncation_penalty"]`` holds the amount added.
+
+    Example:
+        >>> from seqgym.sources.dyck import Dyck
+        >>> env = TruncationPenalty(SequenceEnv(Dyck(), max_length=17, max_steps=2, reward="logprob"), -20.0)
+        >>> _ = env.reset(seed=0)
+        >>> [round(float(env.step(a)[1]), 3) for a in (0, 5)]   # "(", backspace: truncated at 2 steps
+        [-0.693, -19.307]
+    """
+
+    def __init__(self, env: gym.Env, penalty: float) -> None:
+        super().__init__(env)
+        if not np.isfinite(penalty):
+            raise ValueError(f"penalty must be finite, got {penalty}.")
+        self.penalty = float(penalty)
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        if truncated and not terminated:
+            info = dict(info)
+            info["truncation_penalty"] = self.penalty
+            reward = float(reward) + self.penalty
+        return obs, float(reward), terminated, truncated, info
+
+
 def _is_critic(reward: object) -> bool:
     return not isinstance(reward, str) and callable(getattr(reward, "reward", None))
 
@@ -311,18 +345,27 @@ class _EnvSpec:
             kwargs.get("logprob_floor", getattr(template.reward_fn, "logprob_floor", -20.0))
         )
 
-    def make(self, reward: str | RewardFn | Reward | Critic = "none", critic_mode: str = "dense") -> gym.Env:
+    def make(
+        self,
+        reward: str | RewardFn | Reward | Critic = "none",
+        critic_mode: str = "dense",
+        truncation_penalty: float | str = "auto",
+    ) -> gym.Env:
         _check_reward(reward)
+        penalty = _truncation_penalty(truncation_penalty, reward, self.logprob_floor)
+        env: gym.Env
         if _is_critic(reward):
             base = SequenceEnv(self.source, max_length=self.max_length, max_steps=self.max_steps)
-            return RewardWrapper(base, reward, mode=critic_mode)  # type: ignore[arg-type]
-        return SequenceEnv(
-            self.source,
-            max_length=self.max_length,
-            max_steps=self.max_steps,
-            reward=reward,  # type: ignore[arg-type]
-            logprob_floor=self.logprob_floor,
-        )
+            env = RewardWrapper(base, reward, mode=critic_mode)  # type: ignore[arg-type]
+        else:
+            env = SequenceEnv(
+                self.source,
+                max_length=self.max_length,
+                max_steps=self.max_steps,
+                reward=reward,  # type: ignore[arg-type]
+                logprob_floor=self.logprob_floor,
+            )
+        return TruncationPenalty(env, penalty) if penalty != 0.0 else env
 
     def to_json(self) -> dict[str, Any] | None:
         if self.env_id is None:
@@ -332,6 +375,16 @@ class _EnvSpec:
         except TypeError:
             return None
         return {"env_id": self.env_id, "env_kwargs": self.env_kwargs}
+
+
+def _truncation_penalty(value: float | str, reward: object, floor: float) -> float:
+    if isinstance(value, str):
+        if value != "auto":
+            raise ValueError(f"truncation_penalty must be a number or 'auto', got {value!r}.")
+        return floor if isinstance(reward, str) and reward == "logprob" else 0.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+        raise ValueError(f"truncation_penalty must be a finite number or 'auto', got {value!r}.")
+    return float(value)
 
 
 def _ensure_registered(env_id: str) -> None:
@@ -346,6 +399,7 @@ def make_env(
     *,
     reward: str | RewardFn | Reward | Critic = "logprob",
     critic_mode: str = "dense",
+    truncation_penalty: float | str = "auto",
     env_kwargs: dict[str, Any] | None = None,
 ) -> gym.Env:
     """A fresh sequence env with the requested reward, ready for an SB3 algorithm.
@@ -359,9 +413,12 @@ def make_env(
             ``reward(prompts, action_histories)``, e.g. a trained ``SequenceMatch``) whose recovered reward
             replaces the env's through :class:`RewardWrapper`.
         critic_mode: ``"dense"`` or ``"terminal"``, for a critic (see :class:`RewardWrapper`).
+        truncation_penalty: added to the last reward of an episode that is truncated (see
+            :class:`TruncationPenalty`); ``"auto"`` = the env's ``logprob_floor`` for ``"logprob"``, else 0
+            (no wrapper).
         env_kwargs: keyword arguments of ``gym.make`` for an env id (source and env options, not ``reward``).
     """
-    return _EnvSpec(env, env_kwargs).make(reward, critic_mode)
+    return _EnvSpec(env, env_kwargs).make(reward, critic_mode, truncation_penalty)
 
 
 # ============================================================================================================
@@ -584,6 +641,7 @@ def train_sb3_baseline(
     env_kwargs: dict[str, Any] | None = None,
     n_envs: int = 1,
     critic_mode: str = "dense",
+    truncation_penalty: float | str = "auto",
     device: str = "cpu",
     verbose: int = 0,
     callback: Any = None,
@@ -607,6 +665,7 @@ def train_sb3_baseline(
         env_kwargs: ``gym.make`` keyword arguments for an env id.
         n_envs: parallel envs in a ``DummyVecEnv``, each wrapped in SB3's ``Monitor``.
         critic_mode: ``"dense"`` or ``"terminal"`` when ``reward`` is a critic (see :class:`RewardWrapper`).
+        truncation_penalty: see :func:`make_env` (default: the log-prob floor for ``"logprob"``, else 0).
         device: torch device of the model.
         verbose, callback, progress_bar: passed to SB3.
     """
@@ -615,7 +674,8 @@ def train_sb3_baseline(
     if not isinstance(total_timesteps, int) or total_timesteps < 1:
         raise ValueError(f"total_timesteps must be a positive int, got {total_timesteps!r}.")
     spec = _EnvSpec(env, env_kwargs)
-    make: Callable[[], gym.Env] = lambda: spec.make(reward, critic_mode)  # noqa: E731
+    _truncation_penalty(truncation_penalty, reward, spec.logprob_floor)  # validate before building envs
+    make: Callable[[], gym.Env] = lambda: spec.make(reward, critic_mode, truncation_penalty)  # noqa: E731
     vec_env = make_vec_env(make, n_envs=n_envs, seed=seed, vec_env_cls=DummyVecEnv)
     pk = default_policy_kwargs()
     pk.update(policy_kwargs or {})

@@ -12,7 +12,14 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from agents.sb3 import RewardWrapper, SB3Baseline, TokenEmbeddingExtractor, make_env, train_sb3_baseline
+from agents.sb3 import (
+    RewardWrapper,
+    SB3Baseline,
+    TokenEmbeddingExtractor,
+    TruncationPenalty,
+    make_env,
+    train_sb3_baseline,
+)
 from seqgym.dynamics import replay
 from seqgym.env import SequenceEnv
 from seqgym.metrics import DEFAULT_LOGPROB_FLOOR, evaluate_samples, token_logprobs
@@ -203,6 +210,22 @@ def test_env_logprob_reward_matches_the_metric(env: gym.Env) -> None:
     valid = make_env(env, reward="valid")
     valid.reset(seed=0)
     assert [float(valid.step(a)[1]) for a in [0, 1, 4]] == [0.0, 0.0, 1.0]
+
+
+def test_truncation_penalty() -> None:
+    """Type-and-delete until the step limit: 0 under the raw logprob reward, the floor with the penalty."""
+    base = SequenceEnv(Dyck(), max_length=17, max_steps=6, reward="logprob")
+    loop = [0, 5, 0, 5, 0, 5]  # "(", backspace, ... truncated at 6 steps with nothing visible
+    for env, expected in ((make_env(base, truncation_penalty=0.0), 0.0), (make_env(base), -20.0)):
+        env.reset(seed=0)
+        steps = [env.step(a) for a in loop]
+        assert steps[-1][3] and not steps[-1][2]  # truncated
+        assert sum(float(s[1]) for s in steps) == pytest.approx(expected)
+    assert isinstance(make_env(base), TruncationPenalty)
+    assert not isinstance(make_env(base, reward="valid"), TruncationPenalty)
+    assert isinstance(make_env(base, reward="valid", truncation_penalty=-1.0), TruncationPenalty)
+    with pytest.raises(ValueError, match="truncation_penalty"):
+        make_env(base, truncation_penalty="always")
 
 
 def test_train_rejects_bad_arguments(env: gym.Env) -> None:
