@@ -440,6 +440,20 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Silence transformers' progress bars (shard writing / weight loading) while saving or loading."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 def _fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
@@ -1037,6 +1051,10 @@ class Agent:
         self._generator.manual_seed(_resolve_seed(seed))
 
     def _observation_batch(self, observation: Any) -> tuple[np.ndarray, bool]:
+        if isinstance(observation, dict):
+            raise TypeError(
+                "observation must be an array of token ids, not a dict (seqgym envs have Box spaces)."
+            )
         obs = np.asarray(observation)
         if obs.ndim not in (1, 2) or obs.shape[-1] == 0:
             raise ValueError(
@@ -1056,7 +1074,7 @@ class Agent:
     @torch.inference_mode()
     def predict(
         self,
-        observation: np.ndarray,
+        observation: np.ndarray | dict[str, np.ndarray],
         state: tuple[np.ndarray, ...] | None = None,
         episode_start: np.ndarray | None = None,
         deterministic: bool = False,
@@ -1239,7 +1257,8 @@ class Agent:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
         try:
-            self.policy.save_pretrained(tmp / _POLICY_DIR)
+            with _quiet_transformers():
+                self.policy.save_pretrained(tmp / _POLICY_DIR)
             (tmp / _VOCAB_FILE).write_text(json.dumps(self.vocab.to_dict(), indent=1))
             torch.save(self._training_state(), tmp / _STATE_FILE)
             has_demos = include_demonstrations and bool(self.demonstrations)
@@ -1394,7 +1413,8 @@ class Agent:
                 )
         dev = _resolve_device(device)
         try:
-            policy = LMPolicy.load(root / _POLICY_DIR, device=dev)
+            with _quiet_transformers():
+                policy = LMPolicy.load(root / _POLICY_DIR, device=dev)
         except Exception as e:
             raise fail(f"the policy in {_POLICY_DIR}/ cannot be loaded ({type(e).__name__}: {e}).") from None
         if policy.vocab != vocab:
