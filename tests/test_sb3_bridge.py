@@ -23,6 +23,7 @@ from agents.sb3 import (
 from seqgym.dynamics import replay
 from seqgym.env import SequenceEnv
 from seqgym.metrics import DEFAULT_LOGPROB_FLOOR, evaluate_samples, token_logprobs
+from seqgym.registration import register_envs
 from seqgym.sources.dyck import Dyck
 
 ENV_ID = "seqgym/Dyck-v0"
@@ -35,20 +36,29 @@ FAST_KWARGS: dict[str, dict[str, Any]] = {
 }
 
 
-def _dyck_env() -> gym.Env:
-    """``seqgym/Dyck-v0`` when the id can be built, else the same env built by hand."""
-    try:
-        from seqgym.registration import register_envs
-
-        register_envs()
-        return gym.make(ENV_ID)
-    except (ImportError, gym.error.Error):
-        return SequenceEnv(Dyck(2, max_depth=4, max_length=16), max_length=17, max_steps=51)
+@pytest.fixture(scope="module")
+def env() -> gym.Env:
+    register_envs()
+    return gym.make(ENV_ID)
 
 
 @pytest.fixture(scope="module")
-def env() -> gym.Env:
-    return _dyck_env()
+def critic() -> Any:
+    """A briefly trained SequenceMatch agent on Dyck (a real critic, not a good one)."""
+    from agents.base import make_agent
+
+    agent = make_agent(
+        "sequencematch",
+        env=ENV_ID,
+        seed=0,
+        n_demonstrations=32,
+        batch_size=8,
+        bc_warmup_steps=2,
+        replay_refresh_interval=2,
+        replay_size=16,
+        policy_kwargs={"n_layer": 1, "n_embd": 16, "n_head": 2},
+    )
+    return agent.train(n_batches=4)
 
 
 def _check_rollouts(env: gym.Env, gen: Any, n: int) -> None:
@@ -97,7 +107,7 @@ def test_extractor_rejects_bad_arguments() -> None:
 @pytest.mark.parametrize("algo", ["maskable_ppo", "ppo", "dqn"])
 def test_baseline_trains_and_generates_valid_rollouts(algo: str, env: gym.Env) -> None:
     baseline = train_sb3_baseline(
-        algo, env, reward="logprob", total_timesteps=256, seed=0, algo_kwargs=FAST_KWARGS[algo]
+        algo, ENV_ID, reward="logprob", total_timesteps=256, seed=0, algo_kwargs=FAST_KWARGS[algo]
     )
     assert baseline.model.num_timesteps >= 256
     assert any(isinstance(m, TokenEmbeddingExtractor) for m in baseline.model.policy.modules())
@@ -138,6 +148,15 @@ def test_save_load_roundtrip(env: gym.Env, tmp_path: Path) -> None:
     assert loaded.algo == "ppo"
     a, b = baseline.generate(6, seed=3), loaded.generate(6, seed=3)
     assert a.sequences == b.sequences and a.actions == b.actions
+    # Trained on an env id: the id and its kwargs are stored, so no env is needed to load.
+    by_id = train_sb3_baseline(
+        "dqn", ENV_ID, total_timesteps=64, seed=0, env_kwargs={"n_types": 2}, algo_kwargs=FAST_KWARGS["dqn"]
+    )
+    by_id.save(tmp_path / "dqn")
+    loaded = SB3Baseline.load(tmp_path / "dqn")
+    assert loaded.generate(3, seed=0).sequences == by_id.generate(3, seed=0).sequences
+    with pytest.raises(ValueError, match="pass env="):
+        SB3Baseline.load(tmp_path / "ppo")
     with pytest.raises(FileNotFoundError, match=r"SB3Baseline\.save"):
         SB3Baseline.load(tmp_path / "missing")
 
@@ -177,6 +196,32 @@ def test_reward_wrapper_gives_the_critics_reward(env: gym.Env) -> None:
     terminal.reset(seed=0)
     rewards = [float(terminal.step(a)[1]) for a in actions]
     np.testing.assert_allclose(rewards, [0, 0, 0, 0, expected.sum()])
+
+
+def test_reward_wrapper_with_a_trained_sequencematch_critic(env: gym.Env, critic: Any) -> None:
+    v = critic.vocab
+    actions = [0, 2, v.backspace_id, 1, 2, 3, v.eos_id]  # "(", "[", backspace, ")", "[", "]", eos
+    expected = critic.reward([[]], [actions])[0]  # r_i = Q(u_i, a_i) − γ·V'(u_{i+1}), V' = 0 after eos
+    dense = make_env(env, reward=critic)
+    dense.reset(seed=0)
+    got = [float(dense.step(a)[1]) for a in actions]
+    # Each dense reward is the last entry of the reward of the history so far: the same per-step values.
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    terminal = make_env(env, reward=critic, critic_mode="terminal")
+    terminal.reset(seed=0)
+    got = [float(terminal.step(a)[1]) for a in actions]
+    assert got[:-1] == [0.0] * (len(actions) - 1)
+    assert got[-1] == pytest.approx(expected.sum(), abs=1e-4)
+    # An SB3 algorithm trains on the critic's reward.
+    baseline = train_sb3_baseline(
+        "maskable_ppo",
+        env,
+        reward=critic,
+        total_timesteps=64,
+        seed=0,
+        algo_kwargs={"n_steps": 64, "n_epochs": 1},
+    )
+    _check_rollouts(env, baseline.generate(4, seed=0), 4)
 
 
 def test_reward_wrapper_rejects_wrong_length_and_non_critic(env: gym.Env) -> None:
