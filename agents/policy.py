@@ -361,6 +361,7 @@ class _SlotCache(Cache):
 # The policy
 # ======================================================================================================
 def _as_ids(x: Sequence[int] | np.ndarray | torch.Tensor, what: str) -> np.ndarray:
+    """A 1-D int64 array of ids, or ``TypeError`` naming ``what``."""
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()
     try:
@@ -703,7 +704,7 @@ class LMPolicy(torch.nn.Module):
         """
         rows = self._check_prompts(states, "states")
         lengths = np.array([len(r) for r in rows], dtype=np.int64)
-        pl = _as_ids(list(prompt_lengths), "prompt_lengths")
+        pl = _as_ids(prompt_lengths, "prompt_lengths")
         if len(pl) != len(rows):
             raise ValueError(f"Got {len(rows)} states but {len(pl)} prompt_lengths.")
         if (pl < 0).any() or (pl > lengths).any():
@@ -799,7 +800,8 @@ class LMPolicy(torch.nn.Module):
         same_pos = pos[:, :, None] == pos[:, None, :]  # (B, S, S)
         # a backspace slot copies the token of the latest earlier non-backspace slot at its position
         origin = valid & ~is_bk  # (B, S)
-        src = ((same_pos & earlier & origin[:, None, :]) * (ar + 1)).amax(dim=-1) - 1  # (B, S)
+        ar1 = torch.arange(1, S + 1, dtype=torch.int32, device=dev)  # (S,) slot index + 1
+        src = torch.where(same_pos & earlier & origin[:, None, :], ar1, 0).amax(dim=-1).long() - 1  # (B, S)
         inp = torch.where(is_bk, tok.gather(1, src.clamp(min=0)), tok)  # (B, S) env ids
         # slot k (an action) removes every earlier slot j with pos_j >= pos_k
         kills = is_act[:, :, None] & earlier & (pos[:, :, None] <= pos[:, None, :])  # (B, S_k, S_j)
