@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     sources = {"dyck": Dyck(2, max_depth=4, max_length=16), "dyck+sample_prompt": DyckPromptOnly(2)}
+    load_before = os.getloadavg()[0]  # the machine may be shared: record how busy it was
     rows = []
     for source_name in args.sources:
         for name, bench in BENCHES.items():
@@ -164,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             "platform": platform.platform(),
             "python": platform.python_version(),
             "cpus": os.cpu_count(),
+            "load_average_1min_before_after": [load_before, os.getloadavg()[0]],
         },
         "numpy": np.__version__,
         "gymnasium": gym.__version__,

@@ -191,6 +191,21 @@ def test_sampled_prompts_come_from_the_source_and_are_seeded() -> None:
         assert obs[: len(prompt)].tolist() == prompt
 
 
+def test_a_source_can_draw_prompts_without_completions() -> None:
+    class PromptOnly(Echo):
+        def sample(self, rng: np.random.Generator) -> tuple[list[int], list[int]]:
+            raise AssertionError("the env should use sample_prompt")
+
+        def sample_prompt(self, rng: np.random.Generator) -> list[int]:
+            return [int(rng.integers(0, 3))]
+
+    env = SequenceEnv(PromptOnly(), max_length=6, max_steps=12)
+    prompts = [env.reset(seed=s)[0][0] for s in range(10)]
+    assert prompts == [
+        int(np.random.default_rng(np.random.SeedSequence(s)).integers(0, 3)) for s in range(10)
+    ]
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Rewards.
 @settings(max_examples=60, deadline=None)

@@ -160,6 +160,21 @@ def test_vector_env_equals_sync_vector_env_including_final_obs(mode: AutoresetMo
                 assert np.array_equal(out[4]["final_info"][key][ended], ref[4]["final_info"][key][ended])
 
 
+def test_vector_env_uses_the_prompt_sampler_like_the_single_env() -> None:
+    class PromptOnly(Echo):
+        def sample_prompt(self, rng: np.random.Generator) -> list[int]:
+            return rng.integers(0, 3, size=int(rng.integers(1, 3))).tolist()
+
+    actions = np.random.default_rng(2).integers(0, V.n_actions, size=(60, 4))
+    ref = _single_env_reference(
+        PromptOnly(), actions, seed=3, mode=AutoresetMode.NEXT_STEP, max_length=5, max_steps=6
+    )
+    envs = SequenceVectorEnv(PromptOnly(), 4, max_length=5, max_steps=6)
+    assert np.array_equal(envs.reset(seed=3)[0], ref[0][0])
+    for t, row in enumerate(actions):
+        _assert_same_step(envs.step(row), ref[t + 1])
+
+
 def test_observations_follow_the_reference_dynamics() -> None:
     envs = SequenceVectorEnv(Echo(), 2, max_length=6, max_steps=20)
     envs.reset(seed=0, options={"prompts": [[0], []]})
