@@ -11,8 +11,7 @@ history means):
   the prefix.
 
 Env ids and model ids are mapped in one place, :class:`TokenMap`. The model input always starts with a BOS
-slot (the model's bos token, which is the model id of eos for models built from a config, GPT-2 style), so an
-empty prompt works.
+slot holding the model id of eos (GPT-2 style), so an empty prompt works.
 
 Example:
     >>> from seqgym.vocab import Vocabulary
@@ -77,27 +76,28 @@ class TokenMap:
     """The one mapping between env ids (``0 .. n_actions-1`` and pad) and model token ids.
 
     For a model built from a config the map is the identity (the model's vocabulary is the env vocabulary,
-    pad included). For a pretrained model it follows the tokenizer.
+    pad included). For a pretrained model it follows the tokenizer. The BOS slot that starts every model input
+    holds :attr:`bos`, the model id of eos (GPT-2 style).
 
     Args:
-        env_to_model: model id of every env id, in env id order; length ``len(vocab)`` (pad last).
-        bos: model id fed in the BOS slot that starts every model input.
+        env_to_model: model id of every env id, in env id order; length ``len(vocab)`` (tokens, eos,
+            backspace, pad).
         model_vocab_size: number of rows of the model's embedding matrix.
 
     Raises:
         ValueError: a model id out of range, or two actions mapped to the same model id.
     """
 
-    def __init__(self, env_to_model: Sequence[int], *, bos: int, model_vocab_size: int) -> None:
+    def __init__(self, env_to_model: Sequence[int], *, model_vocab_size: int) -> None:
         ids = [int(i) for i in env_to_model]
         if len(ids) < 4:
             raise ValueError(
                 f"env_to_model must map at least 4 env ids (a token, eos, backspace, pad); got {ids}."
             )
-        for name, i in [*((f"env id {k}", m) for k, m in enumerate(ids)), ("bos", int(bos))]:
+        for k, i in enumerate(ids):
             if not 0 <= i < model_vocab_size:
                 raise ValueError(
-                    f"{name} maps to model id {i}, outside the model vocabulary 0..{model_vocab_size - 1}."
+                    f"env id {k} maps to model id {i}, outside the model vocabulary 0..{model_vocab_size - 1}."
                 )
         actions = ids[:-1]
         if len(set(actions)) != len(actions):
@@ -109,9 +109,9 @@ class TokenMap:
                     )
                 seen[m] = k
         self.env_to_model: list[int] = ids
-        self.bos: int = int(bos)
         self.model_vocab_size: int = int(model_vocab_size)
         self.n_actions: int = len(ids) - 1
+        self.bos: int = ids[self.n_actions - 2]  # model id of eos (env layout: ..., eos, backspace, pad)
         self.is_identity: bool = ids == list(range(len(ids)))
         self._table = torch.tensor(ids, dtype=torch.long)  # (len(vocab),)
         self._actions = self._table[: self.n_actions]  # (A,)
@@ -119,9 +119,9 @@ class TokenMap:
 
     @classmethod
     def identity(cls, vocab: Vocabulary, *, model_vocab_size: int | None = None) -> TokenMap:
-        """Env id ``i`` is model id ``i``, BOS is eos; ``model_vocab_size`` defaults to ``len(vocab)``."""
+        """Env id ``i`` is model id ``i``; ``model_vocab_size`` defaults to ``len(vocab)``."""
         size = len(vocab) if model_vocab_size is None else model_vocab_size
-        return cls(list(range(len(vocab))), bos=vocab.eos_id, model_vocab_size=size)
+        return cls(list(range(len(vocab))), model_vocab_size=size)
 
     def _tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         if device not in self._by_device:
@@ -152,22 +152,22 @@ class TokenMap:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable description, inverse of :meth:`from_dict`."""
-        return {"env_to_model": self.env_to_model, "bos": self.bos, "model_vocab_size": self.model_vocab_size}
+        return {"env_to_model": self.env_to_model, "model_vocab_size": self.model_vocab_size}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TokenMap:
         try:
-            return cls(d["env_to_model"], bos=int(d["bos"]), model_vocab_size=int(d["model_vocab_size"]))
+            return cls(d["env_to_model"], model_vocab_size=int(d["model_vocab_size"]))
         except KeyError as e:
             raise ValueError(
-                f"Token map dict lacks the key {e}; it needs env_to_model, bos, model_vocab_size."
+                f"Token map dict lacks the key {e}; it needs env_to_model and model_vocab_size."
             ) from None
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, TokenMap) and self.to_dict() == other.to_dict()
 
     def __hash__(self) -> int:
-        return hash((tuple(self.env_to_model), self.bos, self.model_vocab_size))
+        return hash((tuple(self.env_to_model), self.model_vocab_size))
 
     def __repr__(self) -> str:
         kind = "identity" if self.is_identity else "general"
@@ -435,7 +435,7 @@ class LMPolicy(torch.nn.Module):
             raise ValueError(
                 f"token_map maps {token_map.n_actions} actions but the vocabulary has {vocab.n_actions}."
             )
-        if max(*token_map.env_to_model, token_map.bos) >= model_vocab:
+        if max(token_map.env_to_model) >= model_vocab:
             raise ValueError(
                 f"token_map uses model ids beyond the model's {model_vocab} embeddings; resize them."
             )
@@ -571,11 +571,7 @@ class LMPolicy(torch.nn.Module):
         vocab, token_map = _map_tokenizer(tokenizer, vocab)
         if len(tokenizer) > model_vocab:
             model.resize_token_embeddings(len(tokenizer))
-        token_map = TokenMap(
-            token_map.env_to_model,
-            bos=token_map.bos,
-            model_vocab_size=_embedding_rows(model),
-        )
+        token_map = TokenMap(token_map.env_to_model, model_vocab_size=_embedding_rows(model))
         return cls(model=model, vocab=vocab, token_map=token_map, tokenizer=tokenizer)
 
     def save_pretrained(self, directory: str | os.PathLike[str]) -> None:
@@ -1060,9 +1056,6 @@ def _map_tokenizer(tokenizer: Any, vocab: Vocabulary | None) -> tuple[Vocabulary
     bksp_id = int(tokenizer.convert_tokens_to_ids(bksp_str))
     pad_id = tokenizer.pad_token_id
     pad_model = int(pad_id) if pad_id is not None and int(pad_id) not in (eos_id, bksp_id) else eos_id
-    bos_id = tokenizer.bos_token_id
-    bos = int(bos_id) if bos_id is not None else eos_id
-
     if vocab is None:
         specials = {eos_id, bksp_id, pad_model}
         names = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
@@ -1073,7 +1066,7 @@ def _map_tokenizer(tokenizer: Any, vocab: Vocabulary | None) -> tuple[Vocabulary
         while pad_str in known:
             pad_str = "<" + pad_str + ">"
         vocab = Vocabulary(tokens, eos=str(tokenizer.eos_token), backspace=bksp_str, pad=str(pad_str))
-        return vocab, TokenMap([*ids, eos_id, bksp_id, pad_model], bos=bos, model_vocab_size=len(tokenizer))
+        return vocab, TokenMap([*ids, eos_id, bksp_id, pad_model], model_vocab_size=len(tokenizer))
 
     have = tokenizer.get_vocab()
     missing = [t for t in vocab.tokens[: vocab.n_tokens] if t not in have]
@@ -1085,4 +1078,4 @@ def _map_tokenizer(tokenizer: Any, vocab: Vocabulary | None) -> tuple[Vocabulary
         raise ValueError(
             f"Ordinary tokens {clash} are the tokenizer's eos/backspace; rename them in the vocabulary."
         )
-    return vocab, TokenMap([*ids, eos_id, bksp_id, pad_model], bos=bos, model_vocab_size=len(tokenizer))
+    return vocab, TokenMap([*ids, eos_id, bksp_id, pad_model], model_vocab_size=len(tokenizer))

@@ -65,8 +65,8 @@ def test_token_map_identity_and_round_trip() -> None:
 
 
 def test_token_map_general() -> None:
-    tm = TokenMap([7, 3, 2, 9, 8, 0, 1, 4], bos=5, model_vocab_size=10)
-    assert not tm.is_identity
+    tm = TokenMap([7, 3, 2, 9, 8, 0, 1, 4], model_vocab_size=10)
+    assert not tm.is_identity and tm.bos == 0  # model id of eos (env id 5)
     assert tm.to_model(torch.tensor([0, 6, 7])).tolist() == [7, 1, 4]
     logits = torch.arange(10, dtype=torch.float32)[None]  # (1, V) logit of model id m = m
     assert tm.action_logits(logits)[0].tolist() == [7, 3, 2, 9, 8, 0, 1]
@@ -76,17 +76,16 @@ def test_token_map_general() -> None:
 
 
 @pytest.mark.parametrize(
-    ("ids", "bos", "size", "match"),
+    ("ids", "size", "match"),
     [
-        ([0, 1, 1, 3, 4], 0, 5, "both map to model id 1"),
-        ([0, 1, 2, 7, 4], 0, 5, "outside the model vocabulary"),
-        ([0, 1, 2, 3, 4], 5, 5, "bos maps"),
-        ([0, 1, 2], 0, 5, "at least 4"),
+        ([0, 1, 1, 3, 4], 5, "both map to model id 1"),
+        ([0, 1, 2, 7, 4], 5, "outside the model vocabulary"),
+        ([0, 1, 2], 5, "at least 4"),
     ],
 )
-def test_token_map_rejects_bad_maps(ids: list[int], bos: int, size: int, match: str) -> None:
+def test_token_map_rejects_bad_maps(ids: list[int], size: int, match: str) -> None:
     with pytest.raises(ValueError, match=match):
-        TokenMap(ids, bos=bos, model_vocab_size=size)
+        TokenMap(ids, model_vocab_size=size)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -171,7 +170,7 @@ def test_trajectory_logits_with_general_token_map() -> None:
 
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=12, n_positions=32, n_embd=16, n_layer=1, n_head=2)).eval()
-    tm = TokenMap([9, 3, 7, 1, 11, 2, 0], bos=5, model_vocab_size=12)
+    tm = TokenMap([9, 3, 7, 1, 11, 2, 0], model_vocab_size=12)
     policy = LMPolicy(model=model, vocab=VOCAB, token_map=tm)
     assert_matches_reference(policy, [[0, 3], []], [[1, BK, BK, BK, 2], [3, EOS]])
 
