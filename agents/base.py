@@ -280,7 +280,15 @@ def register_agent(name: str, cls: type[Agent], *, overwrite: bool = False) -> N
     """Make ``cls`` available to :func:`make_agent` and :meth:`Agent.load` under ``name``.
 
     If ``cls`` does not define its own ``name`` attribute, it is set to ``name`` (the name saved with the agent).
-    See the module docstring for a complete example.
+    The module docstring shows a complete agent; the smallest one reuses another's loss:
+
+    >>> from agents.mle import MLE
+    >>> class SlowMLE(MLE):
+    ...     name = "slow_mle"
+    >>> register_agent("slow_mle", SlowMLE)
+    >>> make_agent("slow_mle", env="seqgym/Dyck-v0", seed=0, n_demonstrations=4, learning_rate=1e-4,
+    ...            policy_kwargs={"n_layer": 1, "n_embd": 16, "n_head": 2}).config.learning_rate
+    0.0001
 
     Raises:
         TypeError: ``cls`` is not a subclass of :class:`Agent`, or ``name`` not a non-empty string.

@@ -409,6 +409,14 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
     back = MLE.load(tmp_path / "mle")
     assert back.env is not None and back.max_length == 17
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bc", "mle"]
+    # an env built directly cannot be rebuilt: the agent still predicts, generates from prompts and trains
+    alone = BC.load(tmp_path / "bc")
+    assert alone.env is None and alone.get_env() is None
+    assert predictions(alone) == predictions(BC.load(tmp_path / "bc", env=small_env()))
+    assert len(alone.generate(prompts=[[], [0]]).sequences) == 2
+    with pytest.raises(ValueError, match="pass prompts="):
+        alone.generate(2)
+    assert alone.learn(50).num_timesteps >= 50
 
 
 def test_load_errors(tmp_path: Path) -> None:
