@@ -1,0 +1,131 @@
+"""Arithmetic: answer accuracy vs noise level for MLE, BC and SequenceMatch (the paper's arithmetic study).
+
+Prompts are ``a+b=`` / ``a-b=`` (``seqgym/Arithmetic-v0``); a sample is correct when its answer is (the source's
+``is_valid``). The *noise level* is the probability ``p_noise`` with which each expert action of a demonstration
+is preceded by a uniformly drawn wrong token and the ``<backspace>`` that repairs it (``sequencematch.md`` §4):
+BC and SequenceMatch train on those augmented demonstrations; MLE trains on the clean answers (it cannot
+express a backspace), so its accuracy is one line across noise levels. Results go to ``--out``
+(``results.json``, ``table.md``, ``arithmetic.png``); finished runs are cached for resuming.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tyro
+
+from experiments.common import RunCache, format_table, summarize, write_json_atomic
+from experiments.compare import Config as CompareConfig
+from experiments.compare import run_one
+
+
+@dataclasses.dataclass
+class Config:
+    """Accuracy vs noise level on the arithmetic task."""
+
+    noise_levels: tuple[float, ...] = (0.0, 0.1, 0.25)
+    """Backspace-augmentation levels of BC and SequenceMatch."""
+    agents: tuple[str, ...] = ("mle", "bc", "sequencematch")
+    """Imitation agents to compare."""
+    seeds: tuple[int, ...] = (0, 1)
+    """Seeds."""
+    budget: int = 60_000
+    """(state, action) pairs trained on per run."""
+    n_demonstrations: int = 5_000
+    """Training examples (the paper uses 5,000)."""
+    n_eval: int = 500
+    """Test problems per run (fresh prompts)."""
+    n_layer: int = 2
+    """Transformer layers."""
+    n_embd: int = 64
+    """Width."""
+    learning_rate: float = 3e-3
+    """Learning rate."""
+    batch_size: int = 64
+    """Trajectories per update."""
+    out: Path = Path("results/arithmetic")
+    """Output folder."""
+    resume: bool = True
+    """Reuse finished runs under out/runs."""
+    progress: bool = True
+    """Progress bars."""
+
+
+def main(cfg: Config) -> dict[str, Any]:
+    """Run the study; returns what it writes to ``results.json``."""
+    base = CompareConfig(
+        task="arithmetic",
+        budget=cfg.budget,
+        n_demonstrations=cfg.n_demonstrations,
+        n_eval=cfg.n_eval,
+        n_layer=cfg.n_layer,
+        n_embd=cfg.n_embd,
+        learning_rate=cfg.learning_rate,
+        batch_size=cfg.batch_size,
+        progress=cfg.progress,
+    )
+    cache = RunCache(cfg.out / "runs", enabled=cfg.resume)
+    records = []
+    for seed in cfg.seeds:
+        for agent in cfg.agents:
+            levels = [0.0] if agent == "mle" else list(cfg.noise_levels)
+            for p in levels:
+                key = ("arithmetic", agent, f"seed{seed}", f"noise{p}", f"budget{cfg.budget}")
+                rec = cache.get(*key)
+                if rec is None:
+                    print(f"[arithmetic] {agent} seed {seed} p_noise={p}", flush=True)
+                    rec = run_one(base, agent, seed, p_noise=p, curve=False)
+                    cache.put(*key, rec)
+                records.append(rec)
+    rows = []
+    for r in records:
+        label = r["agent"] if r["agent"] == "mle" else f"{r['agent']} p={r['p_noise']}"
+        rows.append({**r, "agent": label, "accuracy": r.get("validity", float("nan"))})
+    metrics = ["accuracy", "logprob_per_token", "heldout_nll", "backspace_rate", "train_seconds"]
+    summary = summarize(rows, metrics)
+    table = format_table(summary, metrics)
+    header = f"Arithmetic, budget {cfg.budget}, seeds {list(cfg.seeds)}, {cfg.n_eval} test problems\n\n"
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    results = {"config": dataclasses.asdict(cfg), "summary": summary, "runs": records}
+    write_json_atomic(cfg.out / "results.json", results)
+    (cfg.out / "table.md").write_text(header + table + "\n")
+    _plot(records, cfg)
+    print(header + table)
+    return results
+
+
+def _plot(records: list[dict[str, Any]], cfg: Config) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for agent in cfg.agents:
+        pts: dict[float, list[float]] = {}
+        for r in records:
+            if r["agent"] == agent:
+                pts.setdefault(float(r["p_noise"] or 0.0), []).append(float(r.get("validity", np.nan)))
+        if agent == "mle" and pts:
+            acc = float(np.mean(next(iter(pts.values()))))
+            ax.plot(cfg.noise_levels, [acc] * len(cfg.noise_levels), "--", label="mle (clean data)")
+            continue
+        xs = sorted(pts)
+        ax.errorbar(
+            xs, [np.mean(pts[x]) for x in xs], yerr=[np.std(pts[x]) for x in xs], marker="o", label=agent
+        )
+    ax.set_xlabel("noise level p_noise")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("Arithmetic: accuracy vs noise")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(cfg.out / "arithmetic.png", dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Config))
