@@ -983,8 +983,8 @@ class LMPolicy(torch.nn.Module):
                 terminated |= ended
                 truncated |= cut
                 done = done | ended | cut
-                need = is_bk & ~done if use_stack else is_bk & False
-                if not bool(need.any()):
+                need = is_bk & ~done  # (B,) rows that backspaced and sample again at once
+                if not use_stack or not bool(need.any()):
                     break
                 logits = torch.where(need[:, None], stack[rows_t, vis], logits)  # (B, A)
             if bool(done.all()):
