@@ -52,6 +52,8 @@ class Source(Protocol):
             impossible tokens get ``-inf``.
         is_valid(sequence) -> bool: whether prompt + completion (eos included) belongs to the language.
         prompt_length(sequence) -> int: how many leading ids of a full sequence are the prompt (default 0).
+        sample_prompt(rng) -> list[int]: a prompt alone, for environments' resets (default ``sample(rng)[0]``);
+            worth defining when ``sample`` is costly and the prompt is cheap (e.g. always empty).
     """
 
     vocab: Vocabulary

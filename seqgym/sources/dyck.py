@@ -176,6 +176,10 @@ class Dyck:
             else:
                 out.append(2 * stack.pop() + 1)
 
+    def sample_prompt(self, rng: np.random.Generator) -> list[int]:
+        """The prompt of a fresh episode: always empty (no draw from ``rng``)."""
+        return []
+
     def next_token_logprobs(self, prefix: Sequence[int]) -> np.ndarray:
         """Exact next-token log-probabilities after ``prefix``.
 

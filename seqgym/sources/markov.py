@@ -141,6 +141,10 @@ class Markov:
         out.append(self.vocab.eos_id)
         return [], out
 
+    def sample_prompt(self, rng: np.random.Generator) -> list[int]:
+        """The prompt of a fresh episode: always empty (no draw from ``rng``)."""
+        return []
+
     def next_token_logprobs(self, prefix: Sequence[int]) -> np.ndarray:
         """Exact next-token log-probabilities after ``prefix``.
 
