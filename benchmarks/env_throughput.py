@@ -7,13 +7,7 @@ into an action takes one multiply per step on the step's own ``action_mask`` (ve
 which is inside the timing. A step of a vector env over ``N`` sub-envs counts as ``N`` steps.
 
 Random agents end an episode every few steps (eos is one action in six), so resets matter: each reset draws a
-prompt from the source. Two source variants are measured:
-
-- ``dyck``: the source as registered; a reset calls ``Dyck.sample`` (a whole sequence, about 10 us in Python)
-  to get its (empty) prompt.
-- ``dyck+sample_prompt``: the same source with a ``sample_prompt(rng)`` method that returns the empty prompt
-  without sampling a completion (``SequenceEnv`` and ``SequenceVectorEnv`` use it when a source has one).
-  This isolates the environments' own cost from the source's.
+prompt with the source's ``sample_prompt`` (Dyck's is the empty prompt, no draw).
 
 Run: ``python benchmarks/env_throughput.py`` (``--help`` for options). Writes
 ``benchmarks/results/env_throughput.json`` and prints a table.
@@ -39,13 +33,6 @@ from seqgym.vector import SequenceVectorEnv
 
 MAX_LENGTH, MAX_STEPS = 17, 51
 N_UNIFORMS = 512  # rows of pre-drawn uniforms, reused cyclically
-
-
-class DyckPromptOnly(Dyck):
-    """Dyck with a prompt-only sampler: a reset no longer samples (and discards) a whole sequence."""
-
-    def sample_prompt(self, rng: np.random.Generator) -> list[int]:
-        return []
 
 
 def _masked(u: np.ndarray, mask: np.ndarray, n_actions: int) -> np.ndarray:
@@ -111,16 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 64, 1024], help="numbers of sub-envs")
     parser.add_argument("--min-time", type=float, default=2.0, help="seconds per configuration (at least)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the pre-drawn uniforms")
-    parser.add_argument(
-        "--sources", nargs="+", default=["dyck", "dyck+sample_prompt"], choices=["dyck", "dyck+sample_prompt"]
-    )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "env_throughput.json")
     args = parser.parse_args(argv)
 
-    sources = {"dyck": Dyck(2, max_depth=4, max_length=16), "dyck+sample_prompt": DyckPromptOnly(2)}
+    sources = {"dyck": Dyck(2, max_depth=4, max_length=16)}
     load_before = os.getloadavg()[0]  # the machine may be shared: record how busy it was
     rows = []
-    for source_name in args.sources:
+    for source_name in sources:
         for name, bench in BENCHES.items():
             for n in [1] if name == "SequenceEnv" else args.sizes:
                 steps, elapsed = bench(
@@ -142,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
 
     speedups = {
         f"{s} @ {n}": rate(s, "SequenceVectorEnv", n) / rate(s, "SyncVectorEnv(SequenceEnv)", n)
-        for s in args.sources
+        for s in sources
         for n in args.sizes
     }
     print(f"\n{'source':20s} {'env':28s} {'num_envs':>8s} {'steps/s':>14s}")
