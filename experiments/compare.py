@@ -250,8 +250,8 @@ def plot(
             if r["agent"] == agent and r.get("p_noise") is not None:
                 pts.setdefault(float(r["p_noise"]), []).append(float(r.get("validity", np.nan)))
         if pts:
-            xs = sorted(pts)
-            ax2.plot(xs, [np.mean(pts[x]) for x in xs], marker="o", label=agent)
+            levels = sorted(pts)
+            ax2.plot(levels, [np.mean(pts[x]) for x in levels], marker="o", label=agent)
     ax2.set_xlabel("p_noise (backspace augmentation)")
     ax2.set_ylabel("validity of samples")
     ax2.set_title("Validity vs noise level")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -125,7 +126,7 @@ def main(cfg: Config) -> dict[str, Any]:
         completion_length=cfg.completion_length,
     )
     cfg.out.mkdir(parents=True, exist_ok=True)
-    tok_path.write_text(train.tokenizer.to_json())
+    tok_path.write_text(json.dumps(train.tokenizer.to_dict(), ensure_ascii=False))
     test = Text(
         held,
         tokenizer=train.tokenizer,
