@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -165,6 +166,40 @@ class ReplayBuffer:
         start = self._next if self._size == self.capacity else 0
         idx = (start + np.arange(self._size)) % self.capacity
         return self._gather(idx)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The stored records and ring position as plain values and int64/bool arrays (for checkpoints)."""
+        n = self._size
+        return {
+            "capacity": self.capacity,
+            "max_prompt_length": self.max_prompt_length,
+            "max_steps": self.max_steps,
+            "size": n,
+            "next": self._next,
+            "n_added": self.n_added,
+            "prompts": self._prompts[:n].copy(),
+            "actions": self._actions[:n].copy(),
+            "prompt_lengths": self._prompt_lengths[:n].copy(),
+            "lengths": self._lengths[:n].copy(),
+            "terminal": self._terminal[:n].copy(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (into a buffer of the same shape).
+
+        Raises:
+            ValueError: the state comes from a buffer of another capacity or record size.
+        """
+        shape = (int(state["capacity"]), int(state["max_prompt_length"]), int(state["max_steps"]))
+        if shape != (self.capacity, self.max_prompt_length, self.max_steps):
+            raise ValueError(
+                f"Replay buffer state of (capacity, max_prompt_length, max_steps) = {shape} does not fit this "
+                f"buffer's {(self.capacity, self.max_prompt_length, self.max_steps)}."
+            )
+        n = int(state["size"])
+        for name in ("prompts", "actions", "prompt_lengths", "lengths", "terminal"):
+            getattr(self, f"_{name}")[:n] = np.asarray(state[name])
+        self._size, self._next, self.n_added = n, int(state["next"]), int(state["n_added"])
 
     def _gather(self, idx: np.ndarray) -> Rollouts:
         return Rollouts(

@@ -34,13 +34,27 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
+
+from agents.base import Agent, AgentConfig, register_agent
+from agents.buffers import ReplayBuffer, Rollouts
+from agents.policy import Generation
+from seqgym.data import Trajectory, augment
 
 __all__ = [
     "DIVERGENCES",
     "PHI_WEIGHT_MAX",
+    "ModelNoise",
+    "SequenceMatch",
+    "SequenceMatchBatch",
+    "SequenceMatchConfig",
     "SoftQ",
     "bc_term",
     "chi2_term",
@@ -258,10 +272,15 @@ def expert_term(
     return -(sq.discount * w * sq.reward * keep).sum(dim=1)
 
 
-def value_term(sq: SoftQ) -> torch.Tensor:
-    """``Σ_i γ^i·(V(u_i) − γ·V'(u_{i+1}))`` over every step of each row (IQ-Learn's "value"): ``(B,)``."""
+def value_term(sq: SoftQ, steps: torch.Tensor | None = None) -> torch.Tensor:
+    """``Σ_i γ^i·(V(u_i) − γ·V'(u_{i+1}))`` over the steps of each row (IQ-Learn's "value"): ``(B,)``.
+
+    ``steps``: optional ``(B, T)`` bool, the steps to count (default every step; with every step the sum
+    equals :func:`value_term_telescoped`).
+    """
     T = sq.q.shape[1]
-    return (sq.discount * (sq.v[:, :T] - sq.gamma * sq.v_next)).sum(dim=1)
+    w = sq.discount if steps is None else sq.discount * steps.to(sq.discount.device, torch.bool)
+    return (w * (sq.v[:, :T] - sq.gamma * sq.v_next)).sum(dim=1)
 
 
 def value_term_telescoped(sq: SoftQ) -> torch.Tensor:
@@ -273,11 +292,12 @@ def value_term_telescoped(sq: SoftQ) -> torch.Tensor:
     return sq.v[:, 0] - gamma_t * v_last
 
 
-def chi2_term(sq: SoftQ, chi2_coef: float) -> torch.Tensor:
-    """``1/(4c)·Σ_i γ^i·r_i²`` over every step of each row: ``(B,)``."""
+def chi2_term(sq: SoftQ, chi2_coef: float, steps: torch.Tensor | None = None) -> torch.Tensor:
+    """``1/(4c)·Σ_i γ^i·r_i²`` over the steps of each row (``steps`` as in :func:`value_term`): ``(B,)``."""
     if not chi2_coef > 0:
         raise ValueError(f"chi2_coef must be > 0, got {chi2_coef!r}.")
-    return (sq.discount * sq.reward.square()).sum(dim=1) / (4.0 * chi2_coef)
+    w = sq.discount if steps is None else sq.discount * steps.to(sq.discount.device, torch.bool)
+    return (w * sq.reward.square()).sum(dim=1) / (4.0 * chi2_coef)
 
 
 def bc_term(sq: SoftQ, expert_mask: torch.Tensor) -> torch.Tensor:
@@ -307,6 +327,7 @@ def sequencematch_loss(
     bc_weight: float = 0.5,
     divergence: str = "chi2",
     max_weight: float = PHI_WEIGHT_MAX,
+    mixture_steps: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The SequenceMatch loss of ``sequencematch.md`` §3 on one padded batch.
 
@@ -338,8 +359,8 @@ def sequencematch_loss(
     expert_mask = expert_mask.to(sq.step_mask.device, torch.bool)
     terms = {
         "expert": _masked_mean(expert_term(sq, expert_mask, divergence, max_weight=max_weight), in_expert),
-        "value": _masked_mean(value_term(sq), in_mixture),
-        "chi2": _masked_mean(chi2_term(sq, chi2_coef), in_mixture),
+        "value": _masked_mean(value_term(sq, mixture_steps), in_mixture),
+        "chi2": _masked_mean(chi2_term(sq, chi2_coef, mixture_steps), in_mixture),
         "bc": _masked_mean(bc_term(sq, expert_mask), in_expert),
     }
     loss = terms["expert"] + terms["value"] + terms["chi2"] + bc_weight * terms["bc"]
@@ -349,3 +370,499 @@ def sequencematch_loss(
         terms["reward_expert"] = (sq.reward * e_steps).sum() / e_steps.sum().clamp(min=1)
         terms["reward_mixture"] = (sq.reward * m_steps).sum() / m_steps.sum().clamp(min=1)
     return loss, terms
+
+
+# ======================================================================================================
+# §4: model noise
+# ======================================================================================================
+class ModelNoise:
+    """A :data:`~seqgym.data.NoiseFn` drawing each wrong token from the policy itself ("model noise", §4).
+
+    The wrong token inserted before expert action ``i`` is sampled from ``π(·|u_i)`` restricted to the
+    ordinary tokens other than the expert's action there (never eos or backspace), so the inserted mistakes
+    are the ones the model is inclined to make. :meth:`prepare` runs ONE no-grad masked forward over a batch
+    of trajectories and keeps their state probabilities; the calls :func:`seqgym.data.augment` then makes for
+    those trajectories read them (an unprepared trajectory costs one forward of its own). Sampling uses only
+    the ``rng`` that ``augment`` passes.
+
+    Args:
+        policy: the :class:`~agents.policy.LMPolicy` whose current weights propose the mistakes.
+        temperature: the logits are divided by it before the softmax (> 0).
+
+    Example:
+        >>> import numpy as np
+        >>> from agents.policy import LMPolicy
+        >>> from seqgym.data import Trajectory, augment
+        >>> from seqgym.vocab import Vocabulary
+        >>> v = Vocabulary(["a", "b", "c"])
+        >>> noise = ModelNoise(LMPolicy.from_config(v, n_layer=1, n_embd=16, n_head=2, n_positions=16))
+        >>> clean = [Trajectory.from_completion([], [0, 1, v.eos_id], vocab=v)]
+        >>> noise.prepare(clean)
+        >>> noisy = augment(clean, 1.0, np.random.default_rng(0), noise)[0]
+        >>> noisy.final() == clean[0].final(), noisy.n_mistakes
+        (True, 3)
+    """
+
+    def __init__(self, policy: Any, *, temperature: float = 1.0) -> None:
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature!r}.")
+        self.policy = policy
+        self.temperature = float(temperature)
+        self._cache: dict[int, tuple[Trajectory, np.ndarray]] = {}
+
+    @torch.no_grad()
+    def _token_probs(self, trajectories: Sequence[Trajectory]) -> list[np.ndarray]:
+        """Per trajectory, float64 ``(T+1, n_tokens)``: ``π`` over the ordinary tokens at every state."""
+        n_tok = self.policy.vocab.n_tokens
+        was_training = self.policy.training
+        self.policy.eval()
+        try:
+            out = self.policy.trajectory_logits(
+                [t.prompt for t in trajectories], [t.actions for t in trajectories]
+            )
+        finally:
+            self.policy.train(was_training)
+        probs = torch.softmax(out.logits[..., :n_tok].double() / self.temperature, dim=-1).cpu().numpy()
+        return [probs[b, : len(t) + 1] for b, t in enumerate(trajectories)]
+
+    def prepare(self, trajectories: Sequence[Trajectory]) -> None:
+        """Compute (one forward) and keep the state probabilities of ``trajectories``; forgets earlier ones."""
+        self._cache = {}
+        if trajectories:
+            for t, p in zip(trajectories, self._token_probs(trajectories)):
+                self._cache[id(t)] = (t, p)
+
+    def __call__(self, trajectory: Trajectory, positions: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        hit = self._cache.get(id(trajectory))
+        probs = hit[1] if hit is not None and hit[0] is trajectory else self._token_probs([trajectory])[0]
+        pos = np.asarray(positions, dtype=np.int64)
+        p = probs[pos].copy()  # (K, n_tokens)
+        expert = trajectory.actions[pos]  # (K,)
+        is_tok = expert < p.shape[1]
+        p[np.flatnonzero(is_tok), expert[is_tok]] = 0.0  # never the expert's own token
+        total = p.sum(axis=1, keepdims=True)  # (K, 1)
+        # a row with no probability left (the model is sure of the expert's token): uniform over the others
+        flat = np.ones_like(p)
+        flat[np.flatnonzero(is_tok), expert[is_tok]] = 0.0
+        p = np.where(total > 0, p / np.where(total > 0, total, 1.0), flat / flat.sum(axis=1, keepdims=True))
+        cdf = np.cumsum(p, axis=1)  # (K, n_tokens)
+        u = rng.random(len(pos))[:, None] * cdf[:, -1:]  # (K, 1)
+        return np.minimum((cdf <= u).sum(axis=1), p.shape[1] - 1).astype(np.int64)
+
+
+# ======================================================================================================
+# The agent
+# ======================================================================================================
+@dataclasses.dataclass(kw_only=True)
+class SequenceMatchConfig(AgentConfig):
+    """Hyperparameters of :class:`SequenceMatch`: those of :class:`~agents.base.AgentConfig`, plus:
+
+    Attributes:
+        gamma: discount γ in (0, 1] of the occupancy weights ``γ^i`` and of ``V'`` (default 0.998).
+        alpha: soft-max temperature α > 0: ``V = α·logsumexp(l/α)``, ``π = softmax(l/α)`` (default 1.0).
+        chi2_coef: ``c`` > 0 of the χ² term ``1/(4c)·r²`` (default 0.5, IQ-Learn's).
+        bc_weight: ``λ_bc`` >= 0 of the BC anchor after the warm-up (default 0.5; 0 turns the anchor off).
+        bc_warmup_steps: ``k``: the first ``k`` updates train on ``L_BC`` alone (default 100).
+        replay_refresh_interval: ``n``: the replay buffer gets fresh samples of the current model every ``n``
+            updates after the warm-up (default 20).
+        replay_size: trajectories the replay buffer holds (default 1024; memory ``replay_size ·
+            (max_length + max_steps) · 8`` bytes plus 17 bytes a record, allocated once).
+        expert_fraction: share of expert trajectories in the mixture ``M``, in [0, 1] (default 0.5; 1 is
+            IQ-Learn's offline variant, with no generation at all).
+        divergence: ``"chi2"`` (default), ``"kl"``, ``"js"`` or ``"hellinger"`` (:func:`phi_weights`).
+        max_phi_weight: cap on the expert-term weight ``φ'(r)`` (> 0, default 100; unused by ``"chi2"``).
+        p_noise: probability of a (wrong token, backspace) pair before each expert action, in [0, 1]
+            (default 0.1). ``0.0`` trains on the demonstrations as given (e.g. already augmented ones).
+        noise: ``"uniform"`` (default) or ``"model"`` (wrong tokens sampled from the current policy).
+        mask_mistakes: leave inserted mistakes out of the expert and BC terms (default True; False trains
+            those terms on them too, as if the mistakes were the expert's).
+    """
+
+    gamma: float = 0.998
+    alpha: float = 1.0
+    chi2_coef: float = 0.5
+    bc_weight: float = 0.5
+    bc_warmup_steps: int = 100
+    replay_refresh_interval: int = 20
+    replay_size: int = 1024
+    expert_fraction: float = 0.5
+    divergence: str = "chi2"
+    max_phi_weight: float = PHI_WEIGHT_MAX
+    p_noise: float = 0.1
+    noise: str = "uniform"
+    mask_mistakes: bool = True
+    mistakes_in_mixture: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+
+        def number(name: str) -> float:
+            value = getattr(self, name)
+            if isinstance(value, (bool, np.bool_)) or not isinstance(
+                value, (int, float, np.integer, np.floating)
+            ):
+                raise TypeError(f"{name} must be a number, got {type(value).__name__}: {value!r}.")
+            if not math.isfinite(float(value)):
+                raise ValueError(f"{name} must be finite, got {value!r}.")
+            return float(value)
+
+        def integer(name: str, low: int) -> None:
+            value = getattr(self, name)
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {value!r}.")
+
+        if not 0.0 < number("gamma") <= 1.0:
+            raise ValueError(f"gamma (the discount) must be in (0, 1], got {self.gamma!r}.")
+        for name in ("alpha", "chi2_coef", "max_phi_weight"):
+            if not number(name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}.")
+        if not number("bc_weight") >= 0:
+            raise ValueError(f"bc_weight must be >= 0 (0 turns the BC anchor off), got {self.bc_weight!r}.")
+        if not 0.0 <= number("expert_fraction") <= 1.0:
+            raise ValueError(f"expert_fraction (the mix) must be in [0, 1], got {self.expert_fraction!r}.")
+        if not 0.0 <= number("p_noise") <= 1.0:
+            raise ValueError(f"p_noise must be a probability in [0, 1], got {self.p_noise!r}.")
+        integer("bc_warmup_steps", 0)
+        integer("replay_refresh_interval", 1)
+        integer("replay_size", 1)
+        if self.divergence not in DIVERGENCES:
+            raise ValueError(
+                f"Unknown divergence {self.divergence!r}; choose one of {', '.join(DIVERGENCES)}."
+            )
+        if self.noise not in ("uniform", "model"):
+            raise ValueError(f"noise must be 'uniform' or 'model', got {self.noise!r}.")
+        if not isinstance(self.mask_mistakes, (bool, np.bool_)):
+            raise TypeError(f"mask_mistakes must be a bool, got {self.mask_mistakes!r}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class SequenceMatchBatch:
+    """One update's data: ``expert`` (the set ``E``, augmented demonstrations), ``replay`` (the model's own
+    trajectories of the mixture), and ``n_mixed_expert``: how many of ``expert`` (the first ones) join
+    ``replay`` in the mixture ``M``. ``warmup`` marks a BC-only update."""
+
+    expert: list[Trajectory]
+    replay: Rollouts | None
+    n_mixed_expert: int
+    warmup: bool
+
+
+class SequenceMatch(Agent):
+    """SequenceMatch (Cundy & Ermon, ICLR 2024): imitation as occupancy matching with a soft-Q critic that is
+    the LM itself, trained with IQ-Learn's non-adversarial objective, with ``<backspace>`` (``sequencematch.md``
+    §2-§4).
+
+    **Q-values are the logits** (§2): ``Q(u, a) = l(a|u)``, ``V(u) = α·logsumexp(l(·|u)/α)``,
+    ``π = softmax(l/α)``, recovered reward ``r_i = Q(u_i, a_i) − γ·V'(u_{i+1})`` where ``V' = 0`` after eos
+    (terminal) and ``V' = V(u_T)`` when a trajectory was cut by the length or step limit (bootstrapped, as in
+    IQ-Learn). :meth:`reward` returns it per step.
+
+    **The loss** (§3), from one masked forward over ``E`` and the model samples of ``M``
+    (:func:`sequencematch_loss`)::
+
+        L = − mean_E Σ_i γ^i·w_i·r_i                    # expert term   (w_i = φ'(r_i): 1 for χ²)
+            + mean_M Σ_i γ^i·(V(u_i) − γ·V'(u_{i+1}))     # value term    (IQ-Learn "value")
+            + 1/(4·chi2_coef)·mean_M Σ_i γ^i·r_i²         # χ² term on the mixture
+            + bc_weight·L_BC                              # BC anchor, L_BC = − mean_E Σ_i log π(a_i|u_i)
+
+    Sums over the steps of a trajectory, means over trajectories. ``E`` is ``batch_size`` augmented
+    demonstrations; ``M`` is ``batch_size`` trajectories: the first ``round(expert_fraction·batch_size)`` of
+    ``E`` and the rest drawn from the replay buffer.
+
+    **Schedule** (§3): the first ``bc_warmup_steps`` updates minimise ``L_BC`` alone; then the loss above.
+    From the first update after the warm-up, and every ``replay_refresh_interval`` updates, the replay buffer
+    (a ring of ``replay_size`` trajectories, :class:`~agents.buffers.ReplayBuffer`) receives
+    ``min(replay_size, n_replay · replay_refresh_interval)`` fresh samples of the current model, generated
+    with backspace at temperature 1 from prompts of the demonstrations (``n_replay`` = replay rows per batch,
+    so each sample is used about once).
+
+    **Backspace in the data** (§4): the demonstrations are augmented with probability ``p_noise`` per
+    position. With ``noise="uniform"`` once, at construction, exactly as :class:`~agents.bc.BC` does (the
+    same seed gives BC and SequenceMatch the same augmented data); with ``noise="model"`` each batch is
+    augmented afresh from its clean demonstrations, the wrong tokens sampled from the current policy
+    (:class:`ModelNoise`, one forward per batch).
+
+    Choices the method leaves open, made here:
+
+    - Inserted mistakes are masked out of the expert and BC terms (``mask_mistakes``) but **kept in the value
+      and χ² terms** of the expert half of the mixture: they are steps the trajectory really takes, the
+      state after them is where ``<backspace>`` is learnt, and keeping every step keeps the value term
+      telescoping to ``V(u_0) − γ^T·V'(u_T)``.
+    - The other divergences (``"kl"``, ``"js"``, ``"hellinger"``) only change the expert term's weight
+      ``w = φ'(r)`` (IQ-Learn's ``φ`` forms, held constant in the gradient, capped at ``max_phi_weight``);
+      the χ² term on the mixture stays for every divergence (IQ-Learn's "regularize" option).
+    - ``L_BC`` uses ``π = softmax(l/α)`` and no discount; with α = 1 it is exactly :class:`~agents.bc.BC`'s
+      loss. After the warm-up the loss is the §3 sum with ``λ_bc = bc_weight`` (not renormalised).
+    - ``num_timesteps`` counts the expert (state, action) pairs of ``E``, as BC does, so a budget means the
+      same amount of demonstration data for both; the model's own samples come on top.
+    - Every term is logged (``train/expert``, ``train/value``, ``train/chi2``, ``train/bc``, and the mean
+      reward per step ``train/reward_expert``, ``train/reward_mixture``); during the warm-up they are computed
+      on ``E`` alone (as the offline mixture) for monitoring, and only ``bc`` is minimised.
+
+    Hyperparameters: :class:`SequenceMatchConfig`.
+
+    Example:
+        >>> from agents.base import make_agent
+        >>> agent = make_agent("sequencematch", env="seqgym/Dyck-v0", seed=0, n_demonstrations=32, batch_size=8,
+        ...                    bc_warmup_steps=2, replay_refresh_interval=2, replay_size=16,
+        ...                    policy_kwargs={"n_layer": 1, "n_embd": 16, "n_head": 2})
+        >>> agent.train(n_batches=4).n_updates, len(agent.replay_buffer)
+        (4, 8)
+        >>> rewards = agent.reward([[]], [[0, 1, agent.vocab.eos_id]])   # r = Q − γV' per step
+        >>> rewards[0].shape
+        (3,)
+    """
+
+    name = "sequencematch"
+    config_class = SequenceMatchConfig
+    config: SequenceMatchConfig
+
+    # -- data ----------------------------------------------------------------------------------------------
+    def _setup(self) -> None:
+        c = self.config
+        p = float(c.p_noise)
+        if p > 0 and any(t.n_mistakes for t in self.demonstrations):
+            raise ValueError(
+                "The demonstrations already hold inserted mistakes (expert=False); pass p_noise=0.0 to train on "
+                "them as given, or pass clean demonstrations."
+            )
+        if p > 0 and c.noise == "uniform":
+            self.train_trajectories: list[Trajectory] = augment(
+                self.demonstrations, p, self.setup_rng(), "uniform", max_length=self.max_length
+            )
+        else:  # as given; model noise is drawn per batch
+            self.train_trajectories = list(self.demonstrations)
+        self.model_noise = ModelNoise(self.policy, temperature=c.alpha)
+        max_prompt = max([t.prompt_length for t in self.demonstrations], default=0)
+        self.replay_buffer = ReplayBuffer(
+            c.replay_size, max_prompt_length=max(max_prompt, self.max_length - 1), max_steps=self.max_steps
+        )
+
+    @property
+    def n_replay(self) -> int:
+        """Replay trajectories per batch: ``batch_size − round(expert_fraction · batch_size)``."""
+        return self.config.batch_size - self._n_mixed_expert()
+
+    def _n_mixed_expert(self) -> int:
+        return round(self.config.expert_fraction * self.config.batch_size)
+
+    def _dataset_size(self) -> int:
+        return len(self.train_trajectories)
+
+    def _sample_batch(self, batch_size: int, rng: np.random.Generator) -> SequenceMatchBatch:
+        c = self.config
+        step = self._n_updates  # index of the update this batch is for
+        expert = [self.train_trajectories[int(i)] for i in self._sample_indices(batch_size, rng)]
+        if c.noise == "model" and c.p_noise > 0:
+            self.model_noise.prepare(expert)
+            expert = augment(expert, float(c.p_noise), rng, self.model_noise, max_length=self.max_length)
+            self.model_noise.prepare([])
+        warmup = step < c.bc_warmup_steps
+        n_mixed = min(self._n_mixed_expert(), batch_size)
+        n_replay = batch_size - n_mixed
+        replay = None
+        if not warmup and n_replay > 0:
+            if len(self.replay_buffer) == 0 or (step - c.bc_warmup_steps) % c.replay_refresh_interval == 0:
+                self._refresh_replay(min(c.replay_size, n_replay * c.replay_refresh_interval), rng)
+            replay = self.replay_buffer.sample(n_replay, rng)
+        return SequenceMatchBatch(expert=expert, replay=replay, n_mixed_expert=n_mixed, warmup=warmup)
+
+    @torch.no_grad()
+    def _refresh_replay(self, n: int, rng: np.random.Generator, *, chunk: int = 256) -> None:
+        """Add ``n`` fresh samples of the current policy (with backspace) to the replay buffer."""
+        prompts = [
+            self.train_trajectories[int(i)].prompt.tolist()
+            for i in rng.integers(0, len(self.train_trajectories), n)
+        ]
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(int(rng.integers(0, 2**62)))
+        was_training = self.policy.training
+        self.policy.eval()
+        try:
+            for start in range(0, n, chunk):
+                part = prompts[start : start + chunk]
+                out = self.policy.generate(
+                    part,
+                    max_steps=self.max_steps,
+                    max_length=self.max_length,
+                    generator=generator,
+                    temperature=self.config.alpha,  # π = softmax(l/α)
+                )
+                self.replay_buffer.add(part, out.actions, out.terminated)
+        finally:
+            self.policy.train(was_training)
+
+    def _n_timesteps(self, batch: SequenceMatchBatch) -> int:
+        return int(sum(int(np.count_nonzero(t.expert)) for t in batch.expert))
+
+    # -- the loss ------------------------------------------------------------------------------------------
+    def _loss(self, batch: SequenceMatchBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        c = self.config
+        prompts: list[Any] = [t.prompt for t in batch.expert]
+        actions: list[Any] = [t.actions for t in batch.expert]
+        terminal = [t.terminal for t in batch.expert]
+        n_e = len(batch.expert)
+        n_r = 0
+        if batch.replay is not None:
+            prompts += batch.replay.prompts
+            actions += batch.replay.actions
+            terminal += batch.replay.terminal.tolist()
+            n_r = len(batch.replay)
+        out = self.policy.trajectory_logits(prompts, actions)  # ONE masked forward: logits (B, T+1, A)
+        B, T = out.actions.shape
+        expert_np = np.ones((B, T), dtype=bool)  # replay rows: irrelevant (not in E)
+        mix_np = np.ones((B, T), dtype=bool)
+        for b, t in enumerate(batch.expert):
+            mix_np[b, : len(t)] = t.expert
+            if c.mask_mistakes:
+                expert_np[b, : len(t)] = t.expert
+        dev = out.logits.device
+        rows = torch.arange(B, device=dev)
+        in_expert = rows < n_e  # (B,)
+        if batch.warmup:  # monitor the terms on E as the (offline) mixture; minimise L_BC alone
+            in_mixture = in_expert
+        else:
+            in_mixture = (rows < batch.n_mixed_expert) | (rows >= n_e)  # (B,)
+        loss, terms = sequencematch_loss(
+            out.logits,
+            out.actions,
+            out.action_mask,
+            torch.tensor(terminal, dtype=torch.bool, device=dev),
+            torch.from_numpy(expert_np).to(dev),
+            in_expert=in_expert,
+            in_mixture=in_mixture,
+            alpha=c.alpha,
+            gamma=c.gamma,
+            chi2_coef=c.chi2_coef,
+            bc_weight=c.bc_weight,
+            divergence=c.divergence,
+            max_weight=c.max_phi_weight,
+            mixture_steps=None if c.mistakes_in_mixture else torch.from_numpy(mix_np).to(dev),
+        )
+        if batch.warmup:
+            loss = terms["bc"]
+        logged = {k: v.detach() for k, v in terms.items()}
+        logged["warmup"] = torch.tensor(float(batch.warmup))
+        logged["replay_rows"] = torch.tensor(float(n_r))
+        return loss, logged
+
+    # -- acting: π = softmax(l/α) ---------------------------------------------------------------------------
+    def generate(
+        self,
+        n: int | None = None,
+        *,
+        prompts: Sequence[Sequence[int]] | None = None,
+        max_steps: int | None = None,
+        max_length: int | None = None,
+        temperature: float = 1.0,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        seed: int | None = None,
+    ) -> Generation:
+        """:meth:`Agent.generate <agents.base.Agent.generate>` from ``π = softmax(l/α)``: ``temperature`` is
+        relative to ``π`` (the logits are divided by ``temperature · α``)."""
+        return super().generate(
+            n,
+            prompts=prompts,
+            max_steps=max_steps,
+            max_length=max_length,
+            temperature=temperature * self.config.alpha,
+            top_p=top_p,
+            top_k=top_k,
+            seed=seed,
+        )
+
+    def predict(
+        self,
+        observation: np.ndarray | dict[str, np.ndarray],
+        state: tuple[np.ndarray, ...] | None = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = False,
+        action_masks: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+        """:meth:`Agent.predict <agents.base.Agent.predict>` sampling from ``π = softmax(l/α)``."""
+        if self.config.alpha == 1.0:
+            return super().predict(observation, state, episode_start, deterministic, action_masks)
+        policy = self.policy
+        plain = policy.state_logits
+        alpha = self.config.alpha
+
+        def scaled(*args: Any, **kwargs: Any) -> torch.Tensor:
+            return plain(*args, **kwargs) / alpha
+
+        policy.state_logits = scaled  # type: ignore[method-assign]
+        try:
+            return super().predict(observation, state, episode_start, deterministic, action_masks)
+        finally:
+            del policy.state_logits
+
+    # -- recovered reward ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def reward(
+        self, prompts: Sequence[Sequence[int]], action_histories: Sequence[Sequence[int]], *, chunk: int = 256
+    ) -> list[np.ndarray]:
+        """The recovered reward ``r_i = Q(u_i, a_i) − γ·V'(u_{i+1})`` of every step of every history.
+
+        ``V' = 0`` after eos; a history that does not end with eos bootstraps from ``V`` of its last state (a
+        history in progress, or one cut by a limit). Usable as an env reward by RL baselines
+        (:class:`agents.sb3.RewardWrapper`).
+
+        Args:
+            prompts: ``B`` prompts.
+            action_histories: ``B`` action histories (tokens, eos, backspace; no backspace at the prompt
+                boundary).
+            chunk: histories per forward pass.
+
+        Returns:
+            ``B`` float64 arrays, shape ``(T_b,)`` each.
+        """
+        if len(prompts) != len(action_histories):
+            raise ValueError(
+                f"reward() needs one prompt per history; got {len(prompts)} prompts and "
+                f"{len(action_histories)} histories."
+            )
+        eos = self.vocab.eos_id
+        was_training = self.policy.training
+        self.policy.eval()
+        out_rows: list[np.ndarray] = []
+        try:
+            for start in range(0, len(prompts), chunk):
+                ps = [list(p) for p in prompts[start : start + chunk]]
+                hs = [[int(a) for a in h] for h in action_histories[start : start + chunk]]
+                keep = [b for b, h in enumerate(hs) if h]
+                rewards = [np.zeros(0, dtype=np.float64) for _ in hs]
+                if keep:
+                    out = self.policy.trajectory_logits([ps[b] for b in keep], [hs[b] for b in keep])
+                    terminal = torch.tensor([hs[b][-1] == eos for b in keep], device=out.logits.device)
+                    sq = soft_q(
+                        out.logits,
+                        out.actions,
+                        out.action_mask,
+                        terminal,
+                        alpha=self.config.alpha,
+                        gamma=self.config.gamma,
+                    )
+                    r = sq.reward.double().cpu().numpy()
+                    for k, b in enumerate(keep):
+                        rewards[b] = r[k, : len(hs[b])].copy()
+                out_rows.extend(rewards)
+        finally:
+            self.policy.train(was_training)
+        return out_rows
+
+    # -- checkpoints ---------------------------------------------------------------------------------------
+    def _extra_state(self) -> dict[str, Any]:
+        state = self.replay_buffer.state_dict()
+        return {
+            "replay": {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in state.items()},
+        }
+
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        replay = state.get("replay")
+        if replay:
+            self.replay_buffer.load_state_dict(
+                {k: v.cpu().numpy() if isinstance(v, torch.Tensor) else v for k, v in replay.items()}
+            )
+
+
+register_agent("sequencematch", SequenceMatch)

@@ -73,3 +73,17 @@ def test_bad_input_raises_and_stores_nothing():
     buf.add([[0]], [[1]], [True])
     buf.clear()
     assert len(buf) == 0
+
+
+def test_state_dict_round_trip():
+    buf = ReplayBuffer(4, max_prompt_length=1, max_steps=3)
+    _fill(buf, 6)
+    other = ReplayBuffer(4, max_prompt_length=1, max_steps=3)
+    other.load_state_dict(buf.state_dict())
+    assert [a.tolist() for a in other.all().actions] == [a.tolist() for a in buf.all().actions]
+    assert other.all().terminal.tolist() == buf.all().terminal.tolist() and other.n_added == 6
+    _fill(buf, 1, start=6)
+    _fill(other, 1, start=6)
+    assert [a.tolist() for a in other.all().actions] == [a.tolist() for a in buf.all().actions]
+    with pytest.raises(ValueError, match="does not fit"):
+        ReplayBuffer(5, max_prompt_length=1, max_steps=3).load_state_dict(buf.state_dict())
