@@ -324,7 +324,7 @@ def sequencematch_loss(
     alpha: float = 1.0,
     gamma: float = 0.998,
     chi2_coef: float = 0.5,
-    bc_weight: float = 0.5,
+    bc_weight: float = 1.0,
     divergence: str = "chi2",
     max_weight: float = PHI_WEIGHT_MAX,
     mixture_steps: torch.Tensor | None = None,
@@ -346,6 +346,7 @@ def sequencematch_loss(
         chi2_coef: ``c`` (> 0).
         bc_weight: ``λ_bc`` (>= 0).
         divergence, max_weight: the expert-term weighting (:func:`phi_weights`).
+        mixture_steps: optional ``(B, T)`` bool, the steps the value and χ² terms count (default: every step).
 
     Returns:
         ``(loss, terms)``: the scalar loss and the scalar terms ``"expert"``, ``"value"``, ``"chi2"``,
@@ -461,7 +462,7 @@ class SequenceMatchConfig(AgentConfig):
         gamma: discount γ in (0, 1] of the occupancy weights ``γ^i`` and of ``V'`` (default 0.998).
         alpha: soft-max temperature α > 0: ``V = α·logsumexp(l/α)``, ``π = softmax(l/α)`` (default 1.0).
         chi2_coef: ``c`` > 0 of the χ² term ``1/(4c)·r²`` (default 0.5, IQ-Learn's).
-        bc_weight: ``λ_bc`` >= 0 of the BC anchor after the warm-up (default 0.5; 0 turns the anchor off).
+        bc_weight: ``λ_bc`` >= 0 of the BC anchor after the warm-up (default 1.0; 0 turns the anchor off).
         bc_warmup_steps: ``k``: the first ``k`` updates train on ``L_BC`` alone (default 100).
         replay_refresh_interval: ``n``: the replay buffer gets fresh samples of the current model every ``n``
             updates after the warm-up (default 20).
@@ -476,12 +477,14 @@ class SequenceMatchConfig(AgentConfig):
         noise: ``"uniform"`` (default) or ``"model"`` (wrong tokens sampled from the current policy).
         mask_mistakes: leave inserted mistakes out of the expert and BC terms (default True; False trains
             those terms on them too, as if the mistakes were the expert's).
+        mistakes_in_mixture: count the inserted-mistake steps of the expert half of the mixture in the value
+            and χ² terms (default True: the value term then telescopes; False leaves them out of both).
     """
 
     gamma: float = 0.998
     alpha: float = 1.0
     chi2_coef: float = 0.5
-    bc_weight: float = 0.5
+    bc_weight: float = 1.0
     bc_warmup_steps: int = 100
     replay_refresh_interval: int = 20
     replay_size: int = 1024

@@ -14,10 +14,14 @@ pytest.importorskip("transformers")
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from agents.base import make_agent
+from agents.bc import BC
 from agents.policy import LMPolicy
 from agents.sequencematch import (
     DIVERGENCES,
     PHI_WEIGHT_MAX,
+    ModelNoise,
+    SequenceMatch,
     bc_term,
     chi2_term,
     expert_term,
@@ -27,6 +31,7 @@ from agents.sequencematch import (
     value_term,
     value_term_telescoped,
 )
+from seqgym.data import Trajectory, augment
 from seqgym.dynamics import states
 from seqgym.vocab import Vocabulary
 
@@ -88,6 +93,7 @@ def naive_terms(
     gamma: float,
     chi2_coef: float,
     divergence: str,
+    mixture_skips_mistakes: bool = False,
 ) -> dict[str, list[float]]:
     """Per-trajectory terms of §3, state by state."""
     out: dict[str, list[float]] = {"expert": [], "value": [], "chi2": [], "bc": [], "rewards": []}
@@ -104,8 +110,9 @@ def naive_terms(
             r = q - gamma * v_next
             rewards.append(r)
             g = gamma**i
-            v_sum += g * (V[i] - gamma * v_next)
-            c_sum += g * r * r / (4.0 * chi2_coef)
+            if exp[i] or not mixture_skips_mistakes:
+                v_sum += g * (V[i] - gamma * v_next)
+                c_sum += g * r * r / (4.0 * chi2_coef)
             if exp[i]:
                 e_sum -= g * naive_phi(r, divergence) * r
                 bc_sum -= (q - V[i]) / alpha
@@ -217,6 +224,40 @@ def test_loss_equals_naive_per_state_reference(model, batch, divergence: str, al
         torch.testing.assert_close(terms[name], torch.tensor(value), **TOL, msg=name)
     total = expected["expert"] + expected["value"] + expected["chi2"] + bc_weight * expected["bc"]
     torch.testing.assert_close(loss, torch.tensor(total), **TOL)
+
+
+def test_mixture_steps_leave_mistakes_out_of_value_and_chi2(model, batch):
+    prompts, actions, expert = batch
+    out = LMPolicy(model=model, vocab=VOCAB).trajectory_logits(prompts, actions)
+    terminal = torch.tensor([a[-1] == EOS for a in actions])
+    expert_mask = padded(expert, torch.bool)
+    rows = torch.ones(len(actions), dtype=torch.bool)
+    with torch.no_grad():
+        _, terms = sequencematch_loss(
+            out.logits,
+            out.actions,
+            out.action_mask,
+            terminal,
+            expert_mask,
+            in_expert=rows,
+            in_mixture=rows,
+            gamma=0.9,
+            chi2_coef=0.5,
+            mixture_steps=expert_mask,
+        )
+    ref = naive_terms(
+        model,
+        prompts,
+        actions,
+        expert,
+        alpha=1.0,
+        gamma=0.9,
+        chi2_coef=0.5,
+        divergence="chi2",
+        mixture_skips_mistakes=True,
+    )
+    for name in ("value", "chi2"):
+        torch.testing.assert_close(terms[name], torch.tensor(sum(ref[name]) / len(actions)), **TOL, msg=name)
 
 
 def test_reference_batch_exercises_every_case(model, batch):
@@ -391,3 +432,200 @@ def test_full_loss_step_raises_expert_log_probabilities():
     change = log_pi() - before
     assert bool((change[TOY_EXPERT[0]] > 0).all())
     assert float(change[1]) < 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The agent
+# ---------------------------------------------------------------------------------------------------------
+
+DYCK = "seqgym/Dyck-v0"
+TINY = {"n_layer": 1, "n_embd": 16, "n_head": 2}
+FAST = {"n_demonstrations": 16, "batch_size": 4, "policy_kwargs": TINY}
+
+
+def tiny_agent(**hp) -> SequenceMatch:
+    agent = make_agent("sequencematch", env=DYCK, seed=0, **{**FAST, **hp})
+    assert isinstance(agent, SequenceMatch)
+    return agent
+
+
+@pytest.mark.parametrize(
+    ("hp", "match"),
+    [
+        ({"gamma": 0.0}, "gamma"),
+        ({"gamma": 1.5}, "gamma"),
+        ({"alpha": 0.0}, "alpha"),
+        ({"alpha": -1.0}, "alpha"),
+        ({"chi2_coef": 0.0}, "chi2_coef"),
+        ({"bc_weight": -0.1}, "bc_weight"),
+        ({"max_phi_weight": 0.0}, "max_phi_weight"),
+        ({"expert_fraction": -0.1}, "expert_fraction"),
+        ({"expert_fraction": 1.5}, "expert_fraction"),
+        ({"divergence": "wasserstein"}, "Unknown divergence"),
+        ({"noise": "gaussian"}, "noise"),
+        ({"p_noise": 2.0}, "p_noise"),
+        ({"replay_size": 0}, "replay_size"),
+        ({"replay_refresh_interval": 0}, "replay_refresh_interval"),
+        ({"bc_warmup_steps": -1}, "bc_warmup_steps"),
+    ],
+)
+def test_bad_hyperparameters_raise_at_construction(hp: dict, match: str):
+    with pytest.raises(ValueError, match=match):
+        make_agent("sequencematch", env=DYCK, seed=0, **{**FAST, **hp})
+
+
+def test_non_numeric_hyperparameters_raise():
+    with pytest.raises(TypeError, match="gamma"):
+        make_agent("sequencematch", env=DYCK, seed=0, gamma="high", **FAST)
+    with pytest.raises(TypeError, match="mask_mistakes"):
+        make_agent("sequencematch", env=DYCK, seed=0, mask_mistakes="yes", **FAST)
+
+
+def test_warmup_is_exactly_bc():
+    """The first bc_warmup_steps updates minimise L_BC alone on the same augmented data as BC."""
+    kw = {**FAST, "p_noise": 0.3}
+    sm = make_agent("sequencematch", env=DYCK, seed=3, bc_warmup_steps=3, **kw)
+    bc = make_agent("bc", env=DYCK, seed=3, **kw)
+    assert isinstance(bc, BC)
+    assert [t.actions.tolist() for t in sm.train_trajectories] == [
+        t.actions.tolist() for t in bc.train_trajectories
+    ]
+    sm.train(n_batches=3)
+    bc.train(n_batches=3)
+    for p, q in zip(sm.policy.parameters(), bc.policy.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-5)
+    assert sm.num_timesteps == bc.num_timesteps
+    assert len(sm.replay_buffer) == 0  # no generation during the warm-up
+
+
+def test_replay_refresh_schedule_and_memory_bound():
+    agent = tiny_agent(bc_warmup_steps=2, replay_refresh_interval=3, replay_size=5)
+    assert agent.n_replay == 2  # batch 4, expert_fraction 0.5
+    nbytes = agent.replay_buffer.nbytes
+    assert nbytes == 5 * (agent.max_length - 1 + agent.max_steps) * 8 + 5 * 17
+    agent.train(n_batches=2)
+    assert agent.replay_buffer.n_added == 0
+    agent.train(n_batches=7)  # updates 2..8: refreshes before updates 2, 5, 8, min(5, 2 * 3) = 5 samples each
+    assert agent.replay_buffer.n_added == 15
+    assert len(agent.replay_buffer) == 5 and agent.replay_buffer.nbytes == nbytes
+    v = agent.vocab
+    for prompt, acts, term in zip(*vars(agent.replay_buffer.all()).values()):
+        assert len(prompt) == 0 and 1 <= len(acts) <= agent.max_steps
+        assert bool(term) == (int(acts[-1]) == v.eos_id)
+
+
+def test_offline_mix_needs_no_generation_and_every_term_is_logged():
+    agent = tiny_agent(bc_warmup_steps=1, expert_fraction=1.0)
+    seen: list[dict] = []
+
+    def grab(local_vars: dict, _globals: dict) -> bool:
+        seen.append({k: float(v) for k, v in local_vars["terms"].items()})
+        return True
+
+    agent.train(n_batches=3, callback=grab)
+    assert agent.n_replay == 0 and len(agent.replay_buffer) == 0
+    for terms in seen:
+        assert {"expert", "value", "chi2", "bc", "reward_expert", "reward_mixture", "warmup"} <= set(terms)
+        assert all(math.isfinite(x) for x in terms.values())
+    assert [t["warmup"] for t in seen] == [1.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("divergence", DIVERGENCES)
+def test_every_divergence_trains(divergence: str):
+    agent = tiny_agent(bc_warmup_steps=0, divergence=divergence, replay_size=8)
+    before = [p.detach().clone() for p in agent.policy.parameters()]
+    agent.train(n_batches=2)
+    assert any(not torch.equal(p, q) for p, q in zip(agent.policy.parameters(), before))
+
+
+def test_reward_is_q_minus_gamma_v_next_state_by_state():
+    agent = tiny_agent(gamma=0.9)
+    v = agent.vocab
+    bk, eos, pol = v.backspace_id, v.eos_id, agent.policy
+    histories = [[0, 1, bk, 2, 3, eos], [0, 0, 1], [2]]
+    rewards = agent.reward([[], [], []], histories)
+    for hist, r in zip(histories, rewards):
+        assert r.dtype == np.float64 and r.shape == (len(hist),)
+        visited = states([], hist, v)
+        with torch.no_grad():
+            lg = pol.state_logits(visited, [0] * len(visited))  # (T+1, A) one plain forward per state
+        values = torch.logsumexp(lg, dim=-1)
+        for i, a in enumerate(hist):
+            v_next = 0.0 if (a == eos and i == len(hist) - 1) else float(values[i + 1])
+            assert r[i] == pytest.approx(float(lg[i, a]) - 0.9 * v_next, abs=1e-5)
+    assert agent.reward([[]], [[]])[0].shape == (0,)
+    with pytest.raises(ValueError, match="one prompt per history"):
+        agent.reward([[]], [[0], [1]])
+
+
+class _FixedPolicy:
+    """A policy stand-in whose logits at every state strongly favour token ``favourite``; counts forwards."""
+
+    def __init__(self, vocab: Vocabulary, favourite: int) -> None:
+        self.vocab, self.favourite, self.calls, self.training = vocab, favourite, 0, False
+
+    def eval(self) -> None: ...
+
+    def train(self, mode: bool = True) -> None: ...
+
+    def trajectory_logits(self, prompts, actions):
+        self.calls += 1
+        B, T = len(actions), max(len(a) for a in actions)
+        logits = torch.zeros(B, T + 1, self.vocab.n_actions)
+        logits[..., self.favourite] = 20.0
+        logits[..., 0] = 10.0  # the runner-up
+        return type("Out", (), {"logits": logits})()
+
+
+def test_model_noise_samples_the_models_mistakes_in_one_forward():
+    v = VOCAB  # a b c eos bksp
+    clean = [Trajectory.from_completion([], [0, 1, 2, v.eos_id], vocab=v) for _ in range(3)]
+    policy = _FixedPolicy(v, favourite=2)
+    noise = ModelNoise(policy)
+    noise.prepare(clean)
+    assert policy.calls == 1
+    noisy = augment(clean, 1.0, np.random.default_rng(0), noise)
+    assert policy.calls == 1  # prepared: no further forward
+    for t in noisy:
+        wrong = t.actions[~t.expert].tolist()
+        # before a, b, eos the model's favourite "c" is wrong; before "c" itself the runner-up "a" is taken
+        assert wrong == [2, 2, 0, 2]
+    noise.prepare([])
+    augment(clean[:1], 1.0, np.random.default_rng(0), noise)
+    assert policy.calls == 2  # an unprepared trajectory costs its own forward
+
+
+def test_model_noise_agent_trains():
+    agent = tiny_agent(noise="model", p_noise=0.5, bc_warmup_steps=1, replay_size=8)
+    agent.train(n_batches=2)
+    assert agent.n_updates == 2 and agent.num_timesteps > 0
+
+
+def test_generation_samples_from_softmax_of_logits_over_alpha():
+    agent = tiny_agent(alpha=2.0)
+    out = agent.generate(prompts=[[]] * 4, seed=5)
+    ref = agent.policy.generate(
+        [[]] * 4,
+        max_steps=agent.max_steps,
+        max_length=agent.max_length,
+        temperature=2.0,
+        generator=torch.Generator().manual_seed(5),
+    )
+    assert out.actions == ref.actions
+    obs = np.full((2, agent.max_length), agent.vocab.pad_id)
+    actions, _ = agent.predict(obs, deterministic=True)
+    assert actions.shape == (2,) and "state_logits" not in vars(agent.policy)
+
+
+def test_save_load_resumes_with_the_replay_buffer(tmp_path):
+    a = tiny_agent(bc_warmup_steps=1, replay_refresh_interval=2, replay_size=6)
+    a.train(n_batches=3)
+    a.save(tmp_path / "sm")
+    b = SequenceMatch.load(tmp_path / "sm")
+    assert [x.tolist() for x in b.replay_buffer.all().actions] == [
+        x.tolist() for x in a.replay_buffer.all().actions
+    ]
+    a.train(n_batches=2)
+    b.train(n_batches=2)
+    for p, q in zip(a.policy.parameters(), b.policy.parameters()):
+        torch.testing.assert_close(p, q)
