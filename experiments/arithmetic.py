@@ -26,6 +26,10 @@ from experiments.compare import run_one
 class Config:
     """Accuracy vs noise level on the arithmetic task."""
 
+    base: int = 10
+    """Number base of the operands and answers."""
+    n_digits: int = 2
+    """Digits per operand."""
     noise_levels: tuple[float, ...] = (0.0, 0.1, 0.25)
     """Backspace-augmentation levels of BC and SequenceMatch."""
     agents: tuple[str, ...] = ("mle", "bc", "sequencematch")
@@ -58,6 +62,7 @@ def main(cfg: Config) -> dict[str, Any]:
     """Run the study; returns what it writes to ``results.json``."""
     base = CompareConfig(
         task="arithmetic",
+        source_kwargs={"base": cfg.base, "n_digits": cfg.n_digits},
         budget=cfg.budget,
         n_demonstrations=cfg.n_demonstrations,
         n_eval=cfg.n_eval,
@@ -73,7 +78,13 @@ def main(cfg: Config) -> dict[str, Any]:
         for agent in cfg.agents:
             levels = [0.0] if agent == "mle" else list(cfg.noise_levels)
             for p in levels:
-                key = ("arithmetic", agent, f"seed{seed}", f"noise{p}", f"budget{cfg.budget}")
+                key = (
+                    f"arithmetic-b{cfg.base}-d{cfg.n_digits}",
+                    agent,
+                    f"seed{seed}",
+                    f"noise{p}",
+                    f"budget{cfg.budget}",
+                )
                 rec = cache.get(*key)
                 if rec is None:
                     print(f"[arithmetic] {agent} seed {seed} p_noise={p}", flush=True)
@@ -87,7 +98,10 @@ def main(cfg: Config) -> dict[str, Any]:
     metrics = ["accuracy", "logprob_per_token", "heldout_nll", "backspace_rate", "train_seconds"]
     summary = summarize(rows, metrics)
     table = format_table(summary, metrics)
-    header = f"Arithmetic, budget {cfg.budget}, seeds {list(cfg.seeds)}, {cfg.n_eval} test problems\n\n"
+    header = (
+        f"Arithmetic (base {cfg.base}, {cfg.n_digits} digits), budget {cfg.budget}, "
+        f"seeds {list(cfg.seeds)}, {cfg.n_eval} test problems\n\n"
+    )
     cfg.out.mkdir(parents=True, exist_ok=True)
     results = {"config": dataclasses.asdict(cfg), "summary": summary, "runs": records}
     write_json_atomic(cfg.out / "results.json", results)

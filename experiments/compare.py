@@ -47,6 +47,8 @@ class Config:
 
     task: Literal["dyck", "markov", "arithmetic"] = "dyck"
     """Toy task (a registered seqgym env with exact probabilities)."""
+    source_kwargs: dict[str, int] = dataclasses.field(default_factory=dict)
+    """Arguments of the task's source (e.g. ``base``, ``n_digits`` for arithmetic); empty: the env id's defaults."""
     agents: tuple[str, ...] = ("mle", "bc", "sequencematch", "maskable_ppo")
     """Agents to compare: imitation agents (mle, bc, sequencematch) and SB3 algorithms (maskable_ppo, ppo, dqn)."""
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -99,12 +101,12 @@ def _imitation_kwargs(cfg: Config, agent: str, p_noise: float) -> dict[str, Any]
 def run_one(cfg: Config, agent: str, seed: int, *, p_noise: float, curve: bool = True) -> dict[str, Any]:
     """Train one agent with one seed and evaluate it; returns a JSON-ready record."""
     env_id = TASKS[cfg.task]
-    env = make_env(cfg.task)
+    env = make_env(cfg.task, **cfg.source_kwargs)
     source = env.source
-    reference = _reference(cfg.task)
+    reference = _reference(cfg.task, cfg.source_kwargs)
     chunk = max(1, cfg.budget // max(1, cfg.n_curve if curve else 1))
     curve_points: list[list[float]] = []
-    start = time.perf_counter()
+    train_time = 0.0  # seconds spent in learn (not in evaluation)
     if agent in IMITATION:
         torch.manual_seed(seed)
         demos = collect(source, cfg.n_demonstrations, np.random.default_rng(10_000 + seed))
@@ -114,15 +116,25 @@ def run_one(cfg: Config, agent: str, seed: int, *, p_noise: float, curve: bool =
         done = 0
         while done < cfg.budget:
             step = min(chunk, cfg.budget - done)
+            t0 = time.perf_counter()
             learner.learn(step, reset_num_timesteps=done == 0, progress_bar=cfg.progress, log_interval=0)
+            train_time += time.perf_counter() - t0
             done = learner.num_timesteps
             if curve:
                 m = evaluate_generator(learner, source, n=cfg.n_curve_samples, seed=777, reference=reference)
                 curve_points.append([float(done), m.get("validity", float("nan"))])
     elif agent in SB3_ALGOS:
+        t0 = time.perf_counter()
         learner = train_sb3_baseline(
-            agent, env_id, reward=cfg.sb3_reward, total_timesteps=chunk, seed=seed, progress_bar=cfg.progress
+            agent,
+            env_id,
+            reward=cfg.sb3_reward,
+            total_timesteps=chunk,
+            seed=seed,
+            progress_bar=cfg.progress,
+            env_kwargs=dict(cfg.source_kwargs),
         )
+        train_time += time.perf_counter() - t0
         done = chunk
         while True:
             if curve:
@@ -131,11 +143,12 @@ def run_one(cfg: Config, agent: str, seed: int, *, p_noise: float, curve: bool =
             if done >= cfg.budget:
                 break
             step = min(chunk, cfg.budget - done)
+            t0 = time.perf_counter()
             learner.learn(step, reset_num_timesteps=False, progress_bar=cfg.progress)
+            train_time += time.perf_counter() - t0
             done += step
     else:
         raise ValueError(f"Unknown agent {agent!r}; choose from {IMITATION + SB3_ALGOS}.")
-    train_time = time.perf_counter() - start
     metrics = evaluate_generator(learner, source, n=cfg.n_eval, seed=10_000 + seed, reference=reference)
     if agent in IMITATION:
         metrics["heldout_nll"] = policy_heldout_nll(
@@ -154,10 +167,11 @@ def run_one(cfg: Config, agent: str, seed: int, *, p_noise: float, curve: bool =
 _REFERENCES: dict[str, Any] = {}
 
 
-def _reference(task: str) -> Any:
-    if task not in _REFERENCES:
-        _REFERENCES[task] = source_statistics(make_env(task).source, n=20_000, seed=0)
-    return _REFERENCES[task]
+def _reference(task: str, source_kwargs: dict[str, int]) -> Any:
+    key = f"{task}{sorted(source_kwargs.items())}"
+    if key not in _REFERENCES:
+        _REFERENCES[key] = source_statistics(make_env(task, **source_kwargs).source, n=20_000, seed=0)
+    return _REFERENCES[key]
 
 
 def main(cfg: Config) -> dict[str, Any]:
