@@ -1,0 +1,289 @@
+"""Cost of SequenceMatch against BC: one update, and a whole training run with its generation.
+
+(a) One update on the same batch and model: BC minimises its cross-entropy on ``batch_size`` augmented
+    demonstrations ``E``; SequenceMatch (after its BC warm-up) runs ONE masked forward over ``E`` plus the
+    ``n_replay`` model trajectories of the mixture, and minimises the loss of ``sequencematch.md`` §3. Each
+    update is forward + loss + backward + AdamW step (the batch is drawn beforehand, identical for every
+    repeat). Also reported: the update including its share of the replay generation (one refresh every
+    ``replay_refresh_interval`` updates). Target: SequenceMatch <= 2.5x BC.
+(b) A whole ``learn(budget)`` run of each agent from the same initial model and data: wall time, the share
+    of SequenceMatch's time spent generating replay samples vs updating, and the tokens/s of each (generated
+    actions per second of generation; (state, action) pairs through the forward/backward per second of
+    update, replay rows included).
+
+Timings are medians over ``repeats`` interleaved runs after a warm-up. Writes
+``benchmarks/results/sequencematch_bench.json`` and prints a table.
+
+Usage::
+
+    python benchmarks/sequencematch_bench.py
+    python benchmarks/sequencematch_bench.py --n-embd 256 --budget 400000
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from agents.base import Agent, make_agent
+from agents.bc import BC
+from agents.sequencematch import SequenceMatch, SequenceMatchBatch
+from seqgym.data import collect
+
+
+@dataclass
+class Config:
+    """Benchmark settings (one env, model and batch for every measurement)."""
+
+    env: str = "seqgym/Dyck-v0"
+    """Gymnasium id of the task"""
+    n_layer: int = 2
+    """GPT-2 layers"""
+    n_embd: int = 128
+    """GPT-2 width"""
+    n_head: int = 2
+    """attention heads"""
+    batch_size: int = 32
+    """trajectories of E per update (BC's batch)"""
+    n_demonstrations: int = 500
+    """expert trajectories"""
+    p_noise: float = 0.1
+    """augmentation probability (both agents)"""
+    bc_warmup_steps: int = 20
+    """SequenceMatch's BC-only updates (part b)"""
+    replay_refresh_interval: int = 20
+    """updates between replay refreshes"""
+    repeats: int = 20
+    """(a) timed updates per agent (median reported)"""
+    budget: int = 200_000
+    """(b) expert (state, action) pairs per training run"""
+    threads: int = 1
+    """torch CPU threads"""
+    seed: int = 0
+    """seed of the data, the model and the sampling"""
+    out: str = "benchmarks/results/sequencematch_bench.json"
+    """where the JSON results go"""
+
+
+def _agents(cfg: Config) -> tuple[BC, SequenceMatch]:
+    import gymnasium as gym
+
+    from seqgym.registration import register_envs
+
+    register_envs()
+    env = gym.make(cfg.env)
+    demos = collect(env.unwrapped.source, cfg.n_demonstrations, np.random.default_rng(cfg.seed))  # type: ignore[attr-defined]
+    common: dict[str, Any] = {
+        "batch_size": cfg.batch_size,
+        "p_noise": cfg.p_noise,
+        "learning_rate": 1e-3,
+        "policy_kwargs": {"n_layer": cfg.n_layer, "n_embd": cfg.n_embd, "n_head": cfg.n_head},
+    }
+    bc = make_agent("bc", env=env, demonstrations=demos, seed=cfg.seed, **common)
+    sm = make_agent(
+        "sequencematch",
+        env=env,
+        demonstrations=demos,
+        seed=cfg.seed,
+        bc_warmup_steps=cfg.bc_warmup_steps,
+        replay_refresh_interval=cfg.replay_refresh_interval,
+        **common,
+    )
+    assert isinstance(bc, BC) and isinstance(sm, SequenceMatch)
+    return bc, sm
+
+
+def _step(agent: Agent, batch: Any) -> None:
+    """Forward + loss + backward + optimiser step, as ``Agent._update`` does (batch given)."""
+    agent.policy.train()
+    loss, _ = agent._loss(batch)
+    agent.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(list(agent.policy.parameters()), 1.0)
+    agent.optimizer.step()
+
+
+def _interleaved(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
+    for fn in fns.values():
+        fn()  # warm-up
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def bench_update(cfg: Config) -> dict[str, Any]:
+    """(a) One update of each agent on the same batch E and the same initial model."""
+    bc, sm = _agents(cfg)
+    sm._n_updates = sm.config.bc_warmup_steps  # past the warm-up: the next batch refreshes the replay buffer
+    t0 = time.perf_counter()
+    batch = sm._sample_batch(cfg.batch_size, np.random.default_rng(cfg.seed))
+    refresh_s = time.perf_counter() - t0  # dominated by generating n_replay * interval trajectories
+    n_generated = sm.replay_buffer.n_added
+    assert isinstance(batch, SequenceMatchBatch) and batch.replay is not None
+    bc.policy.load_state_dict(sm.policy.state_dict())
+    times = _interleaved(
+        {"bc": lambda: _step(bc, batch.expert), "sequencematch": lambda: _step(sm, batch)},
+        cfg.repeats,
+    )
+    bc_s, sm_s = statistics.median(times["bc"]), statistics.median(times["sequencematch"])
+    per_update_generation = refresh_s / cfg.replay_refresh_interval
+    e_pairs = sum(len(t) for t in batch.expert)
+    r_pairs = sum(len(a) for a in batch.replay.actions)
+    return {
+        "batch": {
+            "expert_trajectories": len(batch.expert),
+            "replay_trajectories": len(batch.replay),
+            "expert_rows_in_mixture": batch.n_mixed_expert,
+            "expert_pairs": e_pairs,
+            "replay_pairs": r_pairs,
+        },
+        "bc_update_s": bc_s,
+        "sequencematch_update_s": sm_s,
+        "ratio": sm_s / bc_s,
+        "refresh_s": refresh_s,
+        "refresh_trajectories": n_generated,
+        "sequencematch_update_with_generation_share_s": sm_s + per_update_generation,
+        "ratio_with_generation_share": (sm_s + per_update_generation) / bc_s,
+        "times_s": times,
+    }
+
+
+def _timed_run(agent: Agent, budget: int) -> dict[str, Any]:
+    """``agent.learn(budget)`` with its generation and update time taken apart (instance-level wrappers)."""
+    stats = {"generate_s": 0.0, "generated_tokens": 0, "update_s": 0.0, "update_pairs": 0, "updates": 0}
+    policy = agent.policy
+    plain_generate, plain_update, plain_loss = policy.generate, agent._update, agent._loss
+
+    def generate(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        out = plain_generate(*args, **kwargs)
+        stats["generate_s"] += time.perf_counter() - t0
+        stats["generated_tokens"] += sum(len(a) for a in out.actions)
+        return out
+
+    def update() -> Any:
+        t0 = time.perf_counter()
+        out = plain_update()
+        stats["update_s"] += time.perf_counter() - t0
+        stats["updates"] += 1
+        return out
+
+    def loss(batch: Any) -> Any:
+        if isinstance(batch, SequenceMatchBatch):
+            n = sum(len(t) for t in batch.expert)
+            n += 0 if batch.replay is None else sum(len(a) for a in batch.replay.actions)
+        else:
+            n = sum(len(t) for t in batch)
+        stats["update_pairs"] += n
+        return plain_loss(batch)
+
+    policy.generate = generate  # type: ignore[method-assign]
+    agent._update = update  # type: ignore[method-assign]
+    agent._loss = loss  # type: ignore[method-assign]
+    t0 = time.perf_counter()
+    try:
+        agent.learn(budget, log_interval=0)
+    finally:
+        del policy.generate, agent._update, agent._loss
+    wall = time.perf_counter() - t0
+    gen = stats["generate_s"]
+    upd = stats["update_s"] - gen  # generation happens inside the update's batch drawing
+    return {
+        "wall_s": wall,
+        "updates": stats["updates"],
+        "expert_pairs": agent.num_timesteps,
+        "generate_s": gen,
+        "update_s": upd,
+        "other_s": wall - stats["update_s"],
+        "generate_share": gen / wall,
+        "update_share": upd / wall,
+        "generated_tokens": stats["generated_tokens"],
+        "generate_tokens_per_s": stats["generated_tokens"] / gen if gen > 0 else None,
+        "update_pairs": stats["update_pairs"],
+        "update_pairs_per_s": stats["update_pairs"] / upd if upd > 0 else None,
+        "expert_pairs_per_s": agent.num_timesteps / wall,
+    }
+
+
+def bench_training(cfg: Config) -> dict[str, Any]:
+    """(b) A whole training run of each agent to ``cfg.budget`` expert pairs."""
+    bc, sm = _agents(cfg)
+    return {"bc": _timed_run(bc, cfg.budget), "sequencematch": _timed_run(sm, cfg.budget)}
+
+
+def main(cfg: Config) -> dict[str, Any]:
+    torch.set_num_threads(cfg.threads)
+    load_before = os.getloadavg()[0]
+    update = bench_update(cfg)
+    training = bench_training(cfg)
+    result = {
+        "benchmark": "sequencematch_bench",
+        "config": asdict(cfg),
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "cpus": os.cpu_count(),
+            "threads": cfg.threads,
+            "load_average_1min_before_after": [load_before, os.getloadavg()[0]],
+        },
+        "update": update,
+        "training": training,
+    }
+    Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
+    with open(cfg.out, "w") as f:
+        json.dump(result, f, indent=2)
+
+    b = update["batch"]
+    print(
+        f"(a) one update, E = {b['expert_trajectories']} demonstrations ({b['expert_pairs']} pairs), "
+        f"+ {b['replay_trajectories']} replay rows ({b['replay_pairs']} pairs) for SequenceMatch"
+    )
+    print(f"    BC             {update['bc_update_s'] * 1e3:8.1f} ms")
+    print(
+        f"    SequenceMatch  {update['sequencematch_update_s'] * 1e3:8.1f} ms   ratio {update['ratio']:.2f}x"
+    )
+    print(
+        f"    + generation   {update['sequencematch_update_with_generation_share_s'] * 1e3:8.1f} ms   ratio "
+        f"{update['ratio_with_generation_share']:.2f}x (one refresh of {update['refresh_trajectories']} "
+        f"trajectories, {update['refresh_s']:.2f} s, every {cfg.replay_refresh_interval} updates)"
+    )
+    print(f"(b) training to {cfg.budget} expert pairs")
+    head = ("agent", "wall s", "updates", "gen %", "upd %", "gen tok/s", "upd pairs/s")
+    print("    {:14s} {:>8s} {:>8s} {:>6s} {:>6s} {:>10s} {:>12s}".format(*head))
+    for name, r in training.items():
+        gen_tps = r["generate_tokens_per_s"]
+        print(
+            f"    {name:14s} {r['wall_s']:8.1f} {r['updates']:8d} {100 * r['generate_share']:6.1f} "
+            f"{100 * r['update_share']:6.1f} {'-' if gen_tps is None else str(round(gen_tps)):>10s} "
+            f"{round(r['update_pairs_per_s']):>12d}"
+        )
+    print(f"wrote {cfg.out}")
+    return result
+
+
+if __name__ == "__main__":
+    try:
+        import tyro
+
+        config = tyro.cli(Config)
+    except ImportError:  # pragma: no cover - tyro is optional
+        config = Config()
+    main(config)
