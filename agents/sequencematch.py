@@ -409,11 +409,11 @@ class ModelNoise:
             raise ValueError(f"temperature must be > 0, got {temperature!r}.")
         self.policy = policy
         self.temperature = float(temperature)
-        self._cache: dict[int, tuple[Trajectory, np.ndarray]] = {}
+        self._cache: dict[int, tuple[Trajectory, torch.Tensor]] = {}
 
     @torch.no_grad()
-    def _token_probs(self, trajectories: Sequence[Trajectory]) -> list[np.ndarray]:
-        """Per trajectory, float64 ``(T+1, n_tokens)``: ``π`` over the ordinary tokens at every state."""
+    def _token_logits(self, trajectories: Sequence[Trajectory]) -> list[torch.Tensor]:
+        """Per trajectory, ``(T+1, n_tokens)`` logits over the ordinary tokens at every state (one forward)."""
         n_tok = self.policy.vocab.n_tokens
         was_training = self.policy.training
         self.policy.eval()
@@ -423,23 +423,29 @@ class ModelNoise:
             )
         finally:
             self.policy.train(was_training)
-        probs = torch.softmax(out.logits[..., :n_tok].double() / self.temperature, dim=-1).cpu().numpy()
-        return [probs[b, : len(t) + 1] for b, t in enumerate(trajectories)]
+        logits = out.logits[..., :n_tok]  # (B, T+1, n_tokens)
+        return [logits[b, : len(t) + 1] for b, t in enumerate(trajectories)]
 
     def prepare(self, trajectories: Sequence[Trajectory]) -> None:
-        """Compute (one forward) and keep the state probabilities of ``trajectories``; forgets earlier ones."""
+        """Run one forward over ``trajectories`` and keep their logits; forgets earlier ones."""
         self._cache = {}
         if trajectories:
-            for t, p in zip(trajectories, self._token_probs(trajectories)):
-                self._cache[id(t)] = (t, p)
+            for t, lg in zip(trajectories, self._token_logits(trajectories)):
+                self._cache[id(t)] = (t, lg)
 
     def __call__(self, trajectory: Trajectory, positions: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         hit = self._cache.get(id(trajectory))
-        probs = hit[1] if hit is not None and hit[0] is trajectory else self._token_probs([trajectory])[0]
-        pos = np.asarray(positions, dtype=np.int64)
-        p = probs[pos].copy()  # (K, n_tokens)
+        logits = hit[1] if hit is not None and hit[0] is trajectory else self._token_logits([trajectory])[0]
+        pos = np.array(positions, dtype=np.int64)  # a writable copy
+        n_tok = logits.shape[-1]
         expert = trajectory.actions[pos]  # (K,)
-        is_tok = expert < p.shape[1]
+        is_tok = expert < n_tok
+        if n_tok == 1 and is_tok.any():
+            raise ValueError(
+                "Model noise needs at least 2 ordinary tokens to draw a wrong one in place of a token."
+            )
+        rows = torch.from_numpy(pos).to(logits.device)
+        p = torch.softmax(logits[rows].double() / self.temperature, dim=-1).cpu().numpy()  # (K, n_tokens)
         p[np.flatnonzero(is_tok), expert[is_tok]] = 0.0  # never the expert's own token
         total = p.sum(axis=1, keepdims=True)  # (K, 1)
         # a row with no probability left (the model is sure of the expert's token): uniform over the others
@@ -448,7 +454,7 @@ class ModelNoise:
         p = np.where(total > 0, p / np.where(total > 0, total, 1.0), flat / flat.sum(axis=1, keepdims=True))
         cdf = np.cumsum(p, axis=1)  # (K, n_tokens)
         u = rng.random(len(pos))[:, None] * cdf[:, -1:]  # (K, 1)
-        return np.minimum((cdf <= u).sum(axis=1), p.shape[1] - 1).astype(np.int64)
+        return np.minimum((cdf <= u).sum(axis=1), n_tok - 1).astype(np.int64)
 
 
 # ======================================================================================================
@@ -575,9 +581,9 @@ class SequenceMatch(Agent):
     **Schedule** (§3): the first ``bc_warmup_steps`` updates minimise ``L_BC`` alone; then the loss above.
     From the first update after the warm-up, and every ``replay_refresh_interval`` updates, the replay buffer
     (a ring of ``replay_size`` trajectories, :class:`~agents.buffers.ReplayBuffer`) receives
-    ``min(replay_size, n_replay · replay_refresh_interval)`` fresh samples of the current model, generated
-    with backspace at temperature 1 from prompts of the demonstrations (``n_replay`` = replay rows per batch,
-    so each sample is used about once).
+    ``min(replay_size, n_replay · replay_refresh_interval)`` fresh samples of the current policy ``π``,
+    generated with backspace from prompts of the demonstrations (``n_replay`` = replay rows per batch, so each
+    sample is used about once).
 
     **Backspace in the data** (§4): the demonstrations are augmented with probability ``p_noise`` per
     position. With ``noise="uniform"`` once, at construction, exactly as :class:`~agents.bc.BC` does (the
@@ -590,17 +596,28 @@ class SequenceMatch(Agent):
     - Inserted mistakes are masked out of the expert and BC terms (``mask_mistakes``) but **kept in the value
       and χ² terms** of the expert half of the mixture: they are steps the trajectory really takes, the
       state after them is where ``<backspace>`` is learnt, and keeping every step keeps the value term
-      telescoping to ``V(u_0) − γ^T·V'(u_T)``.
+      telescoping to ``V(u_0) − γ^T·V'(u_T)`` (``mistakes_in_mixture=False`` leaves them out of both; it
+      changed little on Dyck).
     - The other divergences (``"kl"``, ``"js"``, ``"hellinger"``) only change the expert term's weight
       ``w = φ'(r)`` (IQ-Learn's ``φ`` forms, held constant in the gradient, capped at ``max_phi_weight``);
       the χ² term on the mixture stays for every divergence (IQ-Learn's "regularize" option).
     - ``L_BC`` uses ``π = softmax(l/α)`` and no discount; with α = 1 it is exactly :class:`~agents.bc.BC`'s
-      loss. After the warm-up the loss is the §3 sum with ``λ_bc = bc_weight`` (not renormalised).
+      loss. After the warm-up the loss is the §3 sum with ``λ_bc = bc_weight``; the paper's convex
+      combination ``(1 − λ)·L_SM + λ·L_BC`` is the same with ``bc_weight = λ / (1 − λ)`` and the learning
+      rate scaled by ``1 − λ``.
+    - :meth:`generate`, :meth:`predict`, the replay samples and model noise all sample from
+      ``π = softmax(l/α)``: a ``temperature`` is relative to ``π`` (the logits are divided by
+      ``temperature · α``), so with α ≠ 1 the agent samples the policy its loss defines.
     - ``num_timesteps`` counts the expert (state, action) pairs of ``E``, as BC does, so a budget means the
       same amount of demonstration data for both; the model's own samples come on top.
     - Every term is logged (``train/expert``, ``train/value``, ``train/chi2``, ``train/bc``, and the mean
       reward per step ``train/reward_expert``, ``train/reward_mixture``); during the warm-up they are computed
       on ``E`` alone (as the offline mixture) for monitoring, and only ``bc`` is minimised.
+
+    What to expect at small scale: on Dyck with a 1-layer model trained from scratch, IQ-Learn's
+    ``chi2_coef = 0.5`` bounds the recovered rewards so tightly that the soft-optimal policy keeps too much
+    entropy (it backspaces and wanders), and its samples are valid far less often than BC's; a weak regulariser
+    (``chi2_coef = 20, bc_weight = 2``) matches BC (``tests/test_sequencematch.py`` states the numbers).
 
     Hyperparameters: :class:`SequenceMatchConfig`.
 
