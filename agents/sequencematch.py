@@ -123,6 +123,7 @@ def soft_q(
     *,
     alpha: float,
     gamma: float,
+    allow_masked: bool = False,
 ) -> SoftQ:
     """Q, V, V', the recovered reward and log π of every step, from the logits of every visited state.
 
@@ -136,6 +137,8 @@ def soft_q(
             trajectory was cut by a time or length limit (``V'`` bootstraps from ``V(u_T)``).
         alpha: soft-max temperature α (> 0).
         gamma: discount γ in (0, 1].
+        allow_masked: let a step take an action whose logit is ``-inf`` (its ``Q``, ``r`` and ``log π`` are
+            then ``-inf``; for scoring histories, never for a loss).
 
     Returns:
         :class:`SoftQ`.
@@ -172,7 +175,7 @@ def soft_q(
     v = alpha * torch.logsumexp(x / alpha, dim=-1)  # (B, T+1)
     v = v.masked_fill(~state_mask, 0.0)
     q = x[:, :T].gather(-1, actions.masked_fill(~step_mask, 0)[:, :, None]).squeeze(-1)  # (B, T)
-    if not bool(torch.isfinite(q[step_mask]).all()):
+    if not allow_masked and not bool(torch.isfinite(q[step_mask]).all()):
         raise ValueError(
             "An action has logit -inf or NaN: a backspace at the prompt boundary (masked for agents) or a "
             "non-finite model output; such a history cannot be scored."
@@ -819,7 +822,12 @@ class SequenceMatch(Agent):
     # -- recovered reward ----------------------------------------------------------------------------------
     @torch.no_grad()
     def reward(
-        self, prompts: Sequence[Sequence[int]], action_histories: Sequence[Sequence[int]], *, chunk: int = 256
+        self,
+        prompts: Sequence[Sequence[int]],
+        action_histories: Sequence[Sequence[int]],
+        *,
+        masked_reward: float = -20.0,
+        chunk: int = 256,
     ) -> list[np.ndarray]:
         """The recovered reward ``r_i = Q(u_i, a_i) − γ·V'(u_{i+1})`` of every step of every history.
 
@@ -829,8 +837,10 @@ class SequenceMatch(Agent):
 
         Args:
             prompts: ``B`` prompts.
-            action_histories: ``B`` action histories (tokens, eos, backspace; no backspace at the prompt
-                boundary).
+            action_histories: ``B`` action histories (tokens, eos, backspace).
+            masked_reward: the reward of a masked action (a backspace at the prompt boundary, a no-op in the
+                env, whose logit and so ``r`` is ``-inf``), finite so that an RL agent that is not masked
+                can still learn from it (default ``-20``, the env's log-prob floor).
             chunk: histories per forward pass.
 
         Returns:
@@ -861,8 +871,10 @@ class SequenceMatch(Agent):
                         terminal,
                         alpha=self.config.alpha,
                         gamma=self.config.gamma,
+                        allow_masked=True,
                     )
                     r = sq.reward.double().cpu().numpy()
+                    r[np.isneginf(r)] = masked_reward
                     for k, b in enumerate(keep):
                         rewards[b] = r[k, : len(hs[b])].copy()
                 out_rows.extend(rewards)

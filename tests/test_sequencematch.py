@@ -554,8 +554,27 @@ def test_reward_is_q_minus_gamma_v_next_state_by_state():
             v_next = 0.0 if (a == eos and i == len(hist) - 1) else float(values[i + 1])
             assert r[i] == pytest.approx(float(lg[i, a]) - 0.9 * v_next, abs=1e-5)
     assert agent.reward([[]], [[]])[0].shape == (0,)
+    # a backspace at the prompt boundary (masked for agents, a no-op in the env) gets a finite reward
+    noop = agent.reward([[]], [[bk, 0]], masked_reward=-7.0)[0]
+    assert noop[0] == -7.0 and np.isfinite(noop[1])
     with pytest.raises(ValueError, match="one prompt per history"):
         agent.reward([[]], [[0], [1]])
+
+
+def test_recovered_reward_drives_the_sb3_reward_wrapper():
+    from agents.sb3 import RewardWrapper
+    from seqgym.env import SequenceEnv
+    from seqgym.sources.dyck import Dyck
+
+    agent = tiny_agent()
+    env = RewardWrapper(SequenceEnv(Dyck(), max_length=17, max_steps=24), agent)
+    env.reset(seed=0)
+    history, total = [0, 1, agent.vocab.eos_id], 0.0
+    for a in history:
+        _, r, terminated, _, _ = env.step(a)
+        total += r
+    assert terminated
+    assert total == pytest.approx(float(agent.reward([[]], [history])[0].sum()), abs=1e-5)
 
 
 class _FixedPolicy:
