@@ -53,7 +53,7 @@ class Config:
     """Agents to compare: imitation agents (mle, bc, sequencematch) and SB3 algorithms (maskable_ppo, ppo, dqn)."""
     seeds: tuple[int, ...] = (0, 1, 2)
     """Seeds; each seed draws its own demonstrations and initialises every agent."""
-    budget: int = 40_000
+    budget: int = 60_000
     """Training budget per agent: (state, action) pairs for imitation agents, env steps for SB3."""
     n_demonstrations: int = 1_000
     """Expert trajectories per seed (shared by the imitation agents)."""
@@ -77,6 +77,14 @@ class Config:
     """Width of the LM policy."""
     learning_rate: float = 3e-3
     """Learning rate of the imitation agents."""
+    sm_chi2_coef: float = 20.0
+    """SequenceMatch χ² coefficient c (the library default, IQ-Learn's 0.5, lags BC on Dyck; see README)."""
+    sm_bc_weight: float = 2.0
+    """SequenceMatch behaviour-cloning anchor weight λ_bc."""
+    sm_bc_warmup_steps: int = 150
+    """SequenceMatch updates of BC alone before the full loss."""
+    sm_divergence: str = "chi2"
+    """SequenceMatch divergence: chi2, kl, js or hellinger."""
     batch_size: int = 32
     """Trajectories per update of the imitation agents."""
     out: Path = Path("results/compare")
@@ -95,6 +103,13 @@ def _imitation_kwargs(cfg: Config, agent: str, p_noise: float) -> dict[str, Any]
     }
     if agent in ("bc", "sequencematch"):
         kw["p_noise"] = p_noise
+    if agent == "sequencematch":
+        kw.update(
+            chi2_coef=cfg.sm_chi2_coef,
+            bc_weight=cfg.sm_bc_weight,
+            bc_warmup_steps=cfg.sm_bc_warmup_steps,
+            divergence=cfg.sm_divergence,
+        )
     return kw
 
 
