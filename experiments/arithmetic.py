@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import tyro
 
-from experiments.common import RunCache, format_table, summarize, write_json_atomic
+from experiments.common import RunCache, config_digest, format_table, summarize, write_json_atomic
+from experiments.compare import NOT_IN_RUN, run_one
 from experiments.compare import Config as CompareConfig
-from experiments.compare import run_one
 
 
 @dataclasses.dataclass
@@ -73,18 +73,13 @@ def main(cfg: Config) -> dict[str, Any]:
         progress=cfg.progress,
     )
     cache = RunCache(cfg.out / "runs", enabled=cfg.resume)
+    digest = config_digest(base, ignore=(*NOT_IN_RUN, "p_noise"))
     records = []
     for seed in cfg.seeds:
         for agent in cfg.agents:
             levels = [0.0] if agent == "mle" else list(cfg.noise_levels)
             for p in levels:
-                key = (
-                    f"arithmetic-b{cfg.base}-d{cfg.n_digits}",
-                    agent,
-                    f"seed{seed}",
-                    f"noise{p}",
-                    f"budget{cfg.budget}",
-                )
+                key = ("arithmetic", agent, f"seed{seed}", f"noise{p}", digest)
                 rec = cache.get(*key)
                 if rec is None:
                     print(f"[arithmetic] {agent} seed {seed} p_noise={p}", flush=True)

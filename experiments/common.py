@@ -3,6 +3,7 @@ mean ± std tables and figures. The logic being compared lives in ``seqgym`` and
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -13,7 +14,29 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["RunCache", "format_table", "summarize", "write_json_atomic"]
+__all__ = ["RunCache", "config_digest", "format_table", "summarize", "write_json_atomic"]
+
+
+def config_digest(config: Any, *, ignore: Sequence[str] = ()) -> str:
+    """Short hash of a config dataclass's fields (minus ``ignore``): runs cached under another digest are
+    never reused, so changing a hyperparameter can never silently mix old and new results.
+
+    Example:
+        >>> import dataclasses
+        >>> @dataclasses.dataclass
+        ... class C:
+        ...     lr: float = 1e-3
+        ...     out: str = "a"
+        >>> config_digest(C(), ignore=["out"]) == config_digest(C(out="b"), ignore=["out"])
+        True
+        >>> config_digest(C()) == config_digest(C(lr=0.1))
+        False
+    """
+    import hashlib
+
+    fields = {k: v for k, v in dataclasses.asdict(config).items() if k not in set(ignore)}
+    blob = json.dumps(fields, sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:10]
 
 
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:

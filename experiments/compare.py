@@ -22,7 +22,7 @@ import tyro
 from agents.base import make_agent
 from agents.evaluation import evaluate_generator, policy_heldout_nll
 from agents.sb3 import train_sb3_baseline
-from experiments.common import RunCache, format_table, summarize, write_json_atomic
+from experiments.common import RunCache, config_digest, format_table, summarize, write_json_atomic
 from seqgym.data import collect
 from seqgym.metrics import source_statistics
 from seqgym.registration import make_env
@@ -180,6 +180,7 @@ def run_one(cfg: Config, agent: str, seed: int, *, p_noise: float, curve: bool =
 
 
 _REFERENCES: dict[str, Any] = {}
+NOT_IN_RUN = ("agents", "seeds", "noise_levels", "noise_seeds", "out", "resume", "progress")
 
 
 def _reference(task: str, source_kwargs: dict[str, int]) -> Any:
@@ -198,11 +199,13 @@ def main(cfg: Config) -> dict[str, Any]:
     if cfg.budget < 1 or not cfg.seeds:
         raise ValueError("budget must be >= 1 and at least one seed is needed.")
     cache = RunCache(cfg.out / "runs", enabled=cfg.resume)
+    # What a single run depends on (not which agents / seeds / noise levels are listed, nor where it is written).
+    digest = config_digest(cfg, ignore=NOT_IN_RUN)
     started = time.perf_counter()
     records = []
     for seed in cfg.seeds:
         for agent in cfg.agents:
-            key = (cfg.task, agent, f"seed{seed}", f"noise{cfg.p_noise}", f"budget{cfg.budget}")
+            key = (cfg.task, agent, f"seed{seed}", f"noise{cfg.p_noise}", digest)
             rec = cache.get(*key)
             if rec is None:
                 print(
@@ -220,7 +223,7 @@ def main(cfg: Config) -> dict[str, Any]:
             for p in cfg.noise_levels:
                 if p == cfg.p_noise:
                     continue
-                key = (cfg.task, agent, f"seed{seed}", f"noise{p}", f"budget{cfg.budget}")
+                key = (cfg.task, agent, f"seed{seed}", f"noise{p}", digest)
                 rec = cache.get(*key)
                 if rec is None:
                     print(f"[compare] noise study: {agent} (seed {seed}), p_noise={p}", flush=True)
