@@ -1079,6 +1079,12 @@ class Agent:
             )
         return ids.reshape(-1, ids.shape[-1]), obs.ndim == 1
 
+    @property
+    def policy_temperature(self) -> float:
+        """Temperature of the agent's own policy: ``predict`` and ``generate`` sample from
+        ``softmax(logits / policy_temperature)`` (1.0 here; SequenceMatch's ``π = softmax(l/α)`` gives ``α``)."""
+        return 1.0
+
     @torch.inference_mode()
     def predict(
         self,
@@ -1127,6 +1133,7 @@ class Agent:
 
         self.policy.eval()
         logits = self.policy.state_logits(states, prompt_lengths.tolist()).float()  # (N, A)
+        logits = logits / self.policy_temperature
         allowed = np.ones((N, self.vocab.n_actions), dtype=bool)  # (N, A)
         allowed[:, self.vocab.backspace_id] = (lengths > prompt_lengths) & self.allow_backspace
         if action_masks is not None:
@@ -1207,7 +1214,7 @@ class Agent:
             prompt_list,
             max_steps=self.max_steps if max_steps is None else max_steps,
             max_length=self.max_length if max_length is None else max_length,
-            temperature=temperature,
+            temperature=temperature * self.policy_temperature,
             top_k=top_k,
             top_p=top_p,
             generator=generator,

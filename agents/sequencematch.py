@@ -45,7 +45,6 @@ import torch
 
 from agents.base import Agent, AgentConfig, register_agent
 from agents.buffers import ReplayBuffer, Rollouts
-from agents.policy import Generation
 from seqgym.data import Trajectory, augment
 
 __all__ = [
@@ -770,54 +769,11 @@ class SequenceMatch(Agent):
         return loss, logged
 
     # -- acting: π = softmax(l/α) ---------------------------------------------------------------------------
-    def generate(
-        self,
-        n: int | None = None,
-        *,
-        prompts: Sequence[Sequence[int]] | None = None,
-        max_steps: int | None = None,
-        max_length: int | None = None,
-        temperature: float = 1.0,
-        top_p: float | None = None,
-        top_k: int | None = None,
-        seed: int | None = None,
-    ) -> Generation:
-        """:meth:`Agent.generate <agents.base.Agent.generate>` from ``π = softmax(l/α)``: ``temperature`` is
-        relative to ``π`` (the logits are divided by ``temperature · α``)."""
-        return super().generate(
-            n,
-            prompts=prompts,
-            max_steps=max_steps,
-            max_length=max_length,
-            temperature=temperature * self.config.alpha,
-            top_p=top_p,
-            top_k=top_k,
-            seed=seed,
-        )
-
-    def predict(
-        self,
-        observation: np.ndarray | dict[str, np.ndarray],
-        state: tuple[np.ndarray, ...] | None = None,
-        episode_start: np.ndarray | None = None,
-        deterministic: bool = False,
-        action_masks: np.ndarray | None = None,
-    ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
-        """:meth:`Agent.predict <agents.base.Agent.predict>` sampling from ``π = softmax(l/α)``."""
-        if self.config.alpha == 1.0:
-            return super().predict(observation, state, episode_start, deterministic, action_masks)
-        policy = self.policy
-        plain = policy.state_logits
-        alpha = self.config.alpha
-
-        def scaled(*args: Any, **kwargs: Any) -> torch.Tensor:
-            return plain(*args, **kwargs) / alpha
-
-        policy.state_logits = scaled  # type: ignore[method-assign]
-        try:
-            return super().predict(observation, state, episode_start, deterministic, action_masks)
-        finally:
-            del policy.state_logits
+    @property
+    def policy_temperature(self) -> float:
+        """``predict``, ``generate`` (and the replay samples) draw from ``π = softmax(l/α)``: the logits are
+        divided by ``α`` (times any ``temperature`` given to ``generate``)."""
+        return float(self.config.alpha)
 
     # -- recovered reward ----------------------------------------------------------------------------------
     @torch.no_grad()
