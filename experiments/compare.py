@@ -65,6 +65,14 @@ class Config:
     """How many of the seeds run the noise study (it trains 2 agents per extra level per seed)."""
     sb3_reward: Literal["logprob", "valid"] = "logprob"
     """Reward of the SB3 baseline (the env's exact log-probability, or sparse validity)."""
+    sb3_n_steps: int = 1024
+    """Rollout length of PPO / MaskablePPO (SB3's default is 2048)."""
+    sb3_batch_size: int = 256
+    """Minibatch size of the SB3 algorithm."""
+    sb3_n_epochs: int = 4
+    """PPO epochs per rollout (SB3's default is 10)."""
+    sb3_pooling: Literal["gru", "mean"] = "mean"
+    """Pooling of the token features extractor (``agents.sb3.TokenEmbeddingExtractor``)."""
     n_eval: int = 500
     """Samples drawn per agent for the final metrics."""
     n_curve: int = 4
@@ -113,6 +121,12 @@ def _imitation_kwargs(cfg: Config, agent: str, p_noise: float) -> dict[str, Any]
     return kw
 
 
+def _sb3_kwargs(cfg: Config, algo: str) -> dict[str, Any]:
+    if algo == "dqn":
+        return {"batch_size": cfg.sb3_batch_size}
+    return {"n_steps": cfg.sb3_n_steps, "batch_size": cfg.sb3_batch_size, "n_epochs": cfg.sb3_n_epochs}
+
+
 def run_one(cfg: Config, agent: str, seed: int, *, p_noise: float, curve: bool = True) -> dict[str, Any]:
     """Train one agent with one seed and evaluate it; returns a JSON-ready record."""
     env_id = TASKS[cfg.task]
@@ -148,6 +162,8 @@ def run_one(cfg: Config, agent: str, seed: int, *, p_noise: float, curve: bool =
             seed=seed,
             progress_bar=cfg.progress,
             env_kwargs=dict(cfg.source_kwargs),
+            algo_kwargs=_sb3_kwargs(cfg, agent),
+            policy_kwargs={"features_extractor_kwargs": {"pooling": cfg.sb3_pooling}},
         )
         train_time += time.perf_counter() - t0
         done = chunk
