@@ -291,7 +291,8 @@ def plot(
     ax1.set_ylabel("validity of samples")
     ax1.set_title(f"Learning curves: {title}")
     ax1.set_ylim(-0.02, 1.02)
-    ax1.legend()
+    if ax1.get_legend_handles_labels()[0]:
+        ax1.legend()
     for agent in ("bc", "sequencematch"):
         pts: dict[float, list[float]] = {}
         for r in noise_records:
@@ -304,7 +305,8 @@ def plot(
     ax2.set_ylabel("validity of samples")
     ax2.set_title("Validity vs noise level")
     ax2.set_ylim(-0.02, 1.02)
-    ax2.legend()
+    if ax2.get_legend_handles_labels()[0]:
+        ax2.legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

@@ -1,0 +1,120 @@
+"""The experiment scripts run end to end on tiny budgets and write their tables, JSON and figures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from experiments import arithmetic, compare, text
+
+TINY_SM = {"sm_bc_warmup_steps": 1}
+
+
+def test_compare_runs_end_to_end_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = compare.Config(
+        agents=("mle", "bc", "sequencematch", "maskable_ppo"),
+        seeds=(0,),
+        budget=256,
+        n_demonstrations=32,
+        noise_levels=(0.0,),
+        n_eval=16,
+        n_curve=2,
+        n_curve_samples=8,
+        n_layer=1,
+        n_embd=16,
+        batch_size=8,
+        sb3_n_steps=64,
+        sb3_batch_size=32,
+        sb3_n_epochs=1,
+        out=tmp_path,
+        progress=False,
+        **TINY_SM,
+    )
+    results = compare.main(cfg)
+    for name in ("results.json", "table.md", "compare.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert set(saved["summary"]) == {"mle", "bc", "sequencematch", "maskable_ppo"}
+    for rec in saved["runs"]:
+        assert 0.0 <= rec["validity"] <= 1.0
+        assert len(rec["curve"]) == 2
+    # the noise study adds BC and SequenceMatch at p_noise=0 to the main runs at 0.1
+    assert sorted((r["agent"], r["p_noise"]) for r in saved["noise_study"]) == [
+        ("bc", 0.0),
+        ("bc", 0.1),
+        ("sequencematch", 0.0),
+        ("sequencematch", 0.1),
+    ]
+    table = (tmp_path / "table.md").read_text()
+    assert "| sequencematch |" in table and "±" in table
+    # a rerun finds every run in the cache: nothing is trained again, and the numbers are the same
+    capsys.readouterr()
+    again = compare.main(cfg)
+    assert "[compare] training" not in capsys.readouterr().out
+    assert json.dumps(again["runs"]) == json.dumps(results["runs"])  # (NaN-safe comparison)
+    # changing a hyperparameter that a run depends on never reuses the cached runs
+    changed = compare.main(compare.Config(**{**cfg.__dict__, "agents": ("mle",), "learning_rate": 1e-2}))
+    assert "[compare] training mle" in capsys.readouterr().out
+    assert changed["runs"][0]["validity"] is not None
+
+
+def test_compare_rejects_unknown_agents(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="Unknown agent 'ppo2'"):
+        compare.main(compare.Config(agents=("ppo2",), out=tmp_path))
+
+
+def test_arithmetic_study_runs(tmp_path: Path) -> None:
+    cfg = arithmetic.Config(
+        noise_levels=(0.0, 0.2),
+        seeds=(0,),
+        budget=128,
+        n_demonstrations=32,
+        n_eval=8,
+        n_layer=1,
+        n_embd=16,
+        batch_size=8,
+        out=tmp_path,
+        progress=False,
+    )
+    results = arithmetic.main(cfg)
+    assert (tmp_path / "arithmetic.png").stat().st_size > 0
+    labels = set(results["summary"])
+    assert labels == {"mle", "bc p=0.0", "bc p=0.2", "sequencematch p=0.0", "sequencematch p=0.2"}
+
+
+def test_text_study_runs_on_a_small_corpus(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    words = "the cat sat on the mat while a dog ran in the park and birds sang over the old house".split()
+    for k, name in enumerate(["a.txt", "b.txt", "held.txt"]):
+        (corpus / name).write_text(" ".join(words[(i * 7 + k) % len(words)] for i in range(3000)) + "\n")
+    cfg = text.Config(
+        corpus=corpus,
+        heldout="held.txt",
+        vocab_size=300,
+        prompt_length=4,
+        completion_length=8,
+        n_layer=1,
+        n_embd=16,
+        n_demonstrations=32,
+        pretrain_budget=128,
+        finetune_budget=64,
+        batch_size=8,
+        n_eval=24,
+        out=tmp_path / "out",
+        progress=False,
+    )
+    results = text.main(cfg)
+    assert {r["agent"] for r in results["runs"]} == {
+        "pretrained",
+        "mle",
+        "bc",
+        "sequencematch",
+        "human (held-out)",
+    }
+    assert len(results["prompts"]) == 24
+    for r in results["runs"][:-1]:
+        assert 0.0 < r["mauve"] <= 1.0 and r["perplexity"] > 1.0
+    assert (tmp_path / "out" / "agents" / "finetuned_sequencematch" / "agent.json").exists()
