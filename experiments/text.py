@@ -79,7 +79,9 @@ class Config:
     out: Path = Path("results/text")
     """Output folder."""
     resume: bool = True
-    """Load agents already trained under out/agents instead of retraining them."""
+    """Load agents already trained under out/agents, and resume interrupted training from out/checkpoints."""
+    checkpoint_every: int = 500
+    """Updates between checkpoints of each training run."""
     progress: bool = True
     """Progress bars."""
 
@@ -94,18 +96,25 @@ def _files(cfg: Config) -> tuple[list[Path], Path]:
     return [f for f in files if f != held], held
 
 
-def _trained(
-    cfg: Config, name: str, build: Any, budget: int, env: SequenceEnv, *, reset: bool = True
-) -> tuple[Agent, float]:
-    """Load ``out/agents/name`` if it exists (and resume is on), else build, train and save it."""
+def _trained(cfg: Config, name: str, build: Any, budget: int, env: SequenceEnv) -> tuple[Agent, float]:
+    """Load ``out/agents/name`` if it is finished; else resume from its newest checkpoint under
+    ``out/checkpoints/name`` (or build it), train it to ``budget`` and save it."""
     path = cfg.out / "agents" / name
     if cfg.resume and (path / "agent.json").exists():
         print(f"[text] loading {name} from {path}", flush=True)
         return Agent.load(path, env=env), float("nan")
-    print(f"[text] training {name} for {budget} steps", flush=True)
-    agent = build()
+    ckpt_dir = cfg.out / "checkpoints" / name
+    latest = Agent.latest_checkpoint(ckpt_dir) if cfg.resume else None
+    if latest is not None:
+        agent = Agent.load(latest, env=env)
+        print(f"[text] resuming {name} from {latest} ({agent.num_timesteps} of {budget} steps)", flush=True)
+    else:
+        print(f"[text] training {name} for {budget} steps", flush=True)
+        agent = build(checkpoint_dir=str(ckpt_dir), checkpoint_every=cfg.checkpoint_every)
     start = time.perf_counter()
-    agent.learn(budget, progress_bar=cfg.progress, log_interval=0, reset_num_timesteps=reset)
+    remaining = budget - agent.num_timesteps
+    if remaining > 0:
+        agent.learn(remaining, progress_bar=cfg.progress, log_interval=0, reset_num_timesteps=latest is None)
     seconds = time.perf_counter() - start
     agent.save(path)
     return agent, seconds
@@ -141,7 +150,7 @@ def main(cfg: Config) -> dict[str, Any]:
     base, pre_seconds = _trained(
         cfg,
         "pretrained_mle",
-        lambda: make_agent(
+        lambda **ckpt: make_agent(
             "mle",
             env=env,
             demonstrations=demos,
@@ -149,6 +158,7 @@ def main(cfg: Config) -> dict[str, Any]:
             lr_schedule="cosine",
             policy_kwargs=policy_kwargs,
             **common,
+            **ckpt,
         ),
         cfg.pretrain_budget,
         env,
@@ -160,8 +170,9 @@ def main(cfg: Config) -> dict[str, Any]:
         if name != "mle":
             kw["p_noise"] = cfg.p_noise
 
-        def build(name: str = name, kw: dict[str, Any] = kw) -> Agent:
-            return make_agent(name, env=env, demonstrations=demos, policy=copy.deepcopy(base.policy), **kw)
+        def build(name: str = name, kw: dict[str, Any] = kw, **ckpt: Any) -> Agent:
+            policy = copy.deepcopy(base.policy)
+            return make_agent(name, env=env, demonstrations=demos, policy=policy, **kw, **ckpt)
 
         agents[name], seconds[name] = _trained(cfg, f"finetuned_{name}", build, cfg.finetune_budget, env)
 

@@ -84,7 +84,7 @@ def test_arithmetic_study_runs(tmp_path: Path) -> None:
     assert labels == {"mle", "bc p=0.0", "bc p=0.2", "sequencematch p=0.0", "sequencematch p=0.2"}
 
 
-def test_text_study_runs_on_a_small_corpus(tmp_path: Path) -> None:
+def test_text_study_runs_on_a_small_corpus(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     words = "the cat sat on the mat while a dog ran in the park and birds sang over the old house".split()
@@ -100,11 +100,12 @@ def test_text_study_runs_on_a_small_corpus(tmp_path: Path) -> None:
         n_embd=16,
         n_demonstrations=32,
         pretrain_budget=128,
-        finetune_budget=64,
+        finetune_budget=400,
         batch_size=8,
         n_eval=24,
         out=tmp_path / "out",
         progress=False,
+        checkpoint_every=2,
     )
     results = text.main(cfg)
     assert {r["agent"] for r in results["runs"]} == {
@@ -118,3 +119,12 @@ def test_text_study_runs_on_a_small_corpus(tmp_path: Path) -> None:
     for r in results["runs"][:-1]:
         assert 0.0 < r["mauve"] <= 1.0 and r["perplexity"] > 1.0
     assert (tmp_path / "out" / "agents" / "finetuned_sequencematch" / "agent.json").exists()
+    # an interrupted fine-tuning run resumes from its newest checkpoint instead of starting again
+    import shutil
+
+    shutil.rmtree(tmp_path / "out" / "agents" / "finetuned_bc")
+    capsys.readouterr()
+    again = text.main(cfg)
+    out = capsys.readouterr().out
+    assert "[text] resuming finetuned_bc from" in out and "[text] loading pretrained_mle" in out
+    assert [r["agent"] for r in again["runs"]] == [r["agent"] for r in results["runs"]]
