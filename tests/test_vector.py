@@ -1,11 +1,11 @@
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import pytest
+from echo_source import Echo
 from gymnasium.error import ResetNeeded
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 from hypothesis import given, settings
@@ -16,32 +16,8 @@ from seqgym.env import SequenceEnv
 from seqgym.registration import register_envs
 from seqgym.sources.dyck import Dyck
 from seqgym.vector import SequenceVectorEnv
-from seqgym.vocab import Vocabulary
 
 register_envs()
-
-
-class Echo:
-    """Test source: a prompt of 0-3 tokens from {a, b, c}; the completion is the prompt reversed, then eos."""
-
-    name = "echo"
-    max_sequence_length = 7
-
-    def __init__(self) -> None:
-        self.vocab = Vocabulary(["a", "b", "c"])
-
-    def sample(self, rng: np.random.Generator) -> tuple[list[int], list[int]]:
-        prompt = rng.integers(0, 3, size=int(rng.integers(0, 4))).tolist()
-        return prompt, [*prompt[::-1], self.vocab.eos_id]
-
-    def next_token_logprobs(self, prefix: list[int]) -> np.ndarray:
-        lp = np.full(self.vocab.n_actions, math.log(0.25))
-        lp[self.vocab.backspace_id] = -np.inf
-        return lp
-
-    def is_valid(self, sequence: list[int]) -> bool:
-        body = list(sequence)[:-1]
-        return list(sequence)[-1:] == [self.vocab.eos_id] and len(body) % 2 == 0 and body == body[::-1]
 
 
 V = Echo().vocab  # a=0 b=1 c=2 eos=3 bksp=4 pad=5
