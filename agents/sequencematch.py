@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,7 @@ import numpy as np
 import torch
 
 from agents.base import Agent, AgentConfig, register_agent
+from agents.callbacks import CallbackLike
 from agents.buffers import ReplayBuffer, Rollouts
 from seqgym.data import Trajectory, augment
 
@@ -767,6 +769,38 @@ class SequenceMatch(Agent):
         logged["warmup"] = torch.tensor(float(batch.warmup))
         logged["replay_rows"] = torch.tensor(float(n_r))
         return loss, logged
+
+    # -- training --------------------------------------------------------------------------------------------
+    def learn(
+        self,
+        total_timesteps: int,
+        *,
+        callback: CallbackLike = None,
+        log_interval: int = 10,
+        tb_log_name: str | None = None,
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> SequenceMatch:
+        """:meth:`Agent.learn <agents.base.Agent.learn>`; warns (``UserWarning``) when every update so far fell
+        inside the BC warm-up, i.e. the agent has been trained exactly as :class:`~agents.bc.BC` would be."""
+        super().learn(
+            total_timesteps,
+            callback=callback,
+            log_interval=log_interval,
+            tb_log_name=tb_log_name,
+            reset_num_timesteps=reset_num_timesteps,
+            progress_bar=progress_bar,
+        )
+        k = self.config.bc_warmup_steps
+        if 0 < self._n_updates <= k:
+            warnings.warn(
+                f"SequenceMatch has run {self._n_updates} updates, all within bc_warmup_steps={k}: so far it "
+                "has minimised the BC loss alone. Raise total_timesteps or lower bc_warmup_steps to train "
+                "the SequenceMatch objective.",
+                UserWarning,
+                stacklevel=2,
+            )
+        return self
 
     # -- acting: π = softmax(l/α) ---------------------------------------------------------------------------
     @property

@@ -26,8 +26,9 @@ from experiments.compare import Config as CompareConfig
 class Config:
     """Accuracy vs noise level on the arithmetic task."""
 
-    base: int = 10
-    """Number base of the operands and answers."""
+    base: int = 5
+    """Number base of the operands and answers (base 5, 2 digits: 950 distinct problems, learnable by the default
+    model within the default budget; base 10 needs far more compute: MLE reaches 6% accuracy after 300k pairs)."""
     n_digits: int = 2
     """Digits per operand."""
     noise_levels: tuple[float, ...] = (0.0, 0.1, 0.25)
@@ -36,8 +37,8 @@ class Config:
     """Imitation agents to compare."""
     seeds: tuple[int, ...] = (0, 1)
     """Seeds."""
-    budget: int = 60_000
-    """(state, action) pairs trained on per run."""
+    budget: int = 300_000
+    """(state, action) pairs trained on per run (SequenceMatch spends its first 150 updates on BC alone)."""
     n_demonstrations: int = 5_000
     """Training examples (the paper uses 5,000)."""
     n_eval: int = 500

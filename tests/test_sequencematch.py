@@ -4,6 +4,7 @@ reference, the identities of §2, the direction of each term's gradient, and the
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -496,6 +497,17 @@ def test_warmup_is_exactly_bc():
         torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-5)
     assert sm.num_timesteps == bc.num_timesteps
     assert len(sm.replay_buffer) == 0  # no generation during the warm-up
+
+
+def test_learn_warns_when_it_never_leaves_the_bc_warmup():
+    agent = tiny_agent(bc_warmup_steps=1_000)
+    with pytest.warns(UserWarning, match=r"all within bc_warmup_steps=1000"):
+        agent.learn(20)
+    past = tiny_agent(bc_warmup_steps=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        past.learn(1_000)  # several updates: the last ones train the full objective
+    assert past._n_updates > 1
 
 
 def test_replay_refresh_schedule_and_memory_bound():
