@@ -45,8 +45,8 @@ import numpy as np
 import torch
 
 from agents.base import Agent, AgentConfig, register_agent
-from agents.callbacks import CallbackLike
 from agents.buffers import ReplayBuffer, Rollouts
+from agents.callbacks import CallbackLike
 from seqgym.data import Trajectory, augment
 
 __all__ = [

@@ -10,7 +10,8 @@
    written into ``results.json``.
 
 Default corpus: the six Austen novels in ``../shared/data/austen`` (``persuasion.txt`` held out).
-Trained agents are saved under ``--out/agents``; an interrupted run resumes from what is there.
+The tokenizer and the trained agents are saved under ``--out/runs/<digest>/`` (``digest``: a hash of the settings
+that change training), so an interrupted run resumes from what is there and a changed setting never reuses them.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import tyro
 
 from agents.base import Agent, make_agent
 from agents.evaluation import policy_heldout_nll
-from experiments.common import format_table, summarize, write_json_atomic
+from experiments.common import config_digest, format_table, summarize, write_json_atomic
 from seqgym.data import collect
 from seqgym.env import SequenceEnv
 from seqgym.sources.text import Text
@@ -54,12 +55,12 @@ class Config:
     """Transformer layers."""
     n_embd: int = 128
     """Width."""
-    n_demonstrations: int = 4_000
-    """Training windows (demonstrations)."""
-    pretrain_budget: int = 400_000
-    """(state, action) pairs of MLE pre-training."""
-    finetune_budget: int = 60_000
-    """(state, action) pairs of each fine-tuning run."""
+    n_demonstrations: int = 30_000
+    """Training windows (demonstrations): 30k windows of 48 tokens cover the ~1.3M training tokens about once."""
+    pretrain_budget: int = 4_000_000
+    """(state, action) pairs of MLE pre-training (about 2,700 updates of ``batch_size`` windows)."""
+    finetune_budget: int = 400_000
+    """(state, action) pairs of each fine-tuning run (about 270 updates)."""
     agents: tuple[str, ...] = ("mle", "bc", "sequencematch")
     """Fine-tuned agents."""
     p_noise: float = 0.1
@@ -68,8 +69,15 @@ class Config:
     """Learning rate (pre-training; fine-tuning uses a third of it)."""
     batch_size: int = 32
     """Windows per update."""
-    n_eval: int = 200
+    n_eval: int = 500
     """Held-out prompts (and reference continuations) for MAUVE and the diversity metrics."""
+    sm_chi2_coef: float = 20.0
+    """SequenceMatch χ² coefficient c (as in ``experiments.compare``)."""
+    sm_bc_weight: float = 2.0
+    """SequenceMatch behaviour-cloning anchor weight λ_bc."""
+    sm_bc_warmup_steps: int = 50
+    """SequenceMatch updates of BC alone before the full loss (fewer than on toy tasks: it starts from the
+    pre-trained model, which only has to learn ``<backspace>``)."""
     temperature: float = 1.0
     """Sampling temperature."""
     top_p: float | None = None
@@ -86,6 +94,19 @@ class Config:
     """Progress bars."""
 
 
+NOT_IN_TRAINING = (
+    "agents",
+    "n_eval",
+    "temperature",
+    "top_p",
+    "out",
+    "resume",
+    "progress",
+    "checkpoint_every",
+)
+"""Config fields that do not change the tokenizer or the trained agents (left out of the run digest)."""
+
+
 def _files(cfg: Config) -> tuple[list[Path], Path]:
     if cfg.corpus.is_file():
         raise ValueError("corpus must be a folder holding the training files and the held-out file.")
@@ -96,14 +117,16 @@ def _files(cfg: Config) -> tuple[list[Path], Path]:
     return [f for f in files if f != held], held
 
 
-def _trained(cfg: Config, name: str, build: Any, budget: int, env: SequenceEnv) -> tuple[Agent, float]:
-    """Load ``out/agents/name`` if it is finished; else resume from its newest checkpoint under
-    ``out/checkpoints/name`` (or build it), train it to ``budget`` and save it."""
-    path = cfg.out / "agents" / name
+def _trained(
+    cfg: Config, run_dir: Path, name: str, build: Any, budget: int, env: SequenceEnv
+) -> tuple[Agent, float]:
+    """Load ``run_dir/agents/name`` if it is finished; else resume from its newest checkpoint under
+    ``run_dir/checkpoints/name`` (or build it), train it to ``budget`` and save it."""
+    path = run_dir / "agents" / name
     if cfg.resume and (path / "agent.json").exists():
         print(f"[text] loading {name} from {path}", flush=True)
         return Agent.load(path, env=env), float("nan")
-    ckpt_dir = cfg.out / "checkpoints" / name
+    ckpt_dir = run_dir / "checkpoints" / name
     latest = Agent.latest_checkpoint(ckpt_dir) if cfg.resume else None
     if latest is not None:
         agent = Agent.load(latest, env=env)
@@ -123,7 +146,8 @@ def _trained(cfg: Config, name: str, build: Any, budget: int, env: SequenceEnv) 
 def main(cfg: Config) -> dict[str, Any]:
     """Run the text study; returns what it writes to ``results.json``."""
     train_files, held = _files(cfg)
-    tok_path = cfg.out / "tokenizer.json"
+    run_dir = cfg.out / "runs" / config_digest(cfg, ignore=NOT_IN_TRAINING)
+    tok_path = run_dir / "tokenizer.json"
     tokenizer: Any = "bpe"
     if cfg.resume and tok_path.exists():
         tokenizer = tokenizer_from_json(tok_path.read_text())
@@ -134,7 +158,7 @@ def main(cfg: Config) -> dict[str, Any]:
         prompt_length=cfg.prompt_length,
         completion_length=cfg.completion_length,
     )
-    cfg.out.mkdir(parents=True, exist_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
     tok_path.write_text(json.dumps(train.tokenizer.to_dict(), ensure_ascii=False))
     test = Text(
         held,
@@ -149,6 +173,7 @@ def main(cfg: Config) -> dict[str, Any]:
     policy_kwargs = {"n_layer": cfg.n_layer, "n_embd": cfg.n_embd, "n_head": 4, "n_positions": max_length + 2}
     base, pre_seconds = _trained(
         cfg,
+        run_dir,
         "pretrained_mle",
         lambda **ckpt: make_agent(
             "mle",
@@ -169,12 +194,20 @@ def main(cfg: Config) -> dict[str, Any]:
         kw: dict[str, Any] = {"learning_rate": cfg.learning_rate / 3, **common}
         if name != "mle":
             kw["p_noise"] = cfg.p_noise
+        if name == "sequencematch":
+            kw.update(
+                chi2_coef=cfg.sm_chi2_coef,
+                bc_weight=cfg.sm_bc_weight,
+                bc_warmup_steps=cfg.sm_bc_warmup_steps,
+            )
 
         def build(name: str = name, kw: dict[str, Any] = kw, **ckpt: Any) -> Agent:
             policy = copy.deepcopy(base.policy)
             return make_agent(name, env=env, demonstrations=demos, policy=policy, **kw, **ckpt)
 
-        agents[name], seconds[name] = _trained(cfg, f"finetuned_{name}", build, cfg.finetune_budget, env)
+        agents[name], seconds[name] = _trained(
+            cfg, run_dir, f"finetuned_{name}", build, cfg.finetune_budget, env
+        )
 
     rng = np.random.default_rng(cfg.seed + 1)
     pairs = [test.sample(rng) for _ in range(cfg.n_eval)]

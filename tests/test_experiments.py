@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -106,6 +107,7 @@ def test_text_study_runs_on_a_small_corpus(tmp_path: Path, capsys: pytest.Captur
         out=tmp_path / "out",
         progress=False,
         checkpoint_every=2,
+        sm_bc_warmup_steps=1,
     )
     results = text.main(cfg)
     assert {r["agent"] for r in results["runs"]} == {
@@ -118,13 +120,22 @@ def test_text_study_runs_on_a_small_corpus(tmp_path: Path, capsys: pytest.Captur
     assert len(results["prompts"]) == 24
     for r in results["runs"][:-1]:
         assert 0.0 < r["mauve"] <= 1.0 and r["perplexity"] > 1.0
-    assert (tmp_path / "out" / "agents" / "finetuned_sequencematch" / "agent.json").exists()
+    (run_dir,) = (tmp_path / "out" / "runs").iterdir()
+    assert (run_dir / "agents" / "finetuned_sequencematch" / "agent.json").exists()
+    assert (run_dir / "tokenizer.json").exists()
     # an interrupted fine-tuning run resumes from its newest checkpoint instead of starting again
     import shutil
 
-    shutil.rmtree(tmp_path / "out" / "agents" / "finetuned_bc")
+    shutil.rmtree(run_dir / "agents" / "finetuned_bc")
     capsys.readouterr()
     again = text.main(cfg)
     out = capsys.readouterr().out
     assert "[text] resuming finetuned_bc from" in out and "[text] loading pretrained_mle" in out
     assert [r["agent"] for r in again["runs"]] == [r["agent"] for r in results["runs"]]
+    # a setting that changes training never reuses those agents; one that only changes evaluation does
+    capsys.readouterr()
+    text.main(dataclasses.replace(cfg, learning_rate=3e-3, agents=("mle",)))
+    assert "[text] training pretrained_mle" in capsys.readouterr().out
+    assert len(list((tmp_path / "out" / "runs").iterdir())) == 2
+    text.main(dataclasses.replace(cfg, n_eval=12, agents=("mle",)))
+    assert "[text] training" not in capsys.readouterr().out
