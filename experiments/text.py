@@ -51,10 +51,10 @@ class Config:
     """Prompt tokens per window."""
     completion_length: int = 32
     """Completion tokens per window (then eos)."""
-    n_layer: int = 2
+    n_layer: int = 4
     """Transformer layers."""
-    n_embd: int = 128
-    """Width."""
+    n_embd: int = 192
+    """Width (4 heads)."""
     n_demonstrations: int = 30_000
     """Training windows (demonstrations): 30k windows of 48 tokens cover the ~1.3M training tokens about once."""
     pretrain_budget: int = 4_000_000
