@@ -93,8 +93,9 @@ class Config:
     """SequenceMatch updates of BC alone before the full loss."""
     sm_divergence: str = "chi2"
     """SequenceMatch divergence: chi2, kl, js or hellinger."""
-    batch_size: int = 32
-    """Trajectories per update of the imitation agents."""
+    batch_size: int = 16
+    """Trajectories per update of the imitation agents (16: about 270 updates in the default budget, so that
+    SequenceMatch trains its own objective for about 120 updates after its BC warm-up)."""
     out: Path = Path("results/compare")
     """Output folder (results.json, table.md, compare.png, runs/)."""
     resume: bool = True
@@ -190,6 +191,7 @@ def run_one(cfg: Config, agent: str, seed: int, *, p_noise: float, curve: bool =
         "seed": seed,
         "p_noise": p_noise if agent in ("bc", "sequencematch") else None,
         "train_seconds": train_time,
+        "updates": learner.n_updates if agent in IMITATION else None,
         "curve": curve_points,
         **metrics,
     }
