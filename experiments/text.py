@@ -272,5 +272,5 @@ def main(cfg: Config) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(2)
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     main(tyro.cli(Config))

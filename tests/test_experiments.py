@@ -41,6 +41,8 @@ def test_compare_runs_end_to_end_and_resumes(tmp_path: Path, capsys: pytest.Capt
     for rec in saved["runs"]:
         assert 0.0 <= rec["validity"] <= 1.0
         assert len(rec["curve"]) == 2
+        if rec["agent"] == "sequencematch":  # it got past its one BC warm-up update
+            assert rec["updates"] > TINY_SM["sm_bc_warmup_steps"]
     # the noise study adds BC and SequenceMatch at p_noise=0 to the main runs at 0.1
     assert sorted((r["agent"], r["p_noise"]) for r in saved["noise_study"]) == [
         ("bc", 0.0),
