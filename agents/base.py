@@ -86,6 +86,7 @@ import torch
 
 from agents.callbacks import CallbackLike, convert_callback
 from agents.policy import Generation, LMPolicy, sample_actions
+from seqgym._files import default_mode
 from seqgym.data import Trajectory, collect, load_demonstrations, save_demonstrations
 from seqgym.vocab import Vocabulary
 
@@ -1271,6 +1272,7 @@ class Agent:
             raise ValueError(f"Refusing to overwrite {target}: it exists and is not an agent directory.")
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        os.chmod(tmp, default_mode(directory=True))  # mkdtemp makes it owner-only
         try:
             with _quiet_transformers():
                 self.policy.save_pretrained(tmp / _POLICY_DIR)

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from seqgym._files import default_mode
+
 __all__ = ["RunCache", "config_digest", "format_table", "summarize", "write_json_atomic"]
 
 
@@ -49,6 +51,7 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
             json.dump(obj, f, indent=2, sort_keys=False, default=_jsonable)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, default_mode(directory=False))  # mkstemp makes it owner-only
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

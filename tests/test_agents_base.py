@@ -475,6 +475,14 @@ def test_load_errors(tmp_path: Path) -> None:
             Agent.load(damaged(how), env=small_env())
 
 
+def test_saved_agent_has_the_permissions_of_a_plain_folder(tmp_path: Path) -> None:
+    """The temporary folder renamed into place is not left owner-only (mkdtemp's mode): the umask applies."""
+    small("mle").save(tmp_path / "run")
+    reference = tmp_path / "plain"
+    reference.mkdir()
+    assert (tmp_path / "run").stat().st_mode == reference.stat().st_mode
+
+
 def test_interrupted_save_keeps_the_previous_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     agent = small("mle")
     agent.save(tmp_path / "run")

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from experiments import arithmetic, compare, text
+from experiments.common import write_json_atomic
 
 TINY_SM = {"sm_bc_warmup_steps": 1}
 
@@ -141,3 +142,17 @@ def test_text_study_runs_on_a_small_corpus(tmp_path: Path, capsys: pytest.Captur
     assert len(list((tmp_path / "out" / "runs").iterdir())) == 2
     text.main(dataclasses.replace(cfg, n_eval=12, agents=("mle",)))
     assert "[text] training" not in capsys.readouterr().out
+
+
+def test_write_json_atomic_replaces_whole_files_with_plain_permissions(tmp_path: Path) -> None:
+    path = tmp_path / "results.json"
+    write_json_atomic(path, {"a": 1})
+    write_json_atomic(path, {"a": 2})
+    assert json.loads(path.read_text()) == {"a": 2}
+    with pytest.raises(TypeError, match="Cannot write object"):
+        write_json_atomic(path, {"a": object()})
+    assert json.loads(path.read_text()) == {"a": 2}  # a failed write leaves the old file, and no temporary
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+    reference = tmp_path / "plain"
+    reference.write_text("")
+    assert path.stat().st_mode == reference.stat().st_mode
