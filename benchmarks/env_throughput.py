@@ -9,30 +9,46 @@ which is inside the timing. A step of a vector env over ``N`` sub-envs counts as
 Random agents end an episode every few steps (eos is one action in six), so resets matter: each reset draws a
 prompt with the source's ``sample_prompt`` (Dyck's is the empty prompt, no draw).
 
-Run: ``python benchmarks/env_throughput.py`` (``--help`` for options). Writes
-``benchmarks/results/env_throughput.json`` and prints a table.
+Writes ``benchmarks/results/env_throughput.json`` and prints a table.
+
+Usage (from the repository root)::
+
+    python -m benchmarks.env_throughput                  # defaults below
+    python -m benchmarks.env_throughput --sizes 1 64 --min-time 0.5
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import platform
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
+from benchmarks._common import cli, load_average, machine_info, write_results
 from seqgym.env import SequenceEnv
 from seqgym.sources.dyck import Dyck
 from seqgym.vector import SequenceVectorEnv
 
 MAX_LENGTH, MAX_STEPS = 17, 51
 N_UNIFORMS = 512  # rows of pre-drawn uniforms, reused cyclically
+
+
+@dataclass
+class Config:
+    """Benchmark settings (the env is fixed: ``seqgym/Dyck-v0``'s defaults)."""
+
+    sizes: tuple[int, ...] = (1, 64, 1024)
+    """numbers of sub-envs of the vector envs"""
+    min_time: float = 2.0
+    """seconds per configuration (at least)"""
+    seed: int = 0
+    """seed of the pre-drawn uniforms"""
+    out: str = "benchmarks/results/env_throughput.json"
+    """where the JSON results go"""
 
 
 def _masked(u: np.ndarray, mask: np.ndarray, n_actions: int) -> np.ndarray:
@@ -93,23 +109,14 @@ BENCHES: dict[str, Callable[[Dyck, int, float, np.random.Generator], tuple[int, 
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1, 64, 1024], help="numbers of sub-envs")
-    parser.add_argument("--min-time", type=float, default=2.0, help="seconds per configuration (at least)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the pre-drawn uniforms")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "env_throughput.json")
-    args = parser.parse_args(argv)
-
+def main(cfg: Config) -> dict[str, Any]:
     sources = {"dyck": Dyck(2, max_depth=4, max_length=16)}
-    load_before = os.getloadavg()[0]  # the machine may be shared: record how busy it was
-    rows = []
+    load_before = load_average()
+    rows: list[dict[str, Any]] = []
     for source_name in sources:
         for name, bench in BENCHES.items():
-            for n in [1] if name == "SequenceEnv" else args.sizes:
-                steps, elapsed = bench(
-                    sources[source_name], n, args.min_time, np.random.default_rng(args.seed)
-                )
+            for n in [1] if name == "SequenceEnv" else cfg.sizes:
+                steps, elapsed = bench(sources[source_name], n, cfg.min_time, np.random.default_rng(cfg.seed))
                 rows.append(
                     {"source": source_name, "env": name, "num_envs": n, "steps": steps, "seconds": elapsed,
                      "steps_per_s": steps / elapsed}
@@ -127,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     speedups = {
         f"{s} @ {n}": rate(s, "SequenceVectorEnv", n) / rate(s, "SyncVectorEnv(SequenceEnv)", n)
         for s in sources
-        for n in args.sizes
+        for n in cfg.sizes
     }
     print(f"\n{'source':20s} {'env':28s} {'num_envs':>8s} {'steps/s':>14s}")
     for r in rows:
@@ -144,23 +151,18 @@ def main(argv: list[str] | None = None) -> int:
             "max_steps": MAX_STEPS,
         },
         "actions": "uniform over the allowed actions (masked), from pre-drawn uniforms",
-        "min_time_s": args.min_time,
-        "machine": {
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-            "load_average_1min_before_after": [load_before, os.getloadavg()[0]],
-        },
+        "min_time_s": cfg.min_time,
+        "config": asdict(cfg),
+        "machine": machine_info(load_average_1min_before=load_before),
         "numpy": np.__version__,
         "gymnasium": gym.__version__,
         "results": rows,
         "speedup_native_over_sync": speedups,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {args.out}")
-    return 0
+    write_results(cfg.out, result)
+    print(f"\nwrote {cfg.out}")
+    return result
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main(cli(Config))

@@ -12,33 +12,32 @@ Timings are medians over ``repeats`` runs, interleaved across methods, after one
 is the peak resident-set growth of one run in a forked child process (torch's CPU allocations are invisible
 to ``tracemalloc``). Writes ``benchmarks/results/policy_bench.json`` and prints a table.
 
-Usage::
+Usage (from the repository root)::
 
-    python benchmarks/policy_bench.py            # defaults below
-    python benchmarks/policy_bench.py --threads 2 --repeats 7
+    python -m benchmarks.policy_bench            # defaults below
+    python -m benchmarks.policy_bench --threads 2 --repeats 7
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import platform
-import resource
 import statistics
-import sys
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from agents.policy import LMPolicy
+from benchmarks._common import (
+    cli,
+    interleaved_times,
+    load_average,
+    machine_info,
+    peak_memory_mb,
+    write_results,
+)
 from seqgym.dynamics import states
 from seqgym.vocab import Vocabulary
 
@@ -75,47 +74,6 @@ class Config:
     """seed of the model, the histories and the sampling"""
     out: str = "benchmarks/results/policy_bench.json"
     """where the JSON results go"""
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def peak_memory_mb(fn: Callable[[], Any]) -> float | None:
-    """Peak resident-set growth (MiB) of one call of ``fn`` in a forked child; None if unsupported."""
-    if not hasattr(os, "fork") or not os.path.exists("/proc/self/statm"):
-        return None
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: its maxrss starts at its current RSS
-        os.close(r)
-        try:
-            start = _rss_bytes()
-            fn()
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-            os.write(w, str(max(peak - start, 0)).encode())
-        finally:
-            os._exit(0)
-    os.close(w)
-    data = os.read(r, 64)
-    os.close(r)
-    os.waitpid(pid, 0)
-    return int(data) / 2**20 if data else None
-
-
-def interleaved_times(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
-    """Wall-clock seconds of ``repeats`` calls of each function, interleaved round-robin after one warm-up
-    each, so that load from other processes on a shared machine hits every method alike."""
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return times
 
 
 def make_histories(cfg: Config, vocab: Vocabulary, rng: np.random.Generator) -> tuple[list, list]:
@@ -290,6 +248,7 @@ def main(cfg: Config) -> dict[str, Any]:
 
     transformers.logging.set_verbosity_error()  # HF generate may sample the pad id; its warning is noise here
     torch.set_num_threads(cfg.threads)
+    load_before = load_average()
     vocab = Vocabulary([f"t{i}" for i in range(cfg.n_tokens)], separator=" ")
     policy = LMPolicy.from_config(
         vocab,
@@ -301,25 +260,22 @@ def main(cfg: Config) -> dict[str, Any]:
     )
     policy.eval()
     rng = np.random.default_rng(cfg.seed)
+    masked_forward = bench_masked_forward(cfg, policy, rng)
+    generation = bench_generation(cfg, policy, rng)
     results = {
         "config": asdict(cfg),
-        "env": {
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "python": platform.python_version(),
-            "cpu": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "attn_implementation": policy.model.config._attn_implementation,
-        },
-        "masked_forward": bench_masked_forward(cfg, policy, rng),
-        "generation": bench_generation(cfg, policy, rng),
+        "env": machine_info(
+            transformers=transformers.__version__,
+            torch_threads=torch.get_num_threads(),
+            attn_implementation=policy.model.config._attn_implementation,
+            load_average_1min_before=load_before,
+        ),
+        "masked_forward": masked_forward,
+        "generation": generation,
     }
-    out = Path(cfg.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
+    write_results(cfg.out, results)
     print_table(results)
-    print(f"\nwrote {out}")
+    print(f"\nwrote {cfg.out}")
     return results
 
 
@@ -358,10 +314,4 @@ def print_table(res: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        import tyro
-
-        config = tyro.cli(Config)
-    except ImportError:  # pragma: no cover - tyro is optional
-        config = Config()
-    main(config)
+    main(cli(Config))

@@ -14,33 +14,26 @@
 Timings are medians over ``repeats`` interleaved runs after a warm-up. Writes
 ``benchmarks/results/sequencematch_bench.json`` and prints a table.
 
-Usage::
+Usage (from the repository root)::
 
-    python benchmarks/sequencematch_bench.py
-    python benchmarks/sequencematch_bench.py --n-embd 256 --budget 400000
+    python -m benchmarks.sequencematch_bench
+    python -m benchmarks.sequencematch_bench --n-embd 256 --budget 400000
 """
 
 from __future__ import annotations
 
-import json
-import os
-import platform
 import statistics
-import sys
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from agents.base import Agent, make_agent
 from agents.bc import BC
 from agents.sequencematch import SequenceMatch, SequenceMatchBatch
+from benchmarks._common import cli, interleaved_times, load_average, machine_info, write_results
 from seqgym.data import collect
 
 
@@ -116,18 +109,6 @@ def _step(agent: Agent, batch: Any) -> None:
     agent.optimizer.step()
 
 
-def _interleaved(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
-    for fn in fns.values():
-        fn()  # warm-up
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return times
-
-
 def bench_update(cfg: Config) -> dict[str, Any]:
     """(a) One update of each agent on the same batch E and the same initial model."""
     bc, sm = _agents(cfg)
@@ -138,7 +119,7 @@ def bench_update(cfg: Config) -> dict[str, Any]:
     n_generated = sm.replay_buffer.n_added
     assert isinstance(batch, SequenceMatchBatch) and batch.replay is not None
     bc.policy.load_state_dict(sm.policy.state_dict())
-    times = _interleaved(
+    times = interleaved_times(
         {"bc": lambda: _step(bc, batch.expert), "sequencematch": lambda: _step(sm, batch)},
         cfg.repeats,
     )
@@ -230,26 +211,17 @@ def bench_training(cfg: Config) -> dict[str, Any]:
 
 def main(cfg: Config) -> dict[str, Any]:
     torch.set_num_threads(cfg.threads)
-    load_before = os.getloadavg()[0]
+    load_before = load_average()
     update = bench_update(cfg)
     training = bench_training(cfg)
     result = {
         "benchmark": "sequencematch_bench",
         "config": asdict(cfg),
-        "machine": {
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "cpus": os.cpu_count(),
-            "threads": cfg.threads,
-            "load_average_1min_before_after": [load_before, os.getloadavg()[0]],
-        },
+        "machine": machine_info(threads=cfg.threads, load_average_1min_before=load_before),
         "update": update,
         "training": training,
     }
-    Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
-    with open(cfg.out, "w") as f:
-        json.dump(result, f, indent=2)
+    write_results(cfg.out, result)
 
     b = update["batch"]
     print(
@@ -280,10 +252,4 @@ def main(cfg: Config) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    try:
-        import tyro
-
-        config = tyro.cli(Config)
-    except ImportError:  # pragma: no cover - tyro is optional
-        config = Config()
-    main(config)
+    main(cli(Config))

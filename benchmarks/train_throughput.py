@@ -16,35 +16,34 @@ one warm-up each; the medians are reported. Peak memory is the peak resident-set
 forked child process (CPU), or ``torch.cuda.max_memory_allocated`` (CUDA). Writes
 ``benchmarks/results/train_throughput.json`` and prints a table. Target: ``mle_learn >= 0.9x plain_loop``.
 
-Usage::
+Usage (from the repository root)::
 
-    python benchmarks/train_throughput.py                 # defaults below
-    python benchmarks/train_throughput.py --n-embd 256 --n-layer 4 --repeats 7
+    python -m benchmarks.train_throughput                 # defaults below
+    python -m benchmarks.train_throughput --n-embd 256 --n-layer 4 --repeats 7
 """
 
 from __future__ import annotations
 
-import json
-import os
-import platform
-import resource
 import statistics
-import sys
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from agents.base import make_agent
 from agents.mle import MLE
 from agents.policy import LMPolicy
+from benchmarks._common import (
+    cli,
+    interleaved_times,
+    load_average,
+    machine_info,
+    peak_memory_mb,
+    write_results,
+)
 from seqgym.data import collect
 from seqgym.env import SequenceEnv
 from seqgym.sources.dyck import Dyck
@@ -80,40 +79,6 @@ class Config:
     """seed of the model, the data and the batch order"""
     out: str = "benchmarks/results/train_throughput.json"
     """where the JSON results go"""
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def peak_memory_mb(fn: Callable[[], Any], device: torch.device) -> float | None:
-    """Peak memory (MiB) of one call of ``fn``: CUDA allocator peak, or RSS growth in a forked child (CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        fn()
-        torch.cuda.synchronize(device)
-        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    if not hasattr(os, "fork") or not os.path.exists("/proc/self/statm"):
-        return None
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: its maxrss starts at its current RSS
-        os.close(r)
-        try:
-            start = _rss_bytes()
-            fn()
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-            os.write(w, str(max(peak - start, 0)).encode())
-        finally:
-            os._exit(0)
-    os.close(w)
-    data = os.read(r, 64)
-    os.close(r)
-    os.waitpid(pid, 0)
-    return int(data) / 2**20 if data else None
 
 
 class PlainLoop:
@@ -184,6 +149,7 @@ class PlainLoop:
 def main(cfg: Config) -> dict[str, Any]:
     torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device)
+    load_before = load_average()
     env = SequenceEnv(
         Dyck(cfg.n_types, max_depth=4, max_length=cfg.max_length),
         max_length=cfg.max_length + 1,
@@ -220,19 +186,18 @@ def main(cfg: Config) -> dict[str, Any]:
         return tokens, cfg.updates
 
     fns: dict[str, Callable[[], tuple[int, int]]] = {"mle_learn": mle_learn, "plain_loop": plain_loop}
-    for fn in fns.values():  # warm-up
-        fn()
-    runs: dict[str, list[dict[str, float]]] = {name: [] for name in fns}
-    for _ in range(cfg.repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            tokens, updates = fn()
-            dt = time.perf_counter() - t0
-            runs[name].append(
-                {"seconds": dt, "tokens": tokens, "updates": updates, "tokens_per_s": tokens / dt}
-            )
+    counts: dict[str, list[tuple[int, int]]] = {name: [] for name in fns}  # (tokens, updates) of every call
+
+    def counted(name: str) -> Callable[[], None]:
+        return lambda: counts[name].append(fns[name]())
+
+    times = interleaved_times({name: counted(name) for name in fns}, cfg.repeats)
     rows: dict[str, Any] = {}
-    for name, rs in runs.items():
+    for name, ts in times.items():
+        rs = [
+            {"seconds": dt, "tokens": tokens, "updates": updates, "tokens_per_s": tokens / dt}
+            for dt, (tokens, updates) in zip(ts, counts[name][1:])  # [0] is the warm-up
+        ]
         rows[name] = {
             "tokens_per_s": statistics.median(r["tokens_per_s"] for r in rs),
             "updates_per_s": statistics.median(r["updates"] / r["seconds"] for r in rs),
@@ -249,17 +214,12 @@ def main(cfg: Config) -> dict[str, Any]:
         "ratio_mle_over_plain": ratio,
         "target": "mle_learn >= 0.9x plain_loop tokens/s",
         "meets_target": ratio >= 0.9,
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "torch": torch.__version__,
-            "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
-        },
+        "machine": machine_info(
+            device=str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+            load_average_1min_before=load_before,
+        ),
     }
-    out = Path(cfg.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    write_results(cfg.out, result)
 
     print(f"training throughput, {result['n_parameters']:,} parameters, batch {cfg.batch_size}, {device}")
     print(f"{'method':<12} {'tokens/s':>10} {'updates/s':>10} {'peak MiB':>9}")
@@ -269,15 +229,9 @@ def main(cfg: Config) -> dict[str, Any]:
     print(
         f"ratio mle_learn / plain_loop = {ratio:.3f} (target >= 0.9: {'met' if ratio >= 0.9 else 'NOT met'})"
     )
-    print(f"wrote {out}")
+    print(f"wrote {cfg.out}")
     return result
 
 
 if __name__ == "__main__":
-    try:
-        import tyro
-
-        config = tyro.cli(Config)
-    except ImportError:  # pragma: no cover - tyro is optional
-        config = Config()
-    main(config)
+    main(cli(Config))

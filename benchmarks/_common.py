@@ -1,0 +1,133 @@
+"""Set-up shared by the benchmark scripts: machine description, peak memory, interleaved timing, atomic JSON
+results and the command line. What is measured lives in each script."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from experiments.common import write_json_atomic
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["cli", "interleaved_times", "load_average", "machine_info", "peak_memory_mb", "write_results"]
+
+ConfigT = TypeVar("ConfigT")
+
+
+def load_average() -> float | None:
+    """The 1-minute load average of the machine, or None where the OS does not report one."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def machine_info(**extra: Any) -> dict[str, Any]:
+    """Where a benchmark ran, for its JSON results: platform, Python version, processor, CPU count, torch
+    version (None without torch) and the 1-minute load average at the time of the call (the machine may be
+    shared), followed by the ``extra`` fields (which override those of the same name)."""
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": _version("torch"),
+        "load_average_1min": load_average(),
+        **extra,
+    }
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_memory_mb(fn: Callable[[], object], device: torch.device | str | None = None) -> float | None:
+    """Peak memory (MiB) that one call of ``fn`` adds.
+
+    On a CUDA ``device``: the allocator's peak during the call over what was allocated before it. Otherwise:
+    the peak resident-set growth of the call, run in a forked child process so that the caller's state and
+    peak are untouched (torch's CPU allocations are invisible to ``tracemalloc``). None where there is no
+    ``fork`` or ``/proc``, or when ``fn`` raises in the child.
+    """
+    if device is not None:
+        import torch
+
+        device = torch.device(device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
+            fn()
+            torch.cuda.synchronize(device)
+            return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    if not hasattr(os, "fork") or not os.path.exists("/proc/self/statm"):
+        return None
+    import resource
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: its maxrss starts at its current RSS
+        os.close(r)
+        try:
+            start = _rss_bytes()
+            fn()
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            os.write(w, str(max(peak - start, 0)).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    data = os.read(r, 64)
+    os.close(r)
+    os.waitpid(pid, 0)
+    return int(data) / 2**20 if data else None
+
+
+def interleaved_times(fns: Mapping[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+    """Wall-clock seconds of ``repeats`` calls of each function, after one warm-up call each, interleaved
+    round-robin so that load from other processes on a shared machine hits every function alike."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def write_results(path: str | os.PathLike[str], obj: Any) -> None:
+    """Write ``obj`` as indented JSON to ``path`` (folders created), atomically: an interrupted run never
+    leaves a truncated file in place of earlier results."""
+    write_json_atomic(path, obj)
+
+
+def cli(config_cls: type[ConfigT], args: Sequence[str] | None = None) -> ConfigT:
+    """The config dataclass ``config_cls`` from the command line (``args``, default ``sys.argv[1:]``), one
+    flag per field with ``tyro`` (``--help`` lists them). Without ``tyro`` installed: the defaults, and an
+    error if flags were given rather than ignoring them."""
+    try:
+        import tyro
+    except ImportError:
+        given = list(sys.argv[1:] if args is None else args)
+        if given:
+            raise SystemExit(f"command-line flags need tyro (pip install tyro); got {given}") from None
+        return config_cls()
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)  # set when run as ``python -m module``
+    prog = None if spec is None else f"python -m {spec.name}"
+    return tyro.cli(config_cls, args=args, prog=prog)

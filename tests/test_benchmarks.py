@@ -1,0 +1,138 @@
+"""The benchmark scripts run end to end on tiny settings and write their JSON results."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from benchmarks import env_throughput, policy_bench, sequencematch_bench, train_throughput
+from benchmarks._common import cli
+
+
+@pytest.fixture(autouse=True)
+def keep_torch_threads() -> Any:
+    """The scripts set torch's thread count for their measurement; the rest of the suite keeps its own."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def positive(x: Any) -> bool:
+    return isinstance(x, float) and math.isfinite(x) and x > 0
+
+
+def saved(path: Path, returned: dict[str, Any]) -> dict[str, Any]:
+    result = json.loads(path.read_text())
+    assert result == json.loads(json.dumps(returned))
+    assert result["machine" if "machine" in result else "env"]["cpu_count"] >= 1
+    return result
+
+
+def test_env_throughput(tmp_path: Path) -> None:
+    out = tmp_path / "env.json"
+    result = saved(out, env_throughput.main(env_throughput.Config(sizes=(1, 4), min_time=0.01, out=str(out))))
+    assert {(r["env"], r["num_envs"]) for r in result["results"]} == {
+        ("SequenceEnv", 1),
+        ("SyncVectorEnv(SequenceEnv)", 1),
+        ("SyncVectorEnv(SequenceEnv)", 4),
+        ("SequenceVectorEnv", 1),
+        ("SequenceVectorEnv", 4),
+    }
+    assert all(positive(r["steps_per_s"]) for r in result["results"])
+    assert set(result["speedup_native_over_sync"]) == {"dyck @ 1", "dyck @ 4"}
+    assert all(positive(x) for x in result["speedup_native_over_sync"].values())
+
+
+def test_policy_bench(tmp_path: Path) -> None:
+    out = tmp_path / "policy.json"
+    cfg = policy_bench.Config(
+        n_tokens=8,
+        n_layer=1,
+        n_embd=16,
+        n_head=1,
+        batch=2,
+        prompt_length=2,
+        n_steps=6,
+        new_tokens=4,
+        repeats=1,
+        out=str(out),
+    )
+    result = saved(out, policy_bench.main(cfg))
+    forward, generation = result["masked_forward"], result["generation"]
+    assert forward["max_abs_diff_vs_per_state"] < 1e-4
+    assert set(forward["methods"]) == {
+        "one_pass_masked",
+        "per_state",
+        "per_history_batched",
+        "all_states_one_batch",
+    }
+    assert all(positive(r["speedup_of_one_pass"]) for r in forward["methods"].values())
+    assert set(generation["methods"]) == {
+        "hf_generate_no_backspace",
+        "ours_with_backspace",
+        "ours_no_backspace",
+    }
+    assert all(positive(r["ratio_to_hf"]) for r in generation["methods"].values())
+    assert generation["final_tokens"] == cfg.batch * cfg.new_tokens
+
+
+def test_sequencematch_bench(tmp_path: Path) -> None:
+    out = tmp_path / "sm.json"
+    cfg = sequencematch_bench.Config(
+        n_layer=1,
+        n_embd=16,
+        n_head=1,
+        batch_size=4,
+        n_demonstrations=16,
+        bc_warmup_steps=1,
+        replay_refresh_interval=2,
+        repeats=1,
+        budget=200,
+        out=str(out),
+    )
+    result = saved(out, sequencematch_bench.main(cfg))
+    update = result["update"]
+    assert update["batch"]["replay_trajectories"] > 0
+    assert positive(update["ratio"]) and positive(update["ratio_with_generation_share"])
+    for agent in ("bc", "sequencematch"):
+        run = result["training"][agent]
+        assert run["expert_pairs"] >= cfg.budget and run["updates"] > 0
+        assert positive(run["expert_pairs_per_s"])
+    assert result["training"]["sequencematch"]["generated_tokens"] > 0
+
+
+def test_train_throughput(tmp_path: Path) -> None:
+    out = tmp_path / "train.json"
+    cfg = train_throughput.Config(
+        n_layer=1,
+        n_embd=16,
+        n_head=1,
+        batch_size=4,
+        max_length=8,
+        n_demonstrations=16,
+        updates=2,
+        repeats=2,
+        out=str(out),
+    )
+    result = saved(out, train_throughput.main(cfg))
+    assert positive(result["ratio_mle_over_plain"])
+    for method in ("mle_learn", "plain_loop"):
+        row = result["methods"][method]
+        assert len(row["runs"]) == cfg.repeats
+        assert all(r["tokens"] > 0 and r["updates"] > 0 for r in row["runs"])
+        assert positive(row["tokens_per_s"])
+
+
+def test_cli_parses_flags_and_needs_tyro_only_for_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = cli(env_throughput.Config, args=["--sizes", "1", "4", "--min-time", "0.5", "--out", "x.json"])
+    assert cfg == env_throughput.Config(sizes=(1, 4), min_time=0.5, out="x.json")
+    monkeypatch.setitem(sys.modules, "tyro", None)  # import tyro now raises ImportError
+    assert cli(env_throughput.Config, args=[]) == env_throughput.Config()
+    with pytest.raises(SystemExit, match="need tyro"):
+        cli(env_throughput.Config, args=["--seed", "1"])
