@@ -51,6 +51,12 @@ class Config:
     """Learning rate."""
     batch_size: int = 64
     """Trajectories per update."""
+    sm_chi2_coef: float = CompareConfig.sm_chi2_coef
+    """SequenceMatch χ² coefficient c (as in ``experiments.compare``)."""
+    sm_bc_weight: float = CompareConfig.sm_bc_weight
+    """SequenceMatch behaviour-cloning anchor weight λ_bc."""
+    sm_bc_warmup_steps: int = CompareConfig.sm_bc_warmup_steps
+    """SequenceMatch updates of BC alone before the full loss."""
     out: Path = Path("results/arithmetic")
     """Output folder."""
     resume: bool = True
@@ -71,6 +77,9 @@ def main(cfg: Config) -> dict[str, Any]:
         n_embd=cfg.n_embd,
         learning_rate=cfg.learning_rate,
         batch_size=cfg.batch_size,
+        sm_chi2_coef=cfg.sm_chi2_coef,
+        sm_bc_weight=cfg.sm_bc_weight,
+        sm_bc_warmup_steps=cfg.sm_bc_warmup_steps,
         progress=cfg.progress,
     )
     cache = RunCache(cfg.out / "runs", enabled=cfg.resume)

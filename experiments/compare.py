@@ -53,7 +53,7 @@ class Config:
     """Agents to compare: imitation agents (mle, bc, sequencematch) and SB3 algorithms (maskable_ppo, ppo, dqn)."""
     seeds: tuple[int, ...] = (0, 1, 2)
     """Seeds; each seed draws its own demonstrations and initialises every agent."""
-    budget: int = 60_000
+    budget: int = 200_000
     """Training budget per agent: (state, action) pairs for imitation agents, env steps for SB3."""
     n_demonstrations: int = 1_000
     """Expert trajectories per seed (shared by the imitation agents)."""
@@ -85,17 +85,16 @@ class Config:
     """Width of the LM policy."""
     learning_rate: float = 3e-3
     """Learning rate of the imitation agents."""
-    sm_chi2_coef: float = 20.0
+    sm_chi2_coef: float = 5.0
     """SequenceMatch χ² coefficient c (the library default, IQ-Learn's 0.5, lags BC on Dyck; see README)."""
     sm_bc_weight: float = 2.0
     """SequenceMatch behaviour-cloning anchor weight λ_bc."""
-    sm_bc_warmup_steps: int = 150
+    sm_bc_warmup_steps: int = 50
     """SequenceMatch updates of BC alone before the full loss."""
     sm_divergence: str = "chi2"
     """SequenceMatch divergence: chi2, kl, js or hellinger."""
     batch_size: int = 16
-    """Trajectories per update of the imitation agents (16: about 270 updates in the default budget, so that
-    SequenceMatch trains its own objective for about 120 updates after its BC warm-up)."""
+    """Trajectories per update of the imitation agents (about 900 updates in the default budget)."""
     out: Path = Path("results/compare")
     """Output folder (results.json, table.md, compare.png, runs/)."""
     resume: bool = True
