@@ -128,24 +128,28 @@ def summarize(
     return out
 
 
-def _fmt(mean: float, std: float) -> str:
+def _fmt(mean: float, std: float, n: float) -> str:
     if math.isinf(mean):
         return "-inf" if mean < 0 else "inf"
     digits = 3 if abs(mean) < 100 else 1
+    if n < 2:  # one run: no spread to report
+        return f"{mean:.{digits}f}"
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 def format_table(summary: Mapping[str, Mapping[str, Sequence[float]]], metrics: Sequence[str]) -> str:
-    """A Markdown table: one row per agent, one column per metric, cells ``mean ± std``.
+    """A Markdown table: one row per agent, one column per metric, cells ``mean ± std`` (just the value where a
+    metric comes from a single run).
 
     Example:
-        >>> print(format_table({"mle": {"validity": [0.5, 0.1, 3]}}, ["validity"]))
+        >>> print(format_table({"mle": {"validity": [0.5, 0.1, 3]}, "bc": {"validity": [0.7, 0.0, 1]}}, ["validity"]))
         | agent | validity |
         |---|---|
         | mle | 0.500 ± 0.100 |
+        | bc | 0.700 |
     """
     lines = ["| agent | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
     for agent, row in summary.items():
-        cells = [_fmt(row[m][0], row[m][1]) if m in row else "n/a" for m in metrics]
+        cells = [_fmt(*row[m][:3]) if m in row else "n/a" for m in metrics]
         lines.append(f"| {agent} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
