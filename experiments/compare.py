@@ -232,8 +232,9 @@ def main(cfg: Config) -> dict[str, Any]:
                 rec = run_one(cfg, agent, seed, p_noise=cfg.p_noise)
                 cache.put(*key, rec)
             records.append(rec)
-    noise_records = [r for r in records if r["agent"] in ("bc", "sequencematch")]
-    for seed in cfg.seeds[: cfg.noise_seeds]:
+    noise_seeds = list(cfg.seeds[: cfg.noise_seeds])  # every noise level gets exactly these seeds
+    noise_records = [r for r in records if r["agent"] in ("bc", "sequencematch") and r["seed"] in noise_seeds]
+    for seed in noise_seeds:
         for agent in ("bc", "sequencematch"):
             if agent not in cfg.agents:
                 continue
@@ -276,6 +277,7 @@ def plot(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     for agent in dict.fromkeys(r["agent"] for r in records):
@@ -288,6 +290,7 @@ def plot(
         ax1.plot(xs, ys.mean(0), marker="o", label=agent)
         if len(curves) > 1:
             ax1.fill_between(xs, ys.mean(0) - ys.std(0), ys.mean(0) + ys.std(0), alpha=0.2)
+    ax1.xaxis.set_major_formatter(matplotlib.ticker.EngFormatter(sep=""))
     ax1.set_xlabel("training steps ((state, action) pairs; env steps for SB3)")
     ax1.set_ylabel("validity of samples")
     ax1.set_title(f"Learning curves: {title}")
@@ -301,10 +304,20 @@ def plot(
                 pts.setdefault(float(r["p_noise"]), []).append(float(r.get("validity", np.nan)))
         if pts:
             levels = sorted(pts)
-            ax2.plot(levels, [np.mean(pts[x]) for x in levels], marker="o", label=agent)
+            ax2.errorbar(
+                levels,
+                [np.mean(pts[x]) for x in levels],
+                yerr=[np.std(pts[x]) for x in levels],
+                marker="o",
+                capsize=3,
+                label=agent,
+            )
     ax2.set_xlabel("p_noise (backspace augmentation)")
     ax2.set_ylabel("validity of samples")
-    ax2.set_title("Validity vs noise level")
+    seeds = sorted({int(r["seed"]) for r in noise_records})
+    ax2.set_title(
+        f"Validity vs noise level (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})"
+    )
     ax2.set_ylim(-0.02, 1.02)
     if ax2.get_legend_handles_labels()[0]:
         ax2.legend()
