@@ -81,9 +81,12 @@ def test_arithmetic_study_runs(tmp_path: Path) -> None:
         batch_size=8,
         out=tmp_path,
         progress=False,
+        **TINY_SM,
     )
     results = arithmetic.main(cfg)
     assert (tmp_path / "arithmetic.png").stat().st_size > 0
+    sm_runs = [r for r in results["runs"] if r["agent"] == "sequencematch"]
+    assert sm_runs and all(r["updates"] > TINY_SM["sm_bc_warmup_steps"] for r in sm_runs)
     labels = set(results["summary"])
     assert labels == {"mle", "bc p=0.0", "bc p=0.2", "sequencematch p=0.0", "sequencematch p=0.2"}
 
