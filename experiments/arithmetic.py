@@ -38,7 +38,8 @@ class Config:
     seeds: tuple[int, ...] = (0, 1)
     """Seeds."""
     budget: int = 300_000
-    """(state, action) pairs trained on per run (SequenceMatch spends its first 150 updates on BC alone)."""
+    """(state, action) pairs trained on per run (about 1,000 updates; SequenceMatch spends its first
+    ``sm_bc_warmup_steps`` on BC alone)."""
     n_demonstrations: int = 5_000
     """Training examples (the paper uses 5,000)."""
     n_eval: int = 500
