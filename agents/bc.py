@@ -1,9 +1,11 @@
 """Behaviour cloning on backspace-augmented demonstrations ("MLE + backspace", ``sequencematch.md`` §4, §6).
 
-The demonstrations are augmented once, at construction: before each expert action, with probability
-``p_noise``, a wrong token and the ``<backspace>`` that repairs it are inserted
-(:func:`seqgym.data.augment`). The loss is the cross-entropy of every *expert* (state, action) pair, from one
-masked forward per batch (:meth:`agents.policy.LMPolicy.trajectory_logits`)::
+Before each expert action, with probability ``p_noise``, a wrong token and the ``<backspace>`` that repairs it
+are inserted (:func:`seqgym.data.augment`): with ``noise="uniform"`` once, at construction, the wrong token
+drawn uniformly; with ``noise="model"`` afresh for every batch, the wrong token sampled from the current policy
+(:class:`~agents.sequencematch.ModelNoise`, one no-grad forward per batch), exactly as SequenceMatch does.
+The loss is the cross-entropy of every *expert* (state, action) pair, from one masked forward per batch
+(:meth:`agents.policy.LMPolicy.trajectory_logits`)::
 
     L = (1 / B) * sum_b sum_i  expert_b[i] * -log pi(a_b[i] | u_b[i])
 
@@ -30,6 +32,7 @@ import numpy as np
 import torch
 
 from agents.base import Agent, AgentConfig, register_agent
+from agents.sequencematch import ModelNoise
 from seqgym.data import Trajectory, augment
 
 __all__ = ["BC", "BCConfig"]
@@ -43,7 +46,8 @@ class BCConfig(AgentConfig):
         p_noise: probability of inserting a (wrong token, backspace) pair before each expert action, in
             ``[0, 1]`` (default 0.1). ``0.0`` trains on the demonstrations exactly as given (e.g. already
             augmented ones); demonstrations that already hold inserted mistakes require ``p_noise=0.0``.
-        noise: how the wrong token is drawn: ``"uniform"`` over the ordinary tokens but the expert's.
+        noise: how the wrong token is drawn: ``"uniform"`` (default) over the ordinary tokens but the
+            expert's, or ``"model"``: from the current policy, restricted to those tokens.
     """
 
     p_noise: float = 0.1
@@ -55,15 +59,16 @@ class BCConfig(AgentConfig):
             raise TypeError(f"p_noise must be a number in [0, 1], got {self.p_noise!r}.")
         if not 0.0 <= float(self.p_noise) <= 1.0:
             raise ValueError(f"p_noise must be a probability in [0, 1], got {self.p_noise!r}.")
-        if self.noise != "uniform":
-            raise ValueError(f"noise must be 'uniform', got {self.noise!r}.")
+        if self.noise not in ("uniform", "model"):
+            raise ValueError(f"noise must be 'uniform' or 'model', got {self.noise!r}.")
 
 
 class BC(Agent):
     """Cross-entropy on the expert (state, action) pairs of backspace-augmented demonstrations.
 
     Attributes:
-        train_trajectories: the augmented demonstrations trained on.
+        train_trajectories: the demonstrations trained on: augmented (``noise="uniform"``) or clean, to be
+            augmented per batch (``noise="model"``).
     """
 
     name = "bc"
@@ -78,16 +83,23 @@ class BC(Agent):
                 "them as given, or pass clean demonstrations."
             )
         self.train_trajectories: list[Trajectory] = (
-            augment(self.demonstrations, p, self.setup_rng(), self.config.noise, max_length=self.max_length)
-            if p > 0
+            augment(self.demonstrations, p, self.setup_rng(), "uniform", max_length=self.max_length)
+            if p > 0 and self.config.noise == "uniform"
             else list(self.demonstrations)
         )
+        self.model_noise = ModelNoise(self.policy)
 
     def _dataset_size(self) -> int:
         return len(self.train_trajectories)
 
     def _sample_batch(self, batch_size: int, rng: np.random.Generator) -> list[Trajectory]:
-        return [self.train_trajectories[i] for i in self._sample_indices(batch_size, rng)]
+        batch = [self.train_trajectories[i] for i in self._sample_indices(batch_size, rng)]
+        p = float(self.config.p_noise)
+        if self.config.noise == "model" and p > 0:
+            self.model_noise.prepare(batch)
+            batch = augment(batch, p, rng, self.model_noise, max_length=self.max_length)
+            self.model_noise.prepare([])
+        return batch
 
     def _loss(self, batch: list[Trajectory]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         prompts: list[Any] = [t.prompt for t in batch]

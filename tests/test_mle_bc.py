@@ -128,8 +128,27 @@ def test_bc_augmentation_is_seeded_and_bounded_by_max_length() -> None:
     assert 0.2 < rate < 0.4
     with pytest.raises(TypeError, match="p_noise"):
         make_agent("bc", env=env, p_noise="0.1", policy_kwargs=dict(TINY))
-    with pytest.raises(ValueError, match="noise"):
-        make_agent("bc", env=env, noise="model", policy_kwargs=dict(TINY))
+    with pytest.raises(ValueError, match="noise must be 'uniform' or 'model'"):
+        make_agent("bc", env=env, noise="gaussian", policy_kwargs=dict(TINY))
+
+
+def test_bc_model_noise_augments_each_batch_from_the_current_policy() -> None:
+    env = dyck_env()
+    agent = make_agent(
+        "bc", env=env, seed=2, n_demonstrations=32, batch_size=8, p_noise=0.5, noise="model",
+        policy_kwargs=dict(TINY),
+    )  # fmt: skip
+    assert isinstance(agent, BC)
+    assert agent.train_trajectories == agent.demonstrations  # clean: augmented per batch, not once
+    batch = agent._sample_batch(8, np.random.default_rng(0))
+    assert sum(t.n_mistakes for t in batch) > 0
+    assert {tuple(t.final()) for t in batch} <= {tuple(t.final()) for t in agent.demonstrations}
+    bk, n_tok = env.vocab.backspace_id, env.vocab.n_tokens
+    for t in batch:  # every mistake is an ordinary token, undone by the very next action
+        acts = t.actions.tolist()
+        for i in np.flatnonzero(~t.expert):
+            assert acts[i] < n_tok and acts[i + 1] == bk
+    agent.train(n_batches=2)
 
 
 def test_mle_never_emits_backspace_where_bc_would() -> None:

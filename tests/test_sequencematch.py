@@ -482,9 +482,11 @@ def test_non_numeric_hyperparameters_raise():
         make_agent("sequencematch", env=DYCK, seed=0, mask_mistakes="yes", **FAST)
 
 
-def test_warmup_is_exactly_bc():
-    """The first bc_warmup_steps updates minimise L_BC alone on the same augmented data as BC."""
-    kw = {**FAST, "p_noise": 0.3}
+@pytest.mark.parametrize("noise", ["uniform", "model"])
+def test_warmup_is_exactly_bc(noise: str):
+    """The first bc_warmup_steps updates minimise L_BC alone on the same augmented data as BC (model noise:
+    the same mistakes, drawn per batch from the same policy with the same generator)."""
+    kw = {**FAST, "p_noise": 0.3, "noise": noise}
     sm = make_agent("sequencematch", env=DYCK, seed=3, bc_warmup_steps=3, **kw)
     bc = make_agent("bc", env=DYCK, seed=3, **kw)
     assert isinstance(bc, BC)
