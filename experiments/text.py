@@ -121,11 +121,15 @@ def _trained(
     cfg: Config, run_dir: Path, name: str, build: Any, budget: int, env: SequenceEnv
 ) -> tuple[Agent, float]:
     """Load ``run_dir/agents/name`` if it is finished; else resume from its newest checkpoint under
-    ``run_dir/checkpoints/name`` (or build it), train it to ``budget`` and save it."""
+    ``run_dir/checkpoints/name`` (or build it), train it to ``budget`` and save it. Returns the agent and the
+    seconds its training took (recorded in ``run_dir/train_seconds.json``, so a loaded agent reports them too;
+    a run resumed from a checkpoint reports the seconds of its last part only)."""
     path = run_dir / "agents" / name
+    times_path = run_dir / "train_seconds.json"
+    times: dict[str, float] = json.loads(times_path.read_text()) if times_path.exists() else {}
     if cfg.resume and (path / "agent.json").exists():
         print(f"[text] loading {name} from {path}", flush=True)
-        return Agent.load(path, env=env), float("nan")
+        return Agent.load(path, env=env), float(times.get(name, float("nan")))
     ckpt_dir = run_dir / "checkpoints" / name
     latest = Agent.latest_checkpoint(ckpt_dir) if cfg.resume else None
     if latest is not None:
@@ -140,6 +144,7 @@ def _trained(
         agent.learn(remaining, progress_bar=cfg.progress, log_interval=0, reset_num_timesteps=latest is None)
     seconds = time.perf_counter() - start
     agent.save(path)
+    write_json_atomic(times_path, {**times, name: seconds})
     return agent, seconds
 
 

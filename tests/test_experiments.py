@@ -138,6 +138,8 @@ def test_text_study_runs_on_a_small_corpus(tmp_path: Path, capsys: pytest.Captur
     out = capsys.readouterr().out
     assert "[text] resuming finetuned_bc from" in out and "[text] loading pretrained_mle" in out
     assert [r["agent"] for r in again["runs"]] == [r["agent"] for r in results["runs"]]
+    # a loaded agent still reports how long its training took
+    assert again["train_seconds"]["pretrain"] == results["train_seconds"]["pretrain"] > 0
     # a setting that changes training never reuses those agents; one that only changes evaluation does
     capsys.readouterr()
     text.main(dataclasses.replace(cfg, learning_rate=3e-3, agents=("mle",)))
