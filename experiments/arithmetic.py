@@ -38,7 +38,7 @@ class Config:
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     """Seeds (five: whether a small model learns the task within the budget varies a lot between seeds)."""
     budget: int = 300_000
-    """(state, action) pairs trained on per run (about 1,000 updates; SequenceMatch spends its first
+    """(state, action) pairs trained on per run (1,250 to 1,550 updates; SequenceMatch spends its first
     ``sm_bc_warmup_steps`` on BC alone)."""
     n_demonstrations: int = 5_000
     """Training examples (the paper uses 5,000)."""
