@@ -62,6 +62,8 @@ class Config:
     """Output folder."""
     resume: bool = True
     """Reuse finished runs under out/runs."""
+    threads: int = 1
+    """torch CPU threads per run (as in ``experiments.compare``)."""
     progress: bool = True
     """Progress bars."""
 
@@ -81,6 +83,7 @@ def main(cfg: Config) -> dict[str, Any]:
         sm_chi2_coef=cfg.sm_chi2_coef,
         sm_bc_weight=cfg.sm_bc_weight,
         sm_bc_warmup_steps=cfg.sm_bc_warmup_steps,
+        threads=cfg.threads,
         progress=cfg.progress,
     )
     cache = RunCache(cfg.out / "runs", enabled=cfg.resume)

@@ -3,12 +3,13 @@ mean ± std tables and figures. The logic being compared lives in ``seqgym`` and
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import numpy as np
 
 from seqgym._files import default_mode
 
-__all__ = ["RunCache", "config_digest", "format_table", "summarize", "write_json_atomic"]
+__all__ = ["RunCache", "config_digest", "format_table", "summarize", "torch_threads", "write_json_atomic"]
 
 
 def config_digest(config: Any, *, ignore: Sequence[str] = ()) -> str:
@@ -153,3 +154,28 @@ def format_table(summary: Mapping[str, Mapping[str, Sequence[float]]], metrics: 
         cells = [_fmt(*row[m][:3]) if m in row else "n/a" for m in metrics]
         lines.append(f"| {agent} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` torch CPU threads, then restore the previous count.
+
+    Example:
+        >>> import torch
+        >>> before = torch.get_num_threads()
+        >>> with torch_threads(1):
+        ...     torch.get_num_threads()
+        1
+        >>> torch.get_num_threads() == before
+        True
+    """
+    import torch
+
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"threads must be an int >= 1, got {n!r}.")
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
