@@ -72,7 +72,7 @@ class Config:
     n_eval: int = 500
     """Held-out prompts (and reference continuations) for MAUVE and the diversity metrics."""
     sm_chi2_coef: float = 20.0
-    """SequenceMatch χ² coefficient c (as in ``experiments.compare``)."""
+    """SequenceMatch χ² coefficient c."""
     sm_bc_weight: float = 2.0
     """SequenceMatch behaviour-cloning anchor weight λ_bc."""
     sm_bc_warmup_steps: int = 50
@@ -164,7 +164,7 @@ def main(cfg: Config) -> dict[str, Any]:
         completion_length=cfg.completion_length,
     )
     run_dir.mkdir(parents=True, exist_ok=True)
-    tok_path.write_text(json.dumps(train.tokenizer.to_dict(), ensure_ascii=False))
+    write_json_atomic(tok_path, train.tokenizer.to_dict())
     test = Text(
         held,
         tokenizer=train.tokenizer,
