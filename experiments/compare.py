@@ -72,8 +72,10 @@ class Config:
     """How many of the seeds run the noise study (it trains 2 agents per extra level per seed)."""
     sb3_reward: Literal["logprob", "valid"] = "logprob"
     """Reward of the SB3 baseline (the env's exact log-probability, or sparse validity)."""
-    sb3_n_steps: int = 1024
-    """Rollout length of PPO / MaskablePPO (SB3's default is 2048)."""
+    sb3_n_envs: int = 8
+    """Parallel envs of the SB3 baseline (a ``DummyVecEnv``; stepping them in one batch is ~4x faster than one)."""
+    sb3_n_steps: int = 128
+    """Rollout length of PPO / MaskablePPO per env (8 x 128 = 1,024 steps per rollout; SB3's default is 2048)."""
     sb3_batch_size: int = 256
     """Minibatch size of the SB3 algorithm."""
     sb3_n_epochs: int = 4
@@ -179,6 +181,7 @@ def _run_one(cfg: Config, agent: str, seed: int, *, p_noise: float, curve: bool)
             seed=seed,
             progress_bar=cfg.progress,
             env_kwargs=dict(cfg.source_kwargs),
+            n_envs=cfg.sb3_n_envs,
             algo_kwargs=_sb3_kwargs(cfg, agent),
             policy_kwargs={"features_extractor_kwargs": {"pooling": cfg.sb3_pooling}},
         )
