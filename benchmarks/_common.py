@@ -1,5 +1,6 @@
-"""Set-up shared by the benchmark scripts: machine description, peak memory, interleaved timing, atomic JSON
-results and the command line. What is measured lives in each script."""
+"""Set-up shared by the benchmark scripts: machine description, peak memory, interleaved timing and the
+command line (results are written with ``experiments.common.write_json_atomic``). What is measured lives in
+each script."""
 
 from __future__ import annotations
 
@@ -11,12 +12,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from experiments.common import write_json_atomic
-
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["cli", "interleaved_times", "load_average", "machine_info", "peak_memory_mb", "write_results"]
+__all__ = ["cli", "interleaved_times", "load_average", "machine_info", "peak_memory_mb"]
 
 ConfigT = TypeVar("ConfigT")
 
@@ -109,12 +108,6 @@ def interleaved_times(fns: Mapping[str, Callable[[], object]], repeats: int) -> 
             fn()
             times[name].append(time.perf_counter() - t0)
     return times
-
-
-def write_results(path: str | os.PathLike[str], obj: Any) -> None:
-    """Write ``obj`` as indented JSON to ``path`` (folders created), atomically: an interrupted run never
-    leaves a truncated file in place of earlier results."""
-    write_json_atomic(path, obj)
 
 
 def cli(config_cls: type[ConfigT], args: Sequence[str] | None = None) -> ConfigT:

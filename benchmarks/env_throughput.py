@@ -28,7 +28,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from benchmarks._common import cli, load_average, machine_info, write_results
+from benchmarks._common import cli, load_average, machine_info
+from experiments.common import write_json_atomic
 from seqgym.env import SequenceEnv
 from seqgym.sources.dyck import Dyck
 from seqgym.vector import SequenceVectorEnv
@@ -159,7 +160,7 @@ def main(cfg: Config) -> dict[str, Any]:
         "results": rows,
         "speedup_native_over_sync": speedups,
     }
-    write_results(cfg.out, result)
+    write_json_atomic(cfg.out, result)
     print(f"\nwrote {cfg.out}")
     return result
 

@@ -36,8 +36,8 @@ from benchmarks._common import (
     load_average,
     machine_info,
     peak_memory_mb,
-    write_results,
 )
+from experiments.common import write_json_atomic
 from seqgym.dynamics import states
 from seqgym.vocab import Vocabulary
 
@@ -273,7 +273,7 @@ def main(cfg: Config) -> dict[str, Any]:
         "masked_forward": masked_forward,
         "generation": generation,
     }
-    write_results(cfg.out, results)
+    write_json_atomic(cfg.out, results)
     print_table(results)
     print(f"\nwrote {cfg.out}")
     return results

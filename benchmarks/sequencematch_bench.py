@@ -33,7 +33,8 @@ import torch
 from agents.base import Agent, make_agent
 from agents.bc import BC
 from agents.sequencematch import SequenceMatch, SequenceMatchBatch
-from benchmarks._common import cli, interleaved_times, load_average, machine_info, write_results
+from benchmarks._common import cli, interleaved_times, load_average, machine_info
+from experiments.common import write_json_atomic
 from seqgym.data import collect
 
 
@@ -221,7 +222,7 @@ def main(cfg: Config) -> dict[str, Any]:
         "update": update,
         "training": training,
     }
-    write_results(cfg.out, result)
+    write_json_atomic(cfg.out, result)
 
     b = update["batch"]
     print(

@@ -42,8 +42,8 @@ from benchmarks._common import (
     load_average,
     machine_info,
     peak_memory_mb,
-    write_results,
 )
+from experiments.common import write_json_atomic
 from seqgym.data import collect
 from seqgym.env import SequenceEnv
 from seqgym.sources.dyck import Dyck
@@ -219,7 +219,7 @@ def main(cfg: Config) -> dict[str, Any]:
             load_average_1min_before=load_before,
         ),
     }
-    write_results(cfg.out, result)
+    write_json_atomic(cfg.out, result)
 
     print(f"training throughput, {result['n_parameters']:,} parameters, batch {cfg.batch_size}, {device}")
     print(f"{'method':<12} {'tokens/s':>10} {'updates/s':>10} {'peak MiB':>9}")

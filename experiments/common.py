@@ -8,14 +8,13 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from seqgym._files import default_mode
+from seqgym._files import atomic_write
 
 __all__ = ["RunCache", "config_digest", "format_table", "summarize", "torch_threads", "write_json_atomic"]
 
@@ -43,21 +42,12 @@ def config_digest(config: Any, *, ignore: Sequence[str] = ()) -> str:
 
 
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
-    """Write ``obj`` as indented JSON to ``path`` through a temporary file and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=False, default=_jsonable)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, default_mode(directory=False))  # mkstemp makes it owner-only
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write ``obj`` as indented JSON to ``path`` (folders created) through :func:`seqgym._files.atomic_write`:
+    an interrupted or failed write leaves the previous file in place. Raises ``TypeError`` for an object JSON
+    cannot hold (before anything is written)."""
+    data = json.dumps(obj, indent=2, sort_keys=False, default=_jsonable).encode("utf-8")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda f: f.write(data))
 
 
 def _jsonable(x: Any) -> Any:

@@ -38,11 +38,9 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
-import secrets
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -50,6 +48,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from seqgym import dynamics
+from seqgym._files import atomic_write
 from seqgym.vocab import Vocabulary
 
 __all__ = [
@@ -743,36 +742,7 @@ def save_demonstrations(
         "expert": np.concatenate([np.zeros(0, np.bool_), *(t.expert for t in trajs)]),
         "terminal": np.asarray([t.terminal for t in trajs], dtype=np.bool_).reshape(len(trajs)),
     }
-    _atomic_write_npz(os.fspath(path), arrays)
-
-
-def _atomic_write_npz(path: str, arrays: dict[str, Any]) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    base = os.path.basename(path)
-    while True:  # a fresh, unique temporary name next to the target (O_EXCL: never reuse an existing file)
-        tmp = os.path.join(directory, f".{base}.{secrets.token_hex(6)}.tmp")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for open()
-            break
-        except FileExistsError:
-            continue
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    # Make the rename itself durable; not possible on every platform (e.g. Windows), hence best effort.
-    with contextlib.suppress(OSError):
-        dfd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+    atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
 
 
 def _vocab_difference(in_file: Vocabulary, given: Vocabulary) -> str:
