@@ -718,6 +718,9 @@ class Agent:
     def _on_update_end(self, step: int) -> None:
         """Called after optimiser step number ``step`` (1-based, over the agent's life)."""
 
+    def _on_learn_end(self) -> None:
+        """Called when :meth:`learn` has trained its budget (e.g. to warn about how the run went)."""
+
     def _extra_state(self) -> dict[str, Any]:
         """Extra state for checkpoints (tensors / plain Python values)."""
         return {}
@@ -849,6 +852,7 @@ class Agent:
             progress_bar=progress_bar,
             total_timesteps=total,
         )
+        self._on_learn_end()
         return self
 
     def train(

@@ -46,7 +46,6 @@ import torch
 
 from agents.base import Agent, AgentConfig, register_agent
 from agents.buffers import ReplayBuffer, Rollouts
-from agents.callbacks import CallbackLike
 from seqgym.data import Trajectory, augment
 
 __all__ = [
@@ -771,26 +770,9 @@ class SequenceMatch(Agent):
         return loss, logged
 
     # -- training --------------------------------------------------------------------------------------------
-    def learn(
-        self,
-        total_timesteps: int,
-        *,
-        callback: CallbackLike = None,
-        log_interval: int = 10,
-        tb_log_name: str | None = None,
-        reset_num_timesteps: bool = True,
-        progress_bar: bool = False,
-    ) -> SequenceMatch:
-        """:meth:`Agent.learn <agents.base.Agent.learn>`; warns (``UserWarning``) when every update so far fell
-        inside the BC warm-up, i.e. the agent has been trained exactly as :class:`~agents.bc.BC` would be."""
-        super().learn(
-            total_timesteps,
-            callback=callback,
-            log_interval=log_interval,
-            tb_log_name=tb_log_name,
-            reset_num_timesteps=reset_num_timesteps,
-            progress_bar=progress_bar,
-        )
+    def _on_learn_end(self) -> None:
+        """Warn (``UserWarning``) when every update so far fell inside the BC warm-up, i.e. :meth:`learn` has
+        trained the agent exactly as :class:`~agents.bc.BC` would."""
         k = self.config.bc_warmup_steps
         if 0 < self._n_updates <= k:
             warnings.warn(
@@ -798,9 +780,8 @@ class SequenceMatch(Agent):
                 "has minimised the BC loss alone. Raise total_timesteps or lower bc_warmup_steps to train "
                 "the SequenceMatch objective.",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
-        return self
 
     # -- acting: π = softmax(l/α) ---------------------------------------------------------------------------
     @property
