@@ -3,8 +3,9 @@
 The method of ``sequencematch.md`` §2-§4 (Cundy & Ermon, ICLR 2024, with IQ-Learn's non-adversarial
 objective, Garg et al. 2021). The LM's logits ``l(a|u)`` over the env actions are soft Q-values:
 
-    Q(u, a) = l(a|u)        V(u) = α·logsumexp(l(·|u)/α)        π(a|u) = softmax(l(·|u)/α)
-    r_i = Q(u_i, a_i) − γ·V'(u_{i+1})          V'(u_T) = 0 after eos; V(u_T) at a time-limit cut
+    π(a|u) = softmax(l(·|u))        Q(u, a) = α·l(a|u)        V(u) = α·logsumexp(l(·|u))
+    r_i = Q(u_i, a_i) − γ·V'(u_{i+1})          V'(u_T) = 0 after eos ("iq") or the absorbing state's value
+                                               ("absorbing"); V(u_T) at a time-limit cut
 
 and the loss over a batch of expert (augmented) trajectories ``E`` and a mixture ``M`` of expert and
 model trajectories is
@@ -39,7 +40,7 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -70,6 +71,21 @@ __all__ = [
 #: the mixture); ``"kl"``, ``"js"`` and ``"hellinger"`` weight the expert term by IQ-Learn's ``φ'(r)``.
 DIVERGENCES: tuple[str, ...] = ("chi2", "kl", "js", "hellinger")
 
+#: End-of-sequence treatment (:func:`soft_q`): IQ-Learn's ``V' = 0`` after eos, or an absorbing state.
+TerminalMode = Literal["iq", "absorbing"]
+#: Which terms see the inserted (mistake, ``<backspace>``) pairs of augmented demonstrations:
+#: ``"bc_only"``: only the BC anchor (which learns ``<backspace>`` from them); ``"all"``: every term (the
+#: mistake token itself is never in the expert or BC terms).
+InsertedSteps = Literal["bc_only", "all"]
+
+
+def check_option(name: str, value: object, options: Any) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``value`` is one of the ``Literal`` ``options``' values."""
+    allowed = get_args(options)
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"Unknown {name} {value!r}; choose one of {', '.join(map(repr, allowed))}.")
+
+
 #: Cap on the expert-term weight ``φ'(r)`` (and its value where ``r`` lies outside φ's domain).
 PHI_WEIGHT_MAX = 100.0
 
@@ -85,15 +101,29 @@ class SoftQ:
 
     Attributes:
         q: ``(B, T)`` ``Q(u_i, a_i) = l(a_i|u_i)``.
-        v: ``(B, T+1)`` ``V(u_i) = α·logsumexp(l(·|u_i)/α)`` over the allowed actions, ``i = 0 .. T_b``.
+        v: ``(B, T+1)`` ``V(u_i) = α·logsumexp(l(·|u_i))`` over the allowed actions, ``i = 0 .. T_b``.
         v_next: ``(B, T)`` ``V'(u_{i+1})``: ``V(u_{i+1})``, except 0 after eos (terminal).
         reward: ``(B, T)`` recovered reward ``r_i = Q(u_i, a_i) − γ·V'(u_{i+1})``.
         log_pi: ``(B, T)`` ``log π(a_i|u_i) = (Q(u_i, a_i) − V(u_i)) / α``.
-        discount: ``(B, T)`` ``γ^i`` on steps, 0 on padding.
+        discount: ``(B, T)`` ``γ^k`` on the kept steps (``k`` = kept steps before this one; ``γ^i`` when every
+            step is kept), 0 on other steps and padding.
         step_mask: ``(B, T)`` bool, True for ``i < T_b``.
         lengths: ``(B,)`` long, ``T_b``.
         terminal: ``(B,)`` bool, True where the trajectory ended with eos.
         gamma: the discount γ.
+        absorbing: ``(B,)`` bool, the rows that enter the absorbing state (``terminal`` with
+            ``terminal_mode="absorbing"``; all False with ``"iq"``).
+        kept: ``(B, T)`` bool, the steps the occupancy terms count (``kept_steps`` of :func:`soft_q`).
+        v_end: ``(B,)`` ``V(u_T)``, the value of the state after the last action (of the absorbing state on
+            ``absorbing`` rows).
+        gamma_t: ``(B,)`` ``γ^T`` (``T`` = the number of kept steps).
+        terminal_mode: ``"iq"`` or ``"absorbing"``.
+
+    With ``terminal_mode="absorbing"`` the absorbing state ``z`` after eos loops on itself forever with
+    ``Q(z) = V(z) = V(u_T)``, so its reward is ``r_z = (1 − γ)·V(z)`` and its discounted occupancy from step
+    ``T`` on is ``γ^T/(1 − γ)``. Summed in closed form, its tail adds ``−γ^T·w_z·V(z)`` to the expert term,
+    ``+γ^T·V(z)`` to the value term (which then telescopes to ``V(u_0)``) and ``γ^T·(1 − γ)·V(z)²/(4c)`` to
+    the χ² term. All three are finite at ``γ = 1``.
     """
 
     q: torch.Tensor
@@ -106,6 +136,11 @@ class SoftQ:
     lengths: torch.Tensor
     terminal: torch.Tensor
     gamma: float
+    absorbing: torch.Tensor
+    kept: torch.Tensor
+    v_end: torch.Tensor
+    gamma_t: torch.Tensor
+    terminal_mode: str
 
 
 def _check_gamma_alpha(gamma: float, alpha: float) -> None:
@@ -124,6 +159,8 @@ def soft_q(
     alpha: float,
     gamma: float,
     allow_masked: bool = False,
+    terminal_mode: TerminalMode = "iq",
+    kept_steps: torch.Tensor | None = None,
 ) -> SoftQ:
     """Q, V, V', the recovered reward and log π of every step, from the logits of every visited state.
 
@@ -135,10 +172,18 @@ def soft_q(
         step_mask: ``(B, T)`` bool, True for ``i < T_b``: a prefix of each row.
         terminal: ``(B,)`` bool, True where the last action was eos (``V' = 0`` after it); False where the
             trajectory was cut by a time or length limit (``V'`` bootstraps from ``V(u_T)``).
-        alpha: soft-max temperature α (> 0).
+        alpha: the scale α (> 0) of ``Q = α·l`` (IQ-Learn's entropy temperature; ``π = softmax(l)`` whatever
+            α is).
         gamma: discount γ in (0, 1].
         allow_masked: let a step take an action whose logit is ``-inf`` (its ``Q``, ``r`` and ``log π`` are
             then ``-inf``; for scoring histories, never for a loss).
+        terminal_mode: ``"iq"`` (``V' = 0`` after eos, IQ-Learn's) or ``"absorbing"`` (after eos the episode
+            enters an absorbing state whose value ``V(u_T) = α·LSE(l(·|u_T))`` is read off the logits at the
+            state after eos; the terms then add its infinite tail in closed form, see :class:`SoftQ`).
+        kept_steps: optional ``(B, T)`` bool, the steps the trajectory counts as taken in the occupancy terms
+            (default: every step). Steps left out (inserted (mistake, ``<backspace>``) pairs, which return to
+            the state before them) get no discount weight, and the later steps' discount ``γ^k`` counts only
+            kept steps, so a row with its pairs left out weighs exactly as its clean trajectory.
 
     Returns:
         :class:`SoftQ`.
@@ -148,6 +193,7 @@ def soft_q(
             action whose logit is ``-inf`` (a backspace taken at the prompt boundary).
     """
     _check_gamma_alpha(gamma, alpha)
+    check_option("terminal_mode", terminal_mode, TerminalMode)
     if logits.dim() != 3:
         raise ValueError(f"logits must have shape (B, T+1, A), got {tuple(logits.shape)}.")
     B, T1, _ = logits.shape
@@ -172,21 +218,32 @@ def soft_q(
     state_mask = torch.arange(T1, device=dev)[None, :] <= lengths[:, None]  # (B, T+1)
 
     x = logits.masked_fill(~state_mask[:, :, None], 0.0)  # (B, T+1, A) padding cannot make NaNs
-    v = alpha * torch.logsumexp(x / alpha, dim=-1)  # (B, T+1)
-    v = v.masked_fill(~state_mask, 0.0)
-    q = x[:, :T].gather(-1, actions.masked_fill(~step_mask, 0)[:, :, None]).squeeze(-1)  # (B, T)
-    if not allow_masked and not bool(torch.isfinite(q[step_mask]).all()):
+    lse = torch.logsumexp(x, dim=-1).masked_fill(~state_mask, 0.0)  # (B, T+1) LSE(l(·|u_i))
+    v = alpha * lse  # (B, T+1) V = α·LSE(l)
+    l_a = x[:, :T].gather(-1, actions.masked_fill(~step_mask, 0)[:, :, None]).squeeze(-1)  # (B, T) l(a_i|u_i)
+    if not allow_masked and not bool(torch.isfinite(l_a[step_mask]).all()):
         raise ValueError(
             "An action has logit -inf or NaN: a backspace at the prompt boundary (masked for agents) or a "
             "non-finite model output; such a history cannot be scored."
         )
-    q = q.masked_fill(~step_mask, 0.0)
+    l_a = l_a.masked_fill(~step_mask, 0.0)
+    q = alpha * l_a  # (B, T) Q = α·l
     last = steps[None, :] == (lengths - 1)[:, None]  # (B, T) the last step of each row
-    v_next = v[:, 1:].masked_fill(last & terminal[:, None], 0.0)  # (B, T) V after eos is 0
+    if terminal_mode == "iq":
+        v_next = v[:, 1:].masked_fill(last & terminal[:, None], 0.0)  # (B, T) V' = 0 after eos
+    else:  # absorbing: after eos, the absorbing state's own value V(u_T) (read at the eos slot)
+        v_next = v[:, 1:].masked_fill(~state_mask[:, 1:], 0.0)
     reward = (q - gamma * v_next).masked_fill(~step_mask, 0.0)  # (B, T)
-    log_pi = ((q - v[:, :T]) / alpha).masked_fill(~step_mask, 0.0)  # (B, T)
-    discount = torch.pow(torch.full((T,), gamma, dtype=logits.dtype, device=dev), steps)  # (T,)
-    discount = discount[None, :] * step_mask  # (B, T)
+    log_pi = (l_a - lse[:, :T]).masked_fill(~step_mask, 0.0)  # (B, T) log π = l − LSE(l)
+    kept = step_mask if kept_steps is None else step_mask & kept_steps.to(dev, torch.bool)  # (B, T)
+    rank = torch.cumsum(kept.long(), dim=1) - 1  # (B, T) index of a kept step among the kept ones
+    discount = torch.pow(torch.tensor(gamma, dtype=logits.dtype, device=dev), rank.clamp(min=0).to(logits.dtype))
+    discount = discount * kept  # (B, T) γ^k on kept steps, 0 elsewhere
+    rows = torch.arange(B, device=dev)
+    absorbing = terminal if terminal_mode == "absorbing" else torch.zeros_like(terminal)
+    v_end = v[rows, lengths]  # (B,) V(u_T)
+    n_kept = kept.sum(dim=1).to(logits.dtype)  # (B,)
+    gamma_t = torch.pow(torch.tensor(gamma, dtype=logits.dtype, device=dev), n_kept)  # (B,) γ^T
     return SoftQ(
         q=q,
         v=v,
@@ -198,6 +255,11 @@ def soft_q(
         lengths=lengths,
         terminal=terminal,
         gamma=float(gamma),
+        absorbing=absorbing,
+        kept=kept,
+        v_end=v_end,
+        gamma_t=gamma_t,
+        terminal_mode=terminal_mode,
     )
 
 
@@ -263,48 +325,50 @@ def phi_weights(reward: torch.Tensor, divergence: str, *, max_weight: float = PH
 def expert_term(
     sq: SoftQ, expert_mask: torch.Tensor, divergence: str = "chi2", *, max_weight: float = PHI_WEIGHT_MAX
 ) -> torch.Tensor:
-    """``−Σ_i γ^i·w_i·r_i`` over the expert steps of each row: ``(B,)``.
+    """``−Σ_i γ^i·w_i·r_i`` over the kept expert steps of each row, plus the absorbing tail: ``(B,)``.
 
     Args:
         sq: from :func:`soft_q`.
         expert_mask: ``(B, T)`` bool, False on inserted mistakes (they are left out); padding is ignored.
         divergence, max_weight: the weight ``w = φ'(r)`` of :func:`phi_weights`.
+
+    On absorbing rows the tail ``−γ^T·w_z·V(z)`` (``w_z = φ'((1 − γ)·V(z))``) is added (:class:`SoftQ`).
     """
-    keep = sq.step_mask & expert_mask.to(sq.step_mask.device, torch.bool)  # (B, T)
+    keep = expert_mask.to(sq.step_mask.device, torch.bool)  # (B, T)
     w = phi_weights(sq.reward, divergence, max_weight=max_weight)  # (B, T)
-    return -(sq.discount * w * sq.reward * keep).sum(dim=1)
+    steps = -(sq.discount * w * sq.reward * keep).sum(dim=1)  # (B,)
+    w_z = phi_weights((1.0 - sq.gamma) * sq.v_end, divergence, max_weight=max_weight)  # (B,)
+    return steps - sq.absorbing * sq.gamma_t * w_z * sq.v_end
 
 
-def value_term(sq: SoftQ, steps: torch.Tensor | None = None) -> torch.Tensor:
-    """``Σ_i γ^i·(V(u_i) − γ·V'(u_{i+1}))`` over the steps of each row (IQ-Learn's "value"): ``(B,)``.
-
-    ``steps``: optional ``(B, T)`` bool, the steps to count (default every step; with every step the sum
-    equals :func:`value_term_telescoped`).
-    """
+def value_term(sq: SoftQ) -> torch.Tensor:
+    """``Σ_i γ^i·(V(u_i) − γ·V'(u_{i+1}))`` over the kept steps of each row (IQ-Learn's "value"), plus the
+    absorbing tail ``γ^T·V(z)``: ``(B,)``. Equals :func:`value_term_telescoped`."""
     T = sq.q.shape[1]
-    w = sq.discount if steps is None else sq.discount * steps.to(sq.discount.device, torch.bool)
-    return (w * (sq.v[:, :T] - sq.gamma * sq.v_next)).sum(dim=1)
+    steps = (sq.discount * (sq.v[:, :T] - sq.gamma * sq.v_next)).sum(dim=1)  # (B,)
+    return steps + sq.absorbing * sq.gamma_t * sq.v_end
 
 
 def value_term_telescoped(sq: SoftQ) -> torch.Tensor:
-    """The value term in closed form, ``V(u_0) − γ^T·V'(u_T)`` (``V'(u_T) = 0`` after eos): ``(B,)``."""
-    B = sq.v.shape[0]
-    rows = torch.arange(B, device=sq.v.device)
-    v_last = sq.v[rows, sq.lengths].masked_fill(sq.terminal, 0.0)  # (B,)
-    gamma_t = torch.pow(torch.full((B,), sq.gamma, dtype=sq.v.dtype, device=sq.v.device), sq.lengths)
-    return sq.v[:, 0] - gamma_t * v_last
+    """The value term in closed form: ``V(u_0) − γ^T·V'(u_T)``, where ``V'(u_T) = 0`` after eos with
+    ``terminal_mode="iq"`` and the absorbing tail cancels ``γ^T·V(u_T)`` with ``"absorbing"``: ``(B,)``."""
+    v_last = sq.v_end.masked_fill(sq.terminal, 0.0)  # (B,) 0 after eos (iq), and absorbing rows cancel
+    return sq.v[:, 0] - sq.gamma_t * v_last
 
 
-def chi2_term(sq: SoftQ, chi2_coef: float, steps: torch.Tensor | None = None) -> torch.Tensor:
-    """``1/(4c)·Σ_i γ^i·r_i²`` over the steps of each row (``steps`` as in :func:`value_term`): ``(B,)``."""
+def chi2_term(sq: SoftQ, chi2_coef: float) -> torch.Tensor:
+    """``1/(4c)·Σ_i γ^i·r_i²`` over the kept steps of each row, plus the absorbing tail
+    ``γ^T·(1 − γ)·V(z)²/(4c)``: ``(B,)``."""
     if not chi2_coef > 0:
         raise ValueError(f"chi2_coef must be > 0, got {chi2_coef!r}.")
-    w = sq.discount if steps is None else sq.discount * steps.to(sq.discount.device, torch.bool)
-    return (w * sq.reward.square()).sum(dim=1) / (4.0 * chi2_coef)
+    steps = (sq.discount * sq.reward.square()).sum(dim=1)  # (B,)
+    tail = sq.absorbing * sq.gamma_t * (1.0 - sq.gamma) * sq.v_end.square()  # (B,)
+    return (steps + tail) / (4.0 * chi2_coef)
 
 
 def bc_term(sq: SoftQ, expert_mask: torch.Tensor) -> torch.Tensor:
-    """Behaviour cloning, ``−Σ_i log π(a_i|u_i)`` over the expert steps of each row (no γ^i): ``(B,)``."""
+    """Behaviour cloning, ``−Σ_i log π(a_i|u_i)`` over the expert steps of each row (every step, kept or not;
+    no discount): ``(B,)``."""
     keep = sq.step_mask & expert_mask.to(sq.step_mask.device, torch.bool)  # (B, T)
     return -(sq.log_pi * keep).sum(dim=1)
 
@@ -330,49 +394,63 @@ def sequencematch_loss(
     bc_weight: float = 1.0,
     divergence: str = "chi2",
     max_weight: float = PHI_WEIGHT_MAX,
-    mixture_steps: torch.Tensor | None = None,
+    terminal_mode: TerminalMode = "iq",
+    kept_steps: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The SequenceMatch loss of ``sequencematch.md`` §3 on one padded batch.
+    """The SequenceMatch loss of ``docs/method.md`` §3 on one padded batch.
 
     One batch holds both sets: rows with ``in_expert`` form ``E`` (expert and BC terms), rows with
     ``in_mixture`` form ``M`` (value and χ² terms); a row may be in both. Each term sums over the steps of a
     row and averages over its rows (never divided by a row's length)::
 
-        loss = mean_E expert_term + mean_M value_term + mean_M chi2_term + bc_weight · mean_E bc_term
+        Q = α·l,  V = α·LSE(l),  r_i = Q(u_i, a_i) − γ·V'(u_{i+1})
+        loss = − mean_E Σ_i γ^i·w_i·r_i                  expert term   (w_i = φ'(r_i); 1 for χ²)
+               + mean_M Σ_i γ^i·(V(u_i) − γ·V'(u_{i+1}))   value term
+               + 1/(4c)·mean_M Σ_i γ^i·r_i²                χ² term
+               + λ_bc·mean_E (− Σ_i log π(a_i|u_i))        BC anchor, π = softmax(l)
+
+    (plus the absorbing state's closed-form tails with ``terminal_mode="absorbing"``, :class:`SoftQ`).
+    Scale identity: the first three terms satisfy ``L(α, c) = α·L(1, c/α)`` on the same logits, so only
+    ``c/α`` shapes their optimum; ``α`` weighs them against the BC anchor.
 
     Args:
-        logits, actions, step_mask, terminal, alpha, gamma: as in :func:`soft_q`.
-        expert_mask: ``(B, T)`` bool, False on inserted mistakes, which the expert and BC terms leave out (the
-            value and χ² terms keep every step).
+        logits, actions, step_mask, terminal, alpha, gamma, terminal_mode, kept_steps: as in :func:`soft_q`.
+        expert_mask: ``(B, T)`` bool, False on inserted mistakes, which the expert and BC terms leave out.
         in_expert: ``(B,)`` bool, the rows of ``E``.
         in_mixture: ``(B,)`` bool, the rows of ``M``.
         chi2_coef: ``c`` (> 0).
         bc_weight: ``λ_bc`` (>= 0).
         divergence, max_weight: the expert-term weighting (:func:`phi_weights`).
-        mixture_steps: optional ``(B, T)`` bool, the steps the value and χ² terms count (default: every step).
 
     Returns:
         ``(loss, terms)``: the scalar loss and the scalar terms ``"expert"``, ``"value"``, ``"chi2"``,
         ``"bc"`` (``bc`` before its weight ``λ_bc``), plus ``"reward_expert"`` / ``"reward_mixture"`` (mean
-        ``r`` per step on the expert steps of ``E`` / every step of ``M``, detached). Means over an empty set
-        are 0.
+        ``r`` per step on the kept expert steps of ``E`` / the kept steps of ``M``, detached) and
+        ``"cap_binds"`` (share of the expert steps whose weight ``φ'(r)`` hit ``max_weight``). Means over an
+        empty set are 0.
     """
     if not bc_weight >= 0:
         raise ValueError(f"bc_weight must be >= 0, got {bc_weight!r}.")
-    sq = soft_q(logits, actions, step_mask, terminal, alpha=alpha, gamma=gamma)
+    sq = soft_q(
+        logits, actions, step_mask, terminal, alpha=alpha, gamma=gamma, terminal_mode=terminal_mode,
+        kept_steps=kept_steps,
+    )
     expert_mask = expert_mask.to(sq.step_mask.device, torch.bool)
     terms = {
         "expert": _masked_mean(expert_term(sq, expert_mask, divergence, max_weight=max_weight), in_expert),
-        "value": _masked_mean(value_term(sq, mixture_steps), in_mixture),
-        "chi2": _masked_mean(chi2_term(sq, chi2_coef, mixture_steps), in_mixture),
+        "value": _masked_mean(value_term(sq), in_mixture),
+        "chi2": _masked_mean(chi2_term(sq, chi2_coef), in_mixture),
         "bc": _masked_mean(bc_term(sq, expert_mask), in_expert),
     }
     loss = terms["expert"] + terms["value"] + terms["chi2"] + bc_weight * terms["bc"]
     with torch.no_grad():
-        e_steps = sq.step_mask & expert_mask & in_expert.to(sq.step_mask.device, torch.bool)[:, None]
-        m_steps = sq.step_mask & in_mixture.to(sq.step_mask.device, torch.bool)[:, None]
+        kept = sq.kept
+        e_steps = kept & expert_mask & in_expert.to(sq.step_mask.device, torch.bool)[:, None]
+        m_steps = kept & in_mixture.to(sq.step_mask.device, torch.bool)[:, None]
         terms["reward_expert"] = (sq.reward * e_steps).sum() / e_steps.sum().clamp(min=1)
         terms["reward_mixture"] = (sq.reward * m_steps).sum() / m_steps.sum().clamp(min=1)
+        binds = phi_weights(sq.reward, divergence, max_weight=max_weight) >= max_weight
+        terms["cap_binds"] = (binds & e_steps).sum() / e_steps.sum().clamp(min=1)
     return loss, terms
 
 
@@ -469,7 +547,7 @@ class SequenceMatchConfig(AgentConfig):
 
     Attributes:
         gamma: discount γ in (0, 1] of the occupancy weights ``γ^i`` and of ``V'`` (default 0.998).
-        alpha: soft-max temperature α > 0: ``V = α·logsumexp(l/α)``, ``π = softmax(l/α)`` (default 1.0).
+        alpha: the scale α > 0 of ``Q = α·l``, ``V = α·logsumexp(l)``; ``π = softmax(l)`` (default 1.0).
         chi2_coef: ``c`` > 0 of the χ² term ``1/(4c)·r²`` (default 0.5, IQ-Learn's).
         bc_weight: ``λ_bc`` >= 0 of the BC anchor after the warm-up (default 1.0; 0 turns the anchor off).
         bc_warmup_steps: ``k``: the first ``k`` updates train on ``L_BC`` alone (default 100).
@@ -484,10 +562,11 @@ class SequenceMatchConfig(AgentConfig):
         p_noise: probability of a (wrong token, backspace) pair before each expert action, in [0, 1]
             (default 0.1). ``0.0`` trains on the demonstrations as given (e.g. already augmented ones).
         noise: ``"uniform"`` (default) or ``"model"`` (wrong tokens sampled from the current policy).
-        mask_mistakes: leave inserted mistakes out of the expert and BC terms (default True; False trains
-            those terms on them too, as if the mistakes were the expert's).
-        mistakes_in_mixture: count the inserted-mistake steps of the expert half of the mixture in the value
-            and χ² terms (default True: the value term then telescopes; False leaves them out of both).
+        terminal: ``"iq"`` (``V' = 0`` after eos) or ``"absorbing"`` (eos enters an absorbing state with its
+            own value, :class:`SoftQ`).
+        inserted_steps: ``"bc_only"`` (the inserted (mistake, ``<backspace>``) pairs train the BC anchor
+            only) or ``"all"`` (they are steps of the expert rows in every term; the mistake token itself
+            never in the expert and BC terms).
     """
 
     gamma: float = 0.998
@@ -502,8 +581,8 @@ class SequenceMatchConfig(AgentConfig):
     max_phi_weight: float = PHI_WEIGHT_MAX
     p_noise: float = 0.1
     noise: str = "uniform"
-    mask_mistakes: bool = True
-    mistakes_in_mixture: bool = True
+    terminal: TerminalMode = "iq"
+    inserted_steps: InsertedSteps = "all"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -543,8 +622,8 @@ class SequenceMatchConfig(AgentConfig):
             )
         if self.noise not in ("uniform", "model"):
             raise ValueError(f"noise must be 'uniform' or 'model', got {self.noise!r}.")
-        if not isinstance(self.mask_mistakes, (bool, np.bool_)):
-            raise TypeError(f"mask_mistakes must be a bool, got {self.mask_mistakes!r}.")
+        check_option("terminal", self.terminal, TerminalMode)
+        check_option("inserted_steps", self.inserted_steps, InsertedSteps)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -564,8 +643,8 @@ class SequenceMatch(Agent):
     the LM itself, trained with IQ-Learn's non-adversarial objective, with ``<backspace>`` (``sequencematch.md``
     §2-§4).
 
-    **Q-values are the logits** (§2): ``Q(u, a) = l(a|u)``, ``V(u) = α·logsumexp(l(·|u)/α)``,
-    ``π = softmax(l/α)``, recovered reward ``r_i = Q(u_i, a_i) − γ·V'(u_{i+1})`` where ``V' = 0`` after eos
+    **Q-values are the scaled logits** (§2): ``Q(u, a) = α·l(a|u)``, ``V(u) = α·logsumexp(l(·|u))``,
+    ``π = softmax(l)``, recovered reward ``r_i = Q(u_i, a_i) − γ·V'(u_{i+1})`` where ``V' = 0`` after eos
     (terminal) and ``V' = V(u_T)`` when a trajectory was cut by the length or step limit (bootstrapped, as in
     IQ-Learn). :meth:`reward` returns it per step.
 
@@ -655,7 +734,7 @@ class SequenceMatch(Agent):
             )
         else:  # as given; model noise is drawn per batch
             self.train_trajectories = list(self.demonstrations)
-        self.model_noise = ModelNoise(self.policy, temperature=c.alpha)
+        self.model_noise = ModelNoise(self.policy)
         max_prompt = max([t.prompt_length for t in self.demonstrations], default=0)
         self.replay_buffer = ReplayBuffer(
             c.replay_size, max_prompt_length=max(max_prompt, self.max_length - 1), max_steps=self.max_steps
@@ -709,7 +788,6 @@ class SequenceMatch(Agent):
                     max_steps=self.max_steps,
                     max_length=self.max_length,
                     generator=generator,
-                    temperature=self.config.alpha,  # π = softmax(l/α)
                 )
                 self.replay_buffer.add(part, out.actions, out.terminated)
         finally:
@@ -733,12 +811,14 @@ class SequenceMatch(Agent):
             n_r = len(batch.replay)
         out = self.policy.trajectory_logits(prompts, actions)  # ONE masked forward: logits (B, T+1, A)
         B, T = out.actions.shape
-        expert_np = np.ones((B, T), dtype=bool)  # replay rows: irrelevant (not in E)
-        mix_np = np.ones((B, T), dtype=bool)
+        expert_np = np.ones((B, T), dtype=bool)  # False on inserted mistake tokens (replay rows: not in E)
+        kept_np = np.ones((B, T), dtype=bool)  # the steps the occupancy terms count
         for b, t in enumerate(batch.expert):
-            mix_np[b, : len(t)] = t.expert
-            if c.mask_mistakes:
-                expert_np[b, : len(t)] = t.expert
+            expert_np[b, : len(t)] = t.expert
+            if c.inserted_steps == "bc_only":
+                inserted = ~t.expert  # the mistake tokens, and the backspace right after each
+                inserted[1:] |= inserted[:-1]
+                kept_np[b, : len(t)] = ~inserted
         dev = out.logits.device
         rows = torch.arange(B, device=dev)
         in_expert = rows < n_e  # (B,)
@@ -760,7 +840,8 @@ class SequenceMatch(Agent):
             bc_weight=c.bc_weight,
             divergence=c.divergence,
             max_weight=c.max_phi_weight,
-            mixture_steps=None if c.mistakes_in_mixture else torch.from_numpy(mix_np).to(dev),
+            terminal_mode=c.terminal,
+            kept_steps=torch.from_numpy(kept_np).to(dev),
         )
         if batch.warmup:
             loss = terms["bc"]
@@ -782,13 +863,6 @@ class SequenceMatch(Agent):
                 UserWarning,
                 stacklevel=3,
             )
-
-    # -- acting: π = softmax(l/α) ---------------------------------------------------------------------------
-    @property
-    def policy_temperature(self) -> float:
-        """``predict``, ``generate`` (and the replay samples) draw from ``π = softmax(l/α)``: the logits are
-        divided by ``α`` (times any ``temperature`` given to ``generate``)."""
-        return float(self.config.alpha)
 
     # -- recovered reward ----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -843,6 +917,7 @@ class SequenceMatch(Agent):
                         alpha=self.config.alpha,
                         gamma=self.config.gamma,
                         allow_masked=True,
+                        terminal_mode=self.config.terminal,
                     )
                     r = sq.reward.double().cpu().numpy()
                     r[np.isneginf(r)] = masked_reward
