@@ -33,7 +33,7 @@ import torch
 
 from agents.base import Agent, AgentConfig, register_agent
 from agents.sequencematch import ModelNoise
-from seqgym.data import Trajectory, augment
+from seqgym.data import Trajectory, augment, inserted_allowed_share
 
 __all__ = ["BC", "BCConfig"]
 
@@ -82,12 +82,17 @@ class BC(Agent):
                 "The demonstrations already hold inserted mistakes (expert=False); pass p_noise=0.0 to train on "
                 "them as given, or pass clean demonstrations."
             )
+        source = getattr(self._seq_env, "source", None)  # rules out tokens: mistakes are real mistakes
         self.train_trajectories: list[Trajectory] = (
-            augment(self.demonstrations, p, self.setup_rng(), "uniform", max_length=self.max_length)
+            augment(
+                self.demonstrations, p, self.setup_rng(), "uniform", max_length=self.max_length, source=source
+            )
             if p > 0 and self.config.noise == "uniform"
             else list(self.demonstrations)
         )
-        self.model_noise = ModelNoise(self.policy)
+        #: share of the inserted wrong tokens that the source allows there (0: all real mistakes; nan: unknown)
+        self.noise_allowed_share = inserted_allowed_share(self.train_trajectories, source)
+        self.model_noise = ModelNoise(self.policy, source=source)
 
     def _dataset_size(self) -> int:
         return len(self.train_trajectories)

@@ -47,7 +47,7 @@ import torch
 
 from agents.base import Agent, AgentConfig, register_agent
 from agents.buffers import ReplayBuffer, Rollouts
-from seqgym.data import Trajectory, augment
+from seqgym.data import Trajectory, augment, inserted_allowed_share, mistake_candidates
 
 __all__ = [
     "DIVERGENCES",
@@ -237,7 +237,9 @@ def soft_q(
     log_pi = (l_a - lse[:, :T]).masked_fill(~step_mask, 0.0)  # (B, T) log π = l − LSE(l)
     kept = step_mask if kept_steps is None else step_mask & kept_steps.to(dev, torch.bool)  # (B, T)
     rank = torch.cumsum(kept.long(), dim=1) - 1  # (B, T) index of a kept step among the kept ones
-    discount = torch.pow(torch.tensor(gamma, dtype=logits.dtype, device=dev), rank.clamp(min=0).to(logits.dtype))
+    discount = torch.pow(
+        torch.tensor(gamma, dtype=logits.dtype, device=dev), rank.clamp(min=0).to(logits.dtype)
+    )
     discount = discount * kept  # (B, T) γ^k on kept steps, 0 elsewhere
     rows = torch.arange(B, device=dev)
     absorbing = terminal if terminal_mode == "absorbing" else torch.zeros_like(terminal)
@@ -432,7 +434,13 @@ def sequencematch_loss(
     if not bc_weight >= 0:
         raise ValueError(f"bc_weight must be >= 0, got {bc_weight!r}.")
     sq = soft_q(
-        logits, actions, step_mask, terminal, alpha=alpha, gamma=gamma, terminal_mode=terminal_mode,
+        logits,
+        actions,
+        step_mask,
+        terminal,
+        alpha=alpha,
+        gamma=gamma,
+        terminal_mode=terminal_mode,
         kept_steps=kept_steps,
     )
     expert_mask = expert_mask.to(sq.step_mask.device, torch.bool)
@@ -474,7 +482,7 @@ class ModelNoise:
     Example:
         >>> import numpy as np
         >>> from agents.policy import LMPolicy
-        >>> from seqgym.data import Trajectory, augment
+        >>> from seqgym.data import Trajectory, augment, inserted_allowed_share, mistake_candidates
         >>> from seqgym.vocab import Vocabulary
         >>> v = Vocabulary(["a", "b", "c"])
         >>> noise = ModelNoise(LMPolicy.from_config(v, n_layer=1, n_embd=16, n_head=2, n_positions=16))
@@ -485,11 +493,15 @@ class ModelNoise:
         (True, 3)
     """
 
-    def __init__(self, policy: Any, *, temperature: float = 1.0) -> None:
+    def __init__(
+        self, policy: Any, *, temperature: float = 1.0, source: object | None = None, floor: float = -math.inf
+    ) -> None:
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature!r}.")
         self.policy = policy
         self.temperature = float(temperature)
+        self.source = source
+        self.floor = float(floor)
         self._cache: dict[int, tuple[Trajectory, torch.Tensor]] = {}
 
     @torch.no_grad()
@@ -527,11 +539,11 @@ class ModelNoise:
             )
         rows = torch.from_numpy(pos).to(logits.device)
         p = torch.softmax(logits[rows].double() / self.temperature, dim=-1).cpu().numpy()  # (K, n_tokens)
-        p[np.flatnonzero(is_tok), expert[is_tok]] = 0.0  # never the expert's own token
+        # only real mistakes: the tokens the source rules out there, else never the expert's own token
+        flat = mistake_candidates(trajectory, pos, self.source, floor=self.floor).astype(np.float64)
+        p = p * flat
         total = p.sum(axis=1, keepdims=True)  # (K, 1)
         # a row with no probability left (the model is sure of the expert's token): uniform over the others
-        flat = np.ones_like(p)
-        flat[np.flatnonzero(is_tok), expert[is_tok]] = 0.0
         p = np.where(total > 0, p / np.where(total > 0, total, 1.0), flat / flat.sum(axis=1, keepdims=True))
         cdf = np.cumsum(p, axis=1)  # (K, n_tokens)
         u = rng.random(len(pos))[:, None] * cdf[:, -1:]  # (K, 1)
@@ -728,13 +740,16 @@ class SequenceMatch(Agent):
                 "The demonstrations already hold inserted mistakes (expert=False); pass p_noise=0.0 to train on "
                 "them as given, or pass clean demonstrations."
             )
+        source = getattr(self._seq_env, "source", None)  # rules out tokens: mistakes are real mistakes
         if p > 0 and c.noise == "uniform":
             self.train_trajectories: list[Trajectory] = augment(
-                self.demonstrations, p, self.setup_rng(), "uniform", max_length=self.max_length
+                self.demonstrations, p, self.setup_rng(), "uniform", max_length=self.max_length, source=source
             )
         else:  # as given; model noise is drawn per batch
             self.train_trajectories = list(self.demonstrations)
-        self.model_noise = ModelNoise(self.policy)
+        #: share of the inserted wrong tokens that the source allows there (0: all real mistakes; nan: unknown)
+        self.noise_allowed_share = inserted_allowed_share(self.train_trajectories, source)
+        self.model_noise = ModelNoise(self.policy, source=source)
         max_prompt = max([t.prompt_length for t in self.demonstrations], default=0)
         self.replay_buffer = ReplayBuffer(
             c.replay_size, max_prompt_length=max(max_prompt, self.max_length - 1), max_steps=self.max_steps

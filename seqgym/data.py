@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -57,9 +58,12 @@ __all__ = [
     "NoiseFn",
     "Trajectory",
     "Transitions",
+    "UniformNoise",
     "augment",
     "collect",
+    "inserted_allowed_share",
     "load_demonstrations",
+    "mistake_candidates",
     "save_demonstrations",
     "to_transitions",
     "uniform_noise",
@@ -431,6 +435,107 @@ def uniform_noise(trajectory: Trajectory, positions: np.ndarray, rng: np.random.
     return (r + (is_token & (r >= expert_action))).astype(np.int64)  # skip over the expert's token
 
 
+def mistake_candidates(
+    trajectory: Trajectory,
+    positions: np.ndarray,
+    source: object | None = None,
+    *,
+    floor: float = -math.inf,
+) -> np.ndarray:
+    """Which ordinary tokens count as a mistake before each chosen action: ``(K, n_tokens)`` bool.
+
+    ``sequencematch.md`` §4: a mistake must be a mistake. Where ``source`` knows its probabilities
+    (``next_token_logprobs``), the candidates at position ``i`` are the tokens it rules out after the state
+    before action ``i`` (log-probability ``<= floor``; ``-inf`` by default: impossible tokens only), and a row
+    is empty where it rules out none (no mistake exists there: :func:`augment` inserts none). Without such a
+    source: every ordinary token but the expert's action there.
+
+    Args:
+        trajectory: the trajectory being corrupted.
+        positions: int64, shape ``(K,)``: action indices.
+        source: an optional source with ``next_token_logprobs``.
+        floor: log-probability at or below which a token counts as ruled out.
+
+    Returns:
+        bool, shape ``(K, n_tokens)``; never the expert's own action.
+    """
+    pos = np.asarray(positions, dtype=np.int64)
+    n_tok = trajectory.vocab.n_tokens
+    expert_action = trajectory.actions[pos]  # (K,)
+    out = np.ones((len(pos), n_tok), dtype=np.bool_)
+    is_token = np.flatnonzero(expert_action < n_tok)
+    out[is_token, expert_action[is_token]] = False
+    if source is None or not callable(getattr(source, "next_token_logprobs", None)) or len(pos) == 0:
+        return out
+    states = trajectory.states()
+    for j, i in enumerate(pos.tolist()):
+        lp = np.asarray(source.next_token_logprobs(states[i]), dtype=np.float64)[:n_tok]  # type: ignore[attr-defined]
+        out[j] &= lp <= floor
+    return out
+
+
+class UniformNoise:
+    """The ``"uniform"`` :data:`NoiseFn` restricted to real mistakes: each wrong token uniform over
+    :func:`mistake_candidates` (the tokens ``source`` rules out, else every token but the expert's).
+
+    Args:
+        source: an optional source with ``next_token_logprobs``; ``None`` is :func:`uniform_noise`.
+        floor: log-probability at or below which a token counts as ruled out (default ``-inf``).
+
+    Example:
+        >>> import numpy as np
+        >>> from seqgym.sources.dyck import Dyck
+        >>> src = Dyck()
+        >>> clean = collect(src, 50, np.random.default_rng(0))
+        >>> noisy = augment(clean, 0.3, np.random.default_rng(1), UniformNoise(src))
+        >>> inserted_allowed_share(noisy, src)
+        0.0
+    """
+
+    def __init__(self, source: object | None = None, *, floor: float = -math.inf) -> None:
+        if not (isinstance(floor, (int, float, np.integer, np.floating)) and not isinstance(floor, bool)):
+            raise TypeError(f"floor must be a number (a log-probability), got {floor!r}.")
+        if float(floor) > 0 or math.isnan(float(floor)):
+            raise ValueError(f"floor must be a log-probability <= 0 (or -inf), got {floor!r}.")
+        self.source = source
+        self.floor = float(floor)
+
+    def __call__(self, trajectory: Trajectory, positions: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if self.source is None:
+            return uniform_noise(trajectory, positions, rng)
+        mask = mistake_candidates(trajectory, positions, self.source, floor=self.floor)  # (K, n_tokens)
+        if not mask.any(axis=1).all():
+            raise ValueError(
+                "uniform noise needs at least 2 ordinary tokens to draw a wrong one in place of a token."
+            )
+        cdf = np.cumsum(mask, axis=1)  # (K, n_tokens)
+        u = rng.random(len(mask)) * cdf[:, -1]  # (K,)
+        return (cdf <= u[:, None]).sum(axis=1).astype(np.int64)
+
+
+def inserted_allowed_share(
+    trajectories: Iterable[Trajectory], source: object, *, floor: float = -math.inf
+) -> float:
+    """The share of inserted wrong tokens (``expert`` False) that ``source`` would have allowed there
+    (log-probability ``> floor``): 0 when every mistake is a real one.
+
+    Returns ``nan`` when nothing was inserted or ``source`` has no ``next_token_logprobs``.
+    """
+    if not callable(getattr(source, "next_token_logprobs", None)):
+        return math.nan
+    allowed = total = 0
+    for traj in trajectories:
+        where = np.flatnonzero(~traj.expert)
+        if where.size == 0:
+            continue
+        states = traj.states()
+        for i in where.tolist():
+            lp = float(np.asarray(source.next_token_logprobs(states[i]))[int(traj.actions[i])])  # type: ignore[attr-defined]
+            allowed += lp > floor
+            total += 1
+    return allowed / total if total else math.nan
+
+
 def augment(
     trajectories: Iterable[Trajectory],
     p_noise: float,
@@ -438,6 +543,7 @@ def augment(
     noise: str | NoiseFn = "uniform",
     *,
     max_length: int | None = None,
+    source: object | None = None,
 ) -> list[Trajectory]:
     """Insert a wrong token and ``<backspace>`` before each expert action with probability ``p_noise``.
 
@@ -453,11 +559,16 @@ def augment(
         p_noise: insertion probability per position, in ``[0, 1]``.
         rng: a ``numpy.random.Generator`` (advanced in place) or an int seed. The draws per trajectory are
             ``T`` uniforms for the positions, then whatever ``noise`` draws.
-        noise: ``"uniform"`` (:func:`uniform_noise`) or a :data:`NoiseFn` ``(trajectory, positions, rng) ->
+        noise: ``"uniform"`` (:class:`UniformNoise` over the tokens ``source`` rules out, or
+            :func:`uniform_noise` without a source) or a :data:`NoiseFn` ``(trajectory, positions, rng) ->
             wrong_tokens``, e.g. samples from a model ("model noise"); its output is validated.
         max_length: if given, skip positions where the wrong token would make the visible sequence reach
             ``max_length`` (the environment truncates there), so the augmented trajectory plays out in a
             ``SequenceEnv(max_length=max_length)``. ``None``: no limit.
+        source: the source of the demonstrations; where it knows its probabilities, mistakes are inserted only
+            where it rules some token out, and ``"uniform"`` noise draws only such tokens
+            (:func:`mistake_candidates`), so every inserted token is a real mistake (check with
+            :func:`inserted_allowed_share`).
 
     Returns:
         One new trajectory per input, in order (the input itself where nothing was inserted).
@@ -483,7 +594,7 @@ def augment(
             raise ValueError(
                 f"Unknown noise {noise!r}: use 'uniform' or a callable (trajectory, positions, rng)."
             )
-        noise_fn = uniform_noise
+        noise_fn = UniformNoise(source)
     elif callable(noise):
         noise_fn = noise
     else:
@@ -498,7 +609,10 @@ def augment(
         eligible = traj.expert.copy()  # (T,)
         if max_length is not None:
             eligible &= traj.visible_lengths()[:-1] + 1 < max_length
-        if noise_fn is uniform_noise and vocab.n_tokens == 1:
+        if source is not None and callable(getattr(source, "next_token_logprobs", None)):
+            # a position where the source rules no token out has no mistake to insert
+            eligible &= mistake_candidates(traj, np.arange(T), source).any(axis=1)
+        if isinstance(noise_fn, UniformNoise) and vocab.n_tokens == 1:
             eligible &= traj.actions >= vocab.n_tokens  # no wrong token exists in place of the only token
         chosen = np.flatnonzero(coin & eligible).astype(np.int64)  # (K,)
         K = int(chosen.shape[0])

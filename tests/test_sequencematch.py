@@ -242,12 +242,26 @@ def test_loss_equals_naive_per_state_reference(
             kept_steps=kept,
         )
         sq = soft_q(
-            out.logits, out.actions, out.action_mask, terminal, alpha=alpha, gamma=gamma,
-            terminal_mode=terminal_mode, kept_steps=kept,
+            out.logits,
+            out.actions,
+            out.action_mask,
+            terminal,
+            alpha=alpha,
+            gamma=gamma,
+            terminal_mode=terminal_mode,
+            kept_steps=kept,
         )
     ref = naive_terms(
-        model, prompts, actions, expert, alpha=alpha, gamma=gamma, chi2_coef=chi2_coef, divergence=divergence,
-        terminal_mode=terminal_mode, skip_inserted=skip_inserted,
+        model,
+        prompts,
+        actions,
+        expert,
+        alpha=alpha,
+        gamma=gamma,
+        chi2_coef=chi2_coef,
+        divergence=divergence,
+        terminal_mode=terminal_mode,
+        skip_inserted=skip_inserted,
     )
     per_row = {
         "expert": expert_term(sq, expert_mask, divergence),
@@ -321,7 +335,12 @@ def test_reward_identity_and_telescoped_value(model, batch, alpha: float, termin
     terminal = torch.tensor([a[-1] == EOS for a in actions])
     with torch.no_grad():
         sq = soft_q(
-            out.logits, out.actions, out.action_mask, terminal, alpha=alpha, gamma=gamma,
+            out.logits,
+            out.actions,
+            out.action_mask,
+            terminal,
+            alpha=alpha,
+            gamma=gamma,
             terminal_mode=terminal_mode,
         )
         T = out.actions.shape[1]
@@ -330,7 +349,9 @@ def test_reward_identity_and_telescoped_value(model, batch, alpha: float, termin
         rhs = alpha * log_pi + sq.v[:, :T] - gamma * sq.v_next
         torch.testing.assert_close(sq.reward[m], rhs[m], **TOL)
         torch.testing.assert_close(sq.log_pi[m], log_pi[m], **TOL)
-        torch.testing.assert_close(sq.q[m], alpha * out.logits[:, :T].gather(-1, out.actions[:, :, None])[..., 0][m])
+        torch.testing.assert_close(
+            sq.q[m], alpha * out.logits[:, :T].gather(-1, out.actions[:, :, None])[..., 0][m]
+        )
         torch.testing.assert_close(value_term(sq), value_term_telescoped(sq), **TOL)
         for b, a in enumerate(actions):
             t = len(a)
@@ -369,20 +390,51 @@ def test_scale_identity_on_random_logits(
 
     def sm_terms(a: float, c: float) -> torch.Tensor:
         _, terms = sequencematch_loss(
-            logits, actions, step_mask, terminal, expert_mask, in_expert=rows, in_mixture=rows, alpha=a,
-            gamma=gamma, chi2_coef=c, bc_weight=0.0, divergence=divergence, terminal_mode=terminal_mode,
+            logits,
+            actions,
+            step_mask,
+            terminal,
+            expert_mask,
+            in_expert=rows,
+            in_mixture=rows,
+            alpha=a,
+            gamma=gamma,
+            chi2_coef=c,
+            bc_weight=0.0,
+            divergence=divergence,
+            terminal_mode=terminal_mode,
         )
         return terms["expert"] + terms["value"] + terms["chi2"]
 
     if divergence == "chi2":
         torch.testing.assert_close(sm_terms(alpha, chi2_coef), alpha * sm_terms(1.0, chi2_coef / alpha))
     _, with_bc = sequencematch_loss(
-        logits, actions, step_mask, terminal, expert_mask, in_expert=rows, in_mixture=rows, alpha=alpha,
-        gamma=gamma, chi2_coef=chi2_coef, bc_weight=1.0, terminal_mode=terminal_mode,
+        logits,
+        actions,
+        step_mask,
+        terminal,
+        expert_mask,
+        in_expert=rows,
+        in_mixture=rows,
+        alpha=alpha,
+        gamma=gamma,
+        chi2_coef=chi2_coef,
+        bc_weight=1.0,
+        terminal_mode=terminal_mode,
     )
     _, bc_at_1 = sequencematch_loss(
-        logits, actions, step_mask, terminal, expert_mask, in_expert=rows, in_mixture=rows, alpha=1.0,
-        gamma=gamma, chi2_coef=chi2_coef, bc_weight=1.0, terminal_mode=terminal_mode,
+        logits,
+        actions,
+        step_mask,
+        terminal,
+        expert_mask,
+        in_expert=rows,
+        in_mixture=rows,
+        alpha=1.0,
+        gamma=gamma,
+        chi2_coef=chi2_coef,
+        bc_weight=1.0,
+        terminal_mode=terminal_mode,
     )
     torch.testing.assert_close(with_bc["bc"], bc_at_1["bc"])  # the BC anchor does not depend on α
 

@@ -78,12 +78,20 @@ def solve(terminal_mode: str, *, alpha: float, chi2_coef: float, gamma: float) -
 
     def loss() -> torch.Tensor:
         logits = table.masked_fill(~allowed, float("-inf"))[state_ids]  # (B, T+1, A)
-        sq = soft_q(logits, actions, step_mask, terminal, alpha=alpha, gamma=gamma, terminal_mode=terminal_mode)
+        sq = soft_q(
+            logits, actions, step_mask, terminal, alpha=alpha, gamma=gamma, terminal_mode=terminal_mode
+        )
         per_row = expert_term(sq, expert_mask) + value_term(sq) + chi2_term(sq, chi2_coef)  # (B,)
         return (weights * per_row).sum()
 
-    opt = torch.optim.LBFGS([table], lr=1.0, max_iter=500, tolerance_grad=1e-12, tolerance_change=1e-14,
-                            line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        [table],
+        lr=1.0,
+        max_iter=500,
+        tolerance_grad=1e-12,
+        tolerance_change=1e-14,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
