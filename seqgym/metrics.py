@@ -65,10 +65,12 @@ from seqgym.vocab import Vocabulary
 __all__ = [
     "DEFAULT_LOGPROB_FLOOR",
     "START",
+    "RecoveryStates",
     "SourceStatistics",
     "backspace_rate",
     "bigram_counts",
     "bigram_tv",
+    "deletion_stats",
     "distinct_n",
     "evaluate_samples",
     "heldout_nll_per_token",
@@ -76,8 +78,10 @@ __all__ = [
     "length_counts",
     "length_tv",
     "model_heldout_nll",
+    "recovery_metrics",
     "rep_n",
     "sample_heldout",
+    "sample_recovery_states",
     "source_entropy_per_token",
     "source_statistics",
     "token_logprobs",
@@ -600,3 +604,180 @@ def evaluate_samples(
     if actions is not None:
         out["backspace_rate"] = backspace_rate(vocab, actions)
     return out
+
+
+# ------------------------------------------------------------------------------------------------------------
+# recovery: evaluation from states with a deletable generated prefix (sequencematch.md §4b)
+@dataclass(frozen=True)
+class RecoveryStates:
+    """Start states for recovery evaluation, one per row: a prompt and a deletable generated prefix.
+
+    Attributes:
+        prompts: ``n`` prompts (undeletable).
+        clean: ``n`` clean generated prefixes: a prefix of a source sample's completion (at least one token,
+            never eos), so a model that deletes any of it deletes a correct token.
+        injected: ``n`` prefixes: ``clean[k]`` followed by one token the source rules out there (an impossible
+            token), the mistake a model should take back.
+    """
+
+    prompts: list[list[int]]
+    clean: list[list[int]]
+    injected: list[list[int]]
+
+
+def sample_recovery_states(source: object, n: int, *, seed: int) -> RecoveryStates:
+    """Draw ``n`` recovery start states from ``source`` (which needs ``next_token_logprobs``).
+
+    Each row: a source sample ``(prompt, completion)``, a cut ``k`` uniform in ``1 .. len(completion) − 1``
+    (the eos excluded), ``clean = completion[:k]``, and ``injected = clean + [w]`` with ``w`` uniform over the
+    ordinary tokens of log-probability ``-inf`` after ``prompt + clean``. Samples too short to cut, or states
+    where the source rules nothing out, are skipped and redrawn (at most ``100·n`` draws).
+
+    Raises:
+        TypeError: the source has no ``next_token_logprobs``.
+        ValueError: ``n < 1``, or too few usable states were found.
+    """
+    if not callable(getattr(source, "next_token_logprobs", None)):
+        raise TypeError(
+            f"{type(source).__name__} has no next_token_logprobs: it cannot tell an impossible token."
+        )
+    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}.")
+    vocab = _vocab_of(source)
+    rng = np.random.default_rng(seed)
+    prompts: list[list[int]] = []
+    clean: list[list[int]] = []
+    injected: list[list[int]] = []
+    for _ in range(100 * int(n)):
+        if len(prompts) == n:
+            break
+        p, c = source.sample(rng)  # type: ignore[attr-defined]
+        p, c = [int(t) for t in p], [int(t) for t in c]
+        if len(c) < 2:
+            continue
+        k = int(rng.integers(1, len(c)))  # 1 .. len(c) - 1: at least one token, never the eos
+        prefix = c[:k]
+        lp = np.asarray(source.next_token_logprobs(p + prefix))[: vocab.n_tokens]  # type: ignore[attr-defined]
+        impossible = np.flatnonzero(np.isneginf(lp))
+        if impossible.size == 0:
+            continue
+        prompts.append(p)
+        clean.append(prefix)
+        injected.append([*prefix, int(rng.choice(impossible))])
+    if len(prompts) < n:
+        raise ValueError(
+            f"Found only {len(prompts)} of {n} recovery states: the source rarely rules a token out or its "
+            "samples are too short to cut."
+        )
+    return RecoveryStates(prompts=prompts, clean=clean, injected=injected)
+
+
+def _walk(
+    source: object, vocab: Vocabulary, prompt: list[int], prefix: list[int], actions: list[int]
+) -> tuple[list[int], int, int, int]:
+    """Replay ``prefix + actions`` from ``prompt``: the final sequence, how many prefix tokens were deleted,
+    and how many generated tokens were emitted then deleted, split into allowed / ruled-out ones."""
+    state = [*prompt, *prefix]
+    boundary = len(state)  # deleting below this deletes the given prefix
+    emitted_ok: list[bool] = []  # per generated token on the stack: did the source allow it there?
+    prefix_deleted = deleted_allowed = deleted_ruled_out = 0
+    exact = callable(getattr(source, "next_token_logprobs", None))
+    for a in actions:
+        if a == vocab.backspace_id:
+            if len(state) <= len(prompt):
+                continue  # a no-op at the prompt boundary
+            state.pop()
+            if len(state) < boundary:
+                prefix_deleted += 1
+                boundary = len(state)
+            else:
+                if emitted_ok.pop():
+                    deleted_allowed += 1
+                else:
+                    deleted_ruled_out += 1
+        else:
+            ok = True
+            if exact and a != vocab.eos_id:
+                ok = bool(np.asarray(source.next_token_logprobs(state))[a] > -np.inf)  # type: ignore[attr-defined]
+            state.append(int(a))
+            emitted_ok.append(ok)
+            if a == vocab.eos_id:
+                break
+    return state, prefix_deleted, deleted_allowed, deleted_ruled_out
+
+
+def _check_rows(prompts: Sequence[Ids], prefixes: Sequence[Ids] | None, actions: Sequence[Ids]) -> None:
+    if len(prompts) != len(actions) or (prefixes is not None and len(prefixes) != len(actions)):
+        raise ValueError(
+            f"Give one prompt (and prefix) per action history: got {len(prompts)} prompts, "
+            f"{'no' if prefixes is None else len(prefixes)} prefixes and {len(actions)} histories."
+        )
+    if not actions:
+        raise ValueError("No action histories to judge.")
+
+
+def recovery_metrics(
+    source: object, prompts: Sequence[Ids], prefixes: Sequence[Ids], actions: Sequence[Ids]
+) -> dict[str, float]:
+    """How a model recovers from an injected mistake at the end of a deletable prefix.
+
+    Args:
+        source: a source with ``is_valid`` (and ``next_token_logprobs`` for the deletion split).
+        prompts, prefixes: the start states (:attr:`RecoveryStates.prompts`, :attr:`RecoveryStates.injected`).
+        actions: the action history each run took after its prefix (backspaces included).
+
+    Returns:
+        ``backspace_first``: share of runs whose first action is ``<backspace>`` (P(backspace next | just after
+        the mistake), estimated by sampling); ``recovery``: share whose final sequence is valid;
+        ``mistake_removed``: share that deleted the injected token.
+    """
+    _check_rows(prompts, prefixes, actions)
+    vocab = _vocab_of(source)
+    first = removed = valid = 0
+    for p, g, a in zip(prompts, prefixes, actions):
+        p, g, a = [int(t) for t in p], [int(t) for t in g], [int(t) for t in a]
+        first += bool(a) and a[0] == vocab.backspace_id
+        final, prefix_deleted, _, _ = _walk(source, vocab, p, g, a)
+        removed += prefix_deleted > 0
+        valid += bool(source.is_valid(final))  # type: ignore[attr-defined]
+    n = len(actions)
+    return {"backspace_first": first / n, "recovery": valid / n, "mistake_removed": removed / n}
+
+
+def deletion_stats(
+    source: object, prompts: Sequence[Ids], actions: Sequence[Ids], prefixes: Sequence[Ids] | None = None
+) -> dict[str, float]:
+    """Deletions during generation, per sequence.
+
+    Args:
+        source: a source or vocabulary; with ``next_token_logprobs`` the deleted tokens are split into those
+            the source allowed (correct tokens taken back) and those it ruled out (real mistakes repaired).
+        prompts: the prompts.
+        actions: the action histories after the start state.
+        prefixes: optional clean deletable prefixes the runs started from (:attr:`RecoveryStates.clean`).
+
+    Returns:
+        ``deliberate_mistakes``: tokens emitted and then deleted, per sequence; ``deleted_allowed`` /
+        ``deleted_ruled_out``: the same split by the source's verdict on each deleted token (``nan`` without
+        exact probabilities); ``false_deletions``: share of runs that deleted part of the clean ``prefixes``
+        (0 without prefixes).
+    """
+    _check_rows(prompts, prefixes, actions)
+    vocab = _vocab_of(source)
+    exact = callable(getattr(source, "next_token_logprobs", None))
+    tot_allowed = tot_ruled_out = runs_into_prefix = 0
+    for k, (p, a) in enumerate(zip(prompts, actions)):
+        g = [] if prefixes is None else [int(t) for t in prefixes[k]]
+        _, prefix_deleted, allowed, ruled_out = _walk(
+            source, vocab, [int(t) for t in p], g, [int(t) for t in a]
+        )
+        tot_allowed += allowed
+        tot_ruled_out += ruled_out
+        runs_into_prefix += prefix_deleted > 0
+    n = len(actions)
+    return {
+        "deliberate_mistakes": (tot_allowed + tot_ruled_out) / n,
+        "deleted_allowed": tot_allowed / n if exact else float("nan"),
+        "deleted_ruled_out": tot_ruled_out / n if exact else float("nan"),
+        "false_deletions": runs_into_prefix / n,
+    }

@@ -1,0 +1,77 @@
+"""Recovery metrics: start states with a deletable prefix, and how runs from them are judged."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from seqgym.metrics import deletion_stats, recovery_metrics, sample_recovery_states
+from seqgym.sources.dyck import Dyck
+from seqgym.sources.markov import Markov
+
+SRC = Dyck()
+V = SRC.vocab
+O, C, SQ, BK, EOS = V.token_to_id("("), V.token_to_id(")"), SQ, V.backspace_id, V.eos_id
+
+
+def test_recovery_states_hold_a_clean_prefix_and_one_impossible_token() -> None:
+    st = sample_recovery_states(SRC, 200, seed=0)
+    assert len(st.prompts) == len(st.clean) == len(st.injected) == 200
+    for p, g, h in zip(st.prompts, st.clean, st.injected):
+        assert len(g) >= 1 and EOS not in g and h[:-1] == g
+        assert SRC.next_token_logprobs(p + g)[h[-1]] == -math.inf  # the injected token is impossible
+        assert all(SRC.next_token_logprobs(p + g[:i])[g[i]] > -math.inf for i in range(len(g)))
+    again = sample_recovery_states(SRC, 200, seed=0)
+    assert again == st  # same seed, same states
+
+
+def test_recovery_metrics_on_hand_made_runs() -> None:
+    prompts = [[], [], []]
+    prefixes = [[O, SQ], [O, SQ], [O, SQ]]  # "(" then "]" (impossible after "(")
+    assert SRC.next_token_logprobs([O])[SQ] == -math.inf
+    runs = [
+        [BK, C, EOS],  # deletes the mistake, closes: valid
+        [C, EOS],  # keeps the mistake: invalid
+        [BK, BK, O, C, EOS],  # deletes the mistake and the "(" too, then writes "()": valid
+    ]
+    m = recovery_metrics(SRC, prompts, prefixes, runs)
+    assert m == {
+        "backspace_first": pytest.approx(2 / 3),
+        "recovery": pytest.approx(2 / 3),
+        "mistake_removed": pytest.approx(2 / 3),
+    }
+
+
+def test_deletion_stats_split_deleted_tokens_by_the_sources_verdict() -> None:
+    runs = [
+        [O, C, BK, C, EOS],  # ")" emitted, deleted, written again: an allowed token taken back
+        [O, SQ, BK, C, EOS],  # "]" after "(" is ruled out: a real mistake repaired
+        [O, C, EOS],  # no deletion
+    ]
+    d = deletion_stats(SRC, [[], [], []], runs)
+    assert d["deliberate_mistakes"] == pytest.approx(2 / 3)
+    assert d["deleted_allowed"] == pytest.approx(1 / 3)
+    assert d["deleted_ruled_out"] == pytest.approx(1 / 3)
+    assert d["false_deletions"] == 0.0
+    # from clean prefixes: the second run deletes into its prefix
+    d = deletion_stats(SRC, [[], []], [[C, EOS], [BK, O, C, C, EOS]], prefixes=[[O], [O]])
+    assert d["false_deletions"] == pytest.approx(0.5)
+
+
+def test_bad_input_is_refused() -> None:
+    with pytest.raises(TypeError, match="next_token_logprobs"):
+        sample_recovery_states(object(), 3, seed=0)
+    with pytest.raises(ValueError, match="positive"):
+        sample_recovery_states(SRC, 0, seed=0)
+    with pytest.raises(ValueError, match="one prompt"):
+        recovery_metrics(SRC, [[]], [[O]], [[C], [C]])
+
+
+def test_markov_recovery_states() -> None:
+    src = Markov(6, forbidden_fraction=0.5, eos_prob=0.2, max_length=8, seed=3)
+    st = sample_recovery_states(src, 50, seed=1)
+    assert all(
+        np.isneginf(src.next_token_logprobs(p + g[:-1])[g[-1]]) for p, g in zip(st.prompts, st.injected)
+    )
