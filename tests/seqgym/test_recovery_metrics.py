@@ -13,7 +13,7 @@ from seqgym.sources.markov import Markov
 
 SRC = Dyck()
 V = SRC.vocab
-O, C, SQ, BK, EOS = V.token_to_id("("), V.token_to_id(")"), SQ, V.backspace_id, V.eos_id
+OP, C, SQ, BK, EOS = V.token_to_id("("), V.token_to_id(")"), V.token_to_id("]"), V.backspace_id, V.eos_id
 
 
 def test_recovery_states_hold_a_clean_prefix_and_one_impossible_token() -> None:
@@ -29,12 +29,12 @@ def test_recovery_states_hold_a_clean_prefix_and_one_impossible_token() -> None:
 
 def test_recovery_metrics_on_hand_made_runs() -> None:
     prompts = [[], [], []]
-    prefixes = [[O, SQ], [O, SQ], [O, SQ]]  # "(" then "]" (impossible after "(")
-    assert SRC.next_token_logprobs([O])[SQ] == -math.inf
+    prefixes = [[OP, SQ], [OP, SQ], [OP, SQ]]  # "(" then "]" (impossible after "(")
+    assert SRC.next_token_logprobs([OP])[SQ] == -math.inf
     runs = [
         [BK, C, EOS],  # deletes the mistake, closes: valid
         [C, EOS],  # keeps the mistake: invalid
-        [BK, BK, O, C, EOS],  # deletes the mistake and the "(" too, then writes "()": valid
+        [BK, BK, OP, C, EOS],  # deletes the mistake and the "(" too, then writes "()": valid
     ]
     m = recovery_metrics(SRC, prompts, prefixes, runs)
     assert m == {
@@ -46,9 +46,9 @@ def test_recovery_metrics_on_hand_made_runs() -> None:
 
 def test_deletion_stats_split_deleted_tokens_by_the_sources_verdict() -> None:
     runs = [
-        [O, C, BK, C, EOS],  # ")" emitted, deleted, written again: an allowed token taken back
-        [O, SQ, BK, C, EOS],  # "]" after "(" is ruled out: a real mistake repaired
-        [O, C, EOS],  # no deletion
+        [OP, C, BK, C, EOS],  # ")" emitted, deleted, written again: an allowed token taken back
+        [OP, SQ, BK, C, EOS],  # "]" after "(" is ruled out: a real mistake repaired
+        [OP, C, EOS],  # no deletion
     ]
     d = deletion_stats(SRC, [[], [], []], runs)
     assert d["deliberate_mistakes"] == pytest.approx(2 / 3)
@@ -56,7 +56,7 @@ def test_deletion_stats_split_deleted_tokens_by_the_sources_verdict() -> None:
     assert d["deleted_ruled_out"] == pytest.approx(1 / 3)
     assert d["false_deletions"] == 0.0
     # from clean prefixes: the second run deletes into its prefix
-    d = deletion_stats(SRC, [[], []], [[C, EOS], [BK, O, C, C, EOS]], prefixes=[[O], [O]])
+    d = deletion_stats(SRC, [[], []], [[C, EOS], [BK, OP, C, C, EOS]], prefixes=[[OP], [OP]])
     assert d["false_deletions"] == pytest.approx(0.5)
 
 
@@ -66,7 +66,7 @@ def test_bad_input_is_refused() -> None:
     with pytest.raises(ValueError, match="positive"):
         sample_recovery_states(SRC, 0, seed=0)
     with pytest.raises(ValueError, match="one prompt"):
-        recovery_metrics(SRC, [[]], [[O]], [[C], [C]])
+        recovery_metrics(SRC, [[]], [[OP]], [[C], [C]])
 
 
 def test_markov_recovery_states() -> None:
