@@ -7,8 +7,8 @@ array is allocated once, at construction, so the memory it holds never grows (:a
 Example:
     >>> import numpy as np
     >>> buf = ReplayBuffer(capacity=2, max_prompt_length=3, max_steps=4)
-    >>> buf.nbytes                      # 2 * (3 + 4) ids * 8 bytes + 2 * (2 lengths * 8 bytes + 1 flag)
-    146
+    >>> buf.nbytes                      # 2 * (3 + 4) ids * 8 bytes + 2 * (3 int64 + 1 flag)
+    162
     >>> buf.add([[0], [1, 1]], [[2, 5], [0, 3, 2]], [False, True])
     >>> buf.add([[]], [[1]], [False])   # full: overwrites the oldest record
     >>> len(buf), buf.n_added
@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,11 +39,14 @@ class Rollouts:
         actions: ``B`` int64 arrays, the actions taken (tokens, ``eos``, ``backspace``), ``(T_b,)`` each.
         terminal: bool array ``(B,)``: True where the trajectory ended with ``eos`` (False: cut by a time or
             length limit, so its last state is not terminal).
+        born: int64 array ``(B,)``: the update count of the model that generated each trajectory (``-1``
+            where not recorded), so that an update can measure the age of the samples it uses.
     """
 
     prompts: list[np.ndarray]
     actions: list[np.ndarray]
     terminal: np.ndarray
+    born: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     def __len__(self) -> int:
         return len(self.actions)
@@ -51,9 +55,9 @@ class Rollouts:
 class ReplayBuffer:
     """Ring buffer of ``(prompt, actions, terminal)`` records in arrays allocated once.
 
-    Memory is fixed at construction: ``capacity * (max_prompt_length + max_steps)`` int64 ids plus two int64
-    lengths and one bool flag per record (:attr:`nbytes`); adding never allocates. When full, :meth:`add`
-    overwrites the oldest records first.
+    Memory is fixed at construction: ``capacity * (max_prompt_length + max_steps)`` int64 ids plus, per record,
+    two int64 lengths, the int64 update count that generated it and one bool flag (:attr:`nbytes`); adding
+    never allocates. When full, :meth:`add` overwrites the oldest records first.
 
     Args:
         capacity: number of trajectories kept (``>= 1``).
@@ -79,6 +83,7 @@ class ReplayBuffer:
         self._prompt_lengths = np.zeros(self.capacity, dtype=np.int64)  # (N,)
         self._lengths = np.zeros(self.capacity, dtype=np.int64)  # (N,)
         self._terminal = np.zeros(self.capacity, dtype=bool)  # (N,)
+        self._born = np.full(self.capacity, -1, dtype=np.int64)  # (N,) update count of the generating model
         self._size = 0
         self._next = 0  # slot the next record goes to
         self.n_added = 0  # records added since construction (or the last clear)
@@ -86,7 +91,14 @@ class ReplayBuffer:
     @property
     def nbytes(self) -> int:
         """Bytes held by the buffer's arrays; constant for the buffer's lifetime."""
-        arrays = (self._prompts, self._actions, self._prompt_lengths, self._lengths, self._terminal)
+        arrays = (
+            self._prompts,
+            self._actions,
+            self._prompt_lengths,
+            self._lengths,
+            self._terminal,
+            self._born,
+        )
         return int(sum(a.nbytes for a in arrays))
 
     def __len__(self) -> int:
@@ -104,6 +116,8 @@ class ReplayBuffer:
         prompts: Sequence[Sequence[int] | np.ndarray],
         actions: Sequence[Sequence[int] | np.ndarray],
         terminal: Sequence[bool] | np.ndarray,
+        *,
+        born: int = -1,
     ) -> None:
         """Append trajectories, overwriting the oldest ones once the buffer is full.
 
@@ -111,6 +125,7 @@ class ReplayBuffer:
             prompts: ``B`` prompts (id sequences, possibly empty), each at most ``max_prompt_length`` long.
             actions: ``B`` action histories, each of length ``1 .. max_steps``.
             terminal: ``B`` flags, True where the history ends with ``eos``.
+            born: the update count of the model that generated them (``Rollouts.born``; -1: unknown).
 
         Raises:
             ValueError: on mismatched lengths, an empty or too long history, or a too long prompt. Nothing is
@@ -144,6 +159,7 @@ class ReplayBuffer:
             self._actions[i, : len(a)] = a
             self._lengths[i] = len(a)
             self._terminal[i] = term
+            self._born[i] = born
             self._next = (i + 1) % self.capacity
             self._size = min(self._size + 1, self.capacity)
         self.n_added += len(acts)
@@ -182,6 +198,7 @@ class ReplayBuffer:
             "prompt_lengths": self._prompt_lengths[:n].copy(),
             "lengths": self._lengths[:n].copy(),
             "terminal": self._terminal[:n].copy(),
+            "born": self._born[:n].copy(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -199,6 +216,7 @@ class ReplayBuffer:
         n = int(state["size"])
         for name in ("prompts", "actions", "prompt_lengths", "lengths", "terminal"):
             getattr(self, f"_{name}")[:n] = np.asarray(state[name])
+        self._born[:n] = np.asarray(state["born"]) if "born" in state else -1
         self._size, self._next, self.n_added = n, int(state["next"]), int(state["n_added"])
 
     def _gather(self, idx: np.ndarray) -> Rollouts:
@@ -206,4 +224,5 @@ class ReplayBuffer:
             prompts=[self._prompts[i, : self._prompt_lengths[i]].copy() for i in idx],
             actions=[self._actions[i, : self._lengths[i]].copy() for i in idx],
             terminal=self._terminal[idx].copy(),
+            born=self._born[idx].copy(),
         )

@@ -566,7 +566,7 @@ class SequenceMatchConfig(AgentConfig):
         replay_refresh_interval: ``n``: the replay buffer gets fresh samples of the current model every ``n``
             updates after the warm-up (default 20).
         replay_size: trajectories the replay buffer holds (default 1024; memory ``replay_size ·
-            (max_length + max_steps) · 8`` bytes plus 17 bytes a record, allocated once).
+            (max_length + max_steps) · 8`` bytes plus 25 bytes a record, allocated once).
         expert_fraction: share of expert trajectories in the mixture ``M``, in [0, 1] (default 0.5; 1 is
             IQ-Learn's offline variant, with no generation at all).
         divergence: ``"chi2"`` (default), ``"kl"``, ``"js"`` or ``"hellinger"`` (:func:`phi_weights`).
@@ -579,6 +579,9 @@ class SequenceMatchConfig(AgentConfig):
         inserted_steps: ``"bc_only"`` (the inserted (mistake, ``<backspace>``) pairs train the BC anchor
             only) or ``"all"`` (they are steps of the expert rows in every term; the mistake token itself
             never in the expert and BC terms).
+        grad_norm_interval: every this many updates, log the gradient norm of the SequenceMatch terms
+            (``train/grad_norm_sm``) and of the weighted BC anchor (``train/grad_norm_bc``), at the cost of two
+            extra backward passes (default 50; 0 never).
     """
 
     gamma: float = 0.998
@@ -595,6 +598,7 @@ class SequenceMatchConfig(AgentConfig):
     noise: str = "uniform"
     terminal: TerminalMode = "iq"
     inserted_steps: InsertedSteps = "all"
+    grad_norm_interval: int = 50
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -628,6 +632,7 @@ class SequenceMatchConfig(AgentConfig):
         integer("bc_warmup_steps", 0)
         integer("replay_refresh_interval", 1)
         integer("replay_size", 1)
+        integer("grad_norm_interval", 0)
         if self.divergence not in DIVERGENCES:
             raise ValueError(
                 f"Unknown divergence {self.divergence!r}; choose one of {', '.join(DIVERGENCES)}."
@@ -804,7 +809,7 @@ class SequenceMatch(Agent):
                     max_length=self.max_length,
                     generator=generator,
                 )
-                self.replay_buffer.add(part, out.actions, out.terminated)
+                self.replay_buffer.add(part, out.actions, out.terminated, born=self._n_updates)
         finally:
             self.policy.train(was_training)
 
@@ -860,10 +865,29 @@ class SequenceMatch(Agent):
         )
         if batch.warmup:
             loss = terms["bc"]
+        elif c.grad_norm_interval and self._n_updates % c.grad_norm_interval == 0:
+            terms.update(self._term_grad_norms(terms["expert"] + terms["value"] + terms["chi2"], terms["bc"]))
+        if batch.replay is not None and len(batch.replay):
+            born = batch.replay.born[batch.replay.born >= 0]
+            terms["replay_age"] = torch.tensor(
+                float(np.mean(self._n_updates - born)) if born.size else math.nan
+            )
         logged = {k: v.detach() for k, v in terms.items()}
         logged["warmup"] = torch.tensor(float(batch.warmup))
         logged["replay_rows"] = torch.tensor(float(n_r))
         return loss, logged
+
+    def _term_grad_norms(self, sm: torch.Tensor, bc: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Gradient norms of the SequenceMatch terms and of the weighted BC anchor (two extra backward passes;
+        the graph is kept for the update's own)."""
+        params = [p for p in self._parameters() if p.requires_grad]
+        out = {}
+        for name, term in (("grad_norm_sm", sm), ("grad_norm_bc", self.config.bc_weight * bc)):
+            grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
+            out[name] = torch.linalg.vector_norm(
+                torch.stack([torch.linalg.vector_norm(g) for g in grads if g is not None])
+            )
+        return out
 
     # -- training --------------------------------------------------------------------------------------------
     def _on_learn_end(self) -> None:

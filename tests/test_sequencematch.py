@@ -635,7 +635,7 @@ def test_replay_refresh_schedule_and_memory_bound():
     agent = tiny_agent(bc_warmup_steps=2, replay_refresh_interval=3, replay_size=5)
     assert agent.n_replay == 2  # batch 4, expert_fraction 0.5
     nbytes = agent.replay_buffer.nbytes
-    assert nbytes == 5 * (agent.max_length - 1 + agent.max_steps) * 8 + 5 * 17
+    assert nbytes == 5 * (agent.max_length - 1 + agent.max_steps) * 8 + 5 * 25
     agent.train(n_batches=2)
     assert agent.replay_buffer.n_added == 0
     agent.train(n_batches=7)  # updates 2..8: refreshes before updates 2, 5, 8, min(5, 2 * 3) = 5 samples each
