@@ -9,7 +9,7 @@ which is inside the timing. A step of a vector env over ``N`` sub-envs counts as
 Random agents end an episode every few steps (eos is one action in six), so resets matter: each reset draws a
 prompt with the source's ``sample_prompt`` (Dyck's is the empty prompt, no draw).
 
-Writes ``benchmarks/results/env_throughput.json`` and prints a table.
+Writes ``results/benchmarks/env_throughput.json`` and prints a table.
 
 Usage (from the repository root)::
 
@@ -48,8 +48,8 @@ class Config:
     """seconds per configuration (at least)"""
     seed: int = 0
     """seed of the pre-drawn uniforms"""
-    out: str = "benchmarks/results/env_throughput.json"
-    """where the JSON results go"""
+    out: str = "results/benchmarks/env_throughput.json"
+    """where the JSON results go (under results/, which git ignores)"""
 
 
 def _masked(u: np.ndarray, mask: np.ndarray, n_actions: int) -> np.ndarray:

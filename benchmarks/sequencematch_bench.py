@@ -12,7 +12,7 @@
     update, replay rows included).
 
 Timings are medians over ``repeats`` interleaved runs after a warm-up. Writes
-``benchmarks/results/sequencematch_bench.json`` and prints a table.
+``results/benchmarks/sequencematch_bench.json`` and prints a table.
 
 Usage (from the repository root)::
 
@@ -68,8 +68,8 @@ class Config:
     """torch CPU threads"""
     seed: int = 0
     """seed of the data, the model and the sampling"""
-    out: str = "benchmarks/results/sequencematch_bench.json"
-    """where the JSON results go"""
+    out: str = "results/benchmarks/sequencematch_bench.json"
+    """where the JSON results go (under results/, which git ignores)"""
 
 
 def _agents(cfg: Config) -> tuple[BC, SequenceMatch]:
