@@ -131,6 +131,11 @@ def make_env(source: str | Source = "dyck", **kwargs: Any) -> SequenceEnv:
     return SequenceEnv(src, **env_kwargs)
 
 
+# ``gym.make`` reads the entry point's ``metadata``: with it, ``render_mode="rgb_array_list"`` gets Gymnasium's
+# RenderCollection and ``render_mode="human"`` its HumanRendering (pygame) over ``"rgb_array"``.
+make_env.metadata = SequenceEnv.metadata  # type: ignore[attr-defined]
+
+
 def make_vector_env(
     source: str | Source = "dyck",
     num_envs: int = 1,

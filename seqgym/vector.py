@@ -301,11 +301,13 @@ class SequenceVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
         :meth:`SequenceEnv.render`; ``None`` without a render mode."""
         if self.render_mode is None:
             return None
-        draw = self._renderer or (lambda prompt, actions: render_history(self.vocab, prompt, actions))
-        return tuple(
-            draw(self._obs[i, : self._prompt_length[i]].tolist(), self._history[i, : self._steps[i]].tolist())
+        episodes = [
+            (self._obs[i, : self._prompt_length[i]].tolist(), self._history[i, : self._steps[i]].tolist())
             for i in range(self.num_envs)
-        )
+        ]
+        if self._renderer is not None:
+            return tuple(self._renderer(prompt, actions) for prompt, actions in episodes)
+        return tuple(render_history(self.vocab, prompt, actions) for prompt, actions in episodes)
 
     # ----------------------------------------------------------------------------------------------------
     def _reset_rows(self, idx: np.ndarray, prompts: list[Any] | None) -> None:
