@@ -1,6 +1,6 @@
 """Stable-Baselines3 callbacks for seqgym agents.
 
-:meth:`Agent.learn <agents.base.Agent.learn>` accepts what SB3's ``learn`` accepts: a
+:meth:`Agent.learn <agents.common.training.TrainingMixin.learn>` accepts what SB3's ``learn`` accepts: a
 ``stable_baselines3.common.callbacks.BaseCallback``, a list of them (wrapped in a ``CallbackList``), a plain
 function ``(locals, globals) -> bool`` (wrapped in a ``ConvertCallback``) or ``None``. The agent plays the part
 of SB3's model: it has ``num_timesteps``, ``logger``, ``get_env()`` (a one-env ``VecEnv``) and ``save``.

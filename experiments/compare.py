@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import tyro
 
-from agents.base import make_agent
+from agents import make_agent
 from agents.evaluation import evaluate_generator, policy_heldout_nll
 from agents.sb3 import train_sb3_baseline
 from experiments.common import (

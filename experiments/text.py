@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import tyro
 
-from agents.base import Agent, make_agent
+from agents import Agent, make_agent
 from agents.evaluation import policy_heldout_nll
 from experiments.common import config_digest, format_table, summarize, write_json_atomic
 from seqgym.data import collect
