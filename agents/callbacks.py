@@ -22,9 +22,12 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList, ConvertCallback
+
+if TYPE_CHECKING:
+    from tqdm.auto import tqdm
 
 __all__ = ["CallbackLike", "ProgressBarCallback", "convert_callback"]
 
@@ -49,7 +52,7 @@ class ProgressBarCallback(BaseCallback):
 
     def __init__(self) -> None:
         super().__init__()
-        self._pbar: Any = None
+        self._pbar: tqdm | None = None
         self._last = 0
 
     def _on_training_start(self) -> None:

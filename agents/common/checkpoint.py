@@ -252,7 +252,7 @@ class CheckpointMixin(AgentHooks):
         if not isinstance(version, int) or version > FORMAT_VERSION:
             raise fail(f"format version {version!r}; this seqgym reads versions <= {FORMAT_VERSION}.")
         try:
-            files: dict[str, dict[str, Any]] = meta["files"]
+            files: dict[str, dict[str, int | str]] = meta["files"]
             for rel, info in files.items():
                 p = root / rel
                 if not p.is_file():

@@ -48,8 +48,14 @@ def is_number(x: object) -> bool:
     return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_))
 
 
-def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+def check_choice(name: str, value: object, choices: tuple[str, ...], *, hint: str = "") -> None:
     """The one check of a string option: ``value`` must be one of ``choices`` (the arguments of its ``Literal``).
+
+    Args:
+        name: the option's name, for the message.
+        value: what was passed.
+        choices: the allowed strings, ``typing.get_args`` of the option's ``Literal``.
+        hint: what else the option accepts besides the strings (added to the message), if anything.
 
     Raises:
         ValueError: ``Unknown <name> <value>: <name> must be 'a', 'b' or 'c'.``
@@ -57,7 +63,8 @@ def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
     if not isinstance(value, str) or value not in choices:
         quoted = [repr(c) for c in choices]
         allowed = quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
-        raise ValueError(f"Unknown {name} {value!r}: {name} must be {allowed}.")
+        more = f" (or {hint})" if hint else ""
+        raise ValueError(f"Unknown {name} {value!r}: {name} must be {allowed}{more}.")
 
 
 _LITERAL_FIELDS: dict[type, dict[str, tuple[str, ...]]] = {}

@@ -52,10 +52,12 @@ class EpochSampler:
         """Checkpoint state: ``{"n", "perm" (int64 tensor), "pos"}``."""
         return {"n": self.n, "perm": torch.from_numpy(self.perm.copy()), "pos": self.pos}
 
-    def load(self, state: dict[str, Any]) -> None:
+    def load(self, state: Mapping[str, int | torch.Tensor]) -> None:
         """Restore what :meth:`state` returned."""
+        perm = state["perm"]
+        assert isinstance(perm, torch.Tensor)
         self.n = int(state["n"])
-        self.perm = state["perm"].numpy().astype(np.int64)
+        self.perm = perm.numpy().astype(np.int64)
         self.pos = int(state["pos"])
 
 
