@@ -46,7 +46,7 @@ class BCConfig(AugmentationConfig):
     ``noise``) and :class:`~agents.common.config.AgentConfig`; nothing of its own."""
 
 
-class BC(Agent):
+class BC(Agent[list[Trajectory]]):
     """Cross-entropy on the expert (state, action) pairs of backspace-augmented demonstrations.
 
     Attributes:

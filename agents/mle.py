@@ -48,7 +48,7 @@ class MLEBatch:
     n_tokens: int
 
 
-class MLE(Agent):
+class MLE(Agent[MLEBatch]):
     """Teacher-forced cross-entropy on clean expert sequences; never emits ``<backspace>``.
 
     Hyperparameters: those of :class:`~agents.common.config.AgentConfig` only.

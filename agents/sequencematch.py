@@ -539,7 +539,7 @@ class SequenceMatchBatch:
     warmup: bool
 
 
-class SequenceMatch(Agent):
+class SequenceMatch(Agent[SequenceMatchBatch]):
     """SequenceMatch (Cundy & Ermon, ICLR 2024): imitation as occupancy matching with a soft-Q critic that is
     the LM itself, trained with IQ-Learn's non-adversarial objective, with ``<backspace>`` (``sequencematch.md``
     §2-§4).

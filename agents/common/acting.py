@@ -13,14 +13,14 @@ import numpy as np
 import torch
 
 from agents.common.config import is_int
-from agents.common.hooks import AgentHooks
+from agents.common.hooks import AgentHooks, BatchT
 from agents.common.resolve import resolve_seed
 from agents.policy import Generation, sample_actions
 
 __all__ = ["ActingMixin"]
 
 
-class ActingMixin(AgentHooks):
+class ActingMixin(AgentHooks[BatchT]):
     """``predict``, ``generate`` and the sampling generator; part of :class:`~agents.common.agent.Agent`."""
 
     def set_sampling_seed(self, seed: int) -> None:

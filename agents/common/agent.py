@@ -81,6 +81,7 @@ import torch
 from agents.common.acting import ActingMixin
 from agents.common.checkpoint import CheckpointMixin
 from agents.common.config import AgentConfig
+from agents.common.hooks import BatchT
 from agents.common.resolve import DemonstrationsLike, EnvLike, resolve_device, resolve_env, resolve_seed
 from agents.common.training import TrainingMixin
 from agents.policy import LMPolicy
@@ -93,7 +94,7 @@ if TYPE_CHECKING:
 __all__ = ["Agent", "DemonstrationsLike", "EnvLike"]
 
 
-class Agent(TrainingMixin, ActingMixin, CheckpointMixin):
+class Agent(TrainingMixin[BatchT], ActingMixin[BatchT], CheckpointMixin[BatchT]):
     """Base class of every learner; see the module docstring for the interface and the subclass hooks.
 
     Args:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import torch
 
-from agents.common.hooks import AgentHooks, EpochSampler
+from agents.common.hooks import AgentHooks, BatchT, EpochSampler
 from agents.common.registry import lookup, registered_name
 from agents.common.resolve import env_spec, resolve_device, resolve_env
 from agents.policy import LMPolicy
@@ -46,7 +46,7 @@ _STATE_FILE = "training_state.pt"
 _DEMOS_FILE = "demonstrations.npz"
 _VOCAB_FILE = "vocab.json"
 
-_C = TypeVar("_C", bound="CheckpointMixin")
+_C = TypeVar("_C", bound="CheckpointMixin[Any]")
 
 
 class AgentLoadError(ValueError):
@@ -85,7 +85,7 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-class CheckpointMixin(AgentHooks):
+class CheckpointMixin(AgentHooks[BatchT]):
     """``save``, ``load`` and periodic checkpoints; part of :class:`~agents.common.agent.Agent`."""
 
     if TYPE_CHECKING:  # provided by Agent and TrainingMixin

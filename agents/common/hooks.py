@@ -9,10 +9,11 @@ docstring of :mod:`agents.common.agent` lists them.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, cast
 
 import numpy as np
 import torch
+from typing_extensions import TypeVar
 
 from agents.common.config import AgentConfig
 from seqgym.data import Trajectory
@@ -24,7 +25,10 @@ if TYPE_CHECKING:
     from seqgym.env import SequenceEnv
     from seqgym.vocab import Vocabulary
 
-__all__ = ["AgentHooks", "EpochSampler"]
+__all__ = ["AgentHooks", "BatchT", "EpochSampler"]
+
+#: The type of an algorithm's batch: what its ``_sample_batch`` returns and its ``_loss`` takes.
+BatchT = TypeVar("BatchT", default=Any)  # a bare ``Agent`` is ``Agent[Any]``
 
 
 class EpochSampler:
@@ -61,7 +65,7 @@ class EpochSampler:
         self.pos = int(state["pos"])
 
 
-class AgentHooks:
+class AgentHooks(Generic[BatchT]):
     """Shared state and the algorithm hooks; see :mod:`agents.common.agent` for the interface.
 
     The attributes are set by :meth:`Agent._build <agents.common.agent.Agent>` (documented on ``Agent``).
@@ -106,17 +110,16 @@ class AgentHooks:
         """Items per epoch of ``train(n_epochs=...)`` and of :meth:`_sample_indices`."""
         return len(self.demonstrations)
 
-    def _sample_batch(self, batch_size: int, rng: np.random.Generator) -> Any:
-        """A batch to train on (default: ``batch_size`` demonstrations in epoch-shuffled order).
+    def _sample_batch(self, batch_size: int, rng: np.random.Generator) -> BatchT:
+        """A batch to train on (default: ``batch_size`` demonstrations in epoch-shuffled order, for agents whose
+        batch is a ``list[Trajectory]``)."""
+        return cast(BatchT, [self.demonstrations[int(i)] for i in self._sample_indices(batch_size, rng)])
 
-        The batch type is the algorithm's own (returned ``Any``: each algorithm narrows it)."""
-        return [self.demonstrations[int(i)] for i in self._sample_indices(batch_size, rng)]
-
-    def _loss(self, batch: Any) -> tuple[torch.Tensor, Mapping[str, float | torch.Tensor]]:
+    def _loss(self, batch: BatchT) -> tuple[torch.Tensor, Mapping[str, float | torch.Tensor]]:
         """``(scalar loss to minimise, {term name: float or 0-d tensor})`` for one batch."""
         raise NotImplementedError(f"{type(self).__name__} must implement _loss(batch) -> (loss, terms).")
 
-    def _n_timesteps(self, batch: Any) -> int:
+    def _n_timesteps(self, batch: BatchT) -> int:
         """(state, action) pairs ``batch`` trains on (default: expert actions of a list of trajectories)."""
         if isinstance(batch, list) and all(isinstance(t, Trajectory) for t in batch):
             return int(sum(int(np.count_nonzero(t.expert)) for t in batch))

@@ -29,7 +29,7 @@ import torch
 
 from agents.callbacks import CallbackLike, convert_callback
 from agents.common.config import is_int, is_number
-from agents.common.hooks import AgentHooks
+from agents.common.hooks import AgentHooks, BatchT
 
 if TYPE_CHECKING:
     import os
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = ["NonFiniteLossError", "TrainStep", "TrainingMixin"]
 
-_T = TypeVar("_T", bound="TrainingMixin")
+_T = TypeVar("_T", bound="TrainingMixin[Any]")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -98,7 +98,7 @@ class _Interval:
             self.counts[k] = self.counts.get(k, 0) + 1
 
 
-class TrainingMixin(AgentHooks):
+class TrainingMixin(AgentHooks[BatchT]):
     """``learn``, ``train``, ``train_step`` and the loop's logging; part of :class:`~agents.common.agent.Agent`."""
 
     _logger: Logger | None
@@ -241,7 +241,7 @@ class TrainingMixin(AgentHooks):
         )
         return self
 
-    def sample_batch(self, batch_size: int | None = None, rng: np.random.Generator | None = None) -> Any:
+    def sample_batch(self, batch_size: int | None = None, rng: np.random.Generator | None = None) -> BatchT:
         """The batch the algorithm would train on next (its ``_sample_batch``), for :meth:`train_step`.
 
         Args:
@@ -256,7 +256,7 @@ class TrainingMixin(AgentHooks):
             raise ValueError(f"batch_size must be an int >= 1, got {size!r}.")
         return self._sample_batch(int(size), self.rng if rng is None else rng)
 
-    def train_step(self, batch: Any) -> TrainStep:
+    def train_step(self, batch: BatchT) -> TrainStep:
         """One optimiser step on ``batch``: exactly the update ``learn`` / ``train`` take, batch given.
 
         Sets the learning rate of this update (schedule and warm-up), minimises ``_loss(batch)``, clips the
@@ -277,7 +277,7 @@ class TrainingMixin(AgentHooks):
         with rng:
             return self._step(batch)
 
-    def _step(self, batch: Any) -> TrainStep:
+    def _step(self, batch: BatchT) -> TrainStep:
         step = self._n_updates + 1
         lr = self._learning_rate_now()
         for group in self.optimizer.param_groups:
