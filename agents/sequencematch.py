@@ -253,7 +253,7 @@ def sequencematch_loss(
     m_rows = in_mixture.to(dev, torch.bool)  # (B,) M
     m_steps = step_mask if mixture_steps is None else step_mask & mixture_steps.to(dev, torch.bool)  # (B, T)
 
-    # §2: Q-values are the logits ------------------------------------------------------------------------
+    # §2  Q(u_i, a_i) = l(a_i|u_i),   V(u_i) = α·logsumexp(l(·|u_i)/α),   log π(a_i|u_i) = (Q − V)/α
     x = logits.masked_fill(~state_mask[:, :, None], 0.0)  # (B, T+1, A) padding cannot make NaNs
     v = (alpha * torch.logsumexp(x / alpha, dim=-1)).masked_fill(~state_mask, 0.0)  # (B, T+1) V(u_i)
     q = x[:, :T].gather(-1, actions.masked_fill(~step_mask, 0)[:, :, None]).squeeze(-1)  # (B, T) Q(u_i, a_i)
@@ -263,30 +263,29 @@ def sequencematch_loss(
             "non-finite model output; such a history cannot be scored."
         )
     q = q.masked_fill(~step_mask, 0.0)
-    log_pi = ((q - v[:, :T]) / alpha).masked_fill(~step_mask, 0.0)  # (B, T) log π(a_i|u_i) = (Q − V)/α
+    log_pi = ((q - v[:, :T]) / alpha).masked_fill(~step_mask, 0.0)  # (B, T) log π(a_i|u_i)
 
-    # L_BC = − mean_E Σ_i log π(a_i|u_i) (expert steps, no discount) ---------------------------------------
+    # §3  L_BC = − mean_E Σ_i log π(a_i|u_i)   (expert steps, no discount; the warm-up minimises it alone)
     bc = _masked_mean(-(log_pi * e_steps).sum(dim=1), e_rows)
     if bc_only:
         return bc, {"bc": bc}
 
+    # §2  V'(u_{i+1}) = V(u_{i+1}), 0 after eos;   r_i = Q(u_i, a_i) − γ·V'(u_{i+1});   occupancy weight γ^i
     steps = torch.arange(T, device=dev)  # (T,)
     last = steps[None, :] == (step_mask.sum(dim=1) - 1)[:, None]  # (B, T) the last step of each row
-    v_next = v[:, 1:].masked_fill(last & terminal[:, None], 0.0)  # (B, T) V'(u_{i+1}), 0 after eos
-    r = (q - gamma * v_next).masked_fill(~step_mask, 0.0)  # (B, T) r_i = Q(u_i, a_i) − γ·V'(u_{i+1})
-    discount = (
-        torch.pow(torch.full((T,), gamma, dtype=logits.dtype, device=dev), steps) * step_mask
-    )  # (B, T) γ^i
+    v_next = v[:, 1:].masked_fill(last & terminal[:, None], 0.0)  # (B, T) V'(u_{i+1})
+    r = (q - gamma * v_next).masked_fill(~step_mask, 0.0)  # (B, T) r_i
+    discount = torch.pow(torch.full((T,), gamma, dtype=logits.dtype, device=dev), steps) * step_mask  # (B, T)
 
-    # §3: the terms, each summed over the steps of a row (B,) and averaged over its set of rows -----------------
-    w = phi_weights(r, divergence, max_weight=max_weight)  # (B, T) φ'(r_i), held constant
-    expert = _masked_mean(-(discount * w * r * e_steps).sum(dim=1), e_rows)  # − mean_E Σ_i γ^i·w_i·r_i
-    value = _masked_mean(
-        (discount * m_steps * (v[:, :T] - gamma * v_next)).sum(dim=1), m_rows
-    )  # mean_M Σ γ^i·(V−γV')
-    chi2 = _masked_mean(
-        (discount * m_steps * r.square()).sum(dim=1) / (4.0 * chi2_coef), m_rows
-    )  # 1/(4c)·mean_M Σ γ^i·r_i²
+    # §3  each term sums over the steps of a sequence (B,), then averages over its set of sequences
+    w = phi_weights(r, divergence, max_weight=max_weight)  # (B, T) w_i = φ'(r_i), held constant
+    #     L =  − mean_E Σ_i γ^i·w_i·r_i
+    expert = _masked_mean(-(discount * w * r * e_steps).sum(dim=1), e_rows)
+    #          + mean_M Σ_i γ^i·(V(u_i) − γ·V'(u_{i+1}))
+    value = _masked_mean((discount * m_steps * (v[:, :T] - gamma * v_next)).sum(dim=1), m_rows)
+    #          + 1/(4c)·mean_M Σ_i γ^i·r_i²
+    chi2 = _masked_mean((discount * m_steps * r.square()).sum(dim=1) / (4.0 * chi2_coef), m_rows)
+    #          + λ_bc·L_BC
     loss = expert + value + chi2 + bc_weight * bc
 
     with torch.no_grad():  # monitors: the mean reward per step of E's expert steps and of M's steps
@@ -572,7 +571,8 @@ class SequenceMatch(Agent[SequenceMatchBatch]):
     position. With ``noise="uniform"`` once, at construction, exactly as :class:`~agents.bc.BC` does (the
     same seed gives BC and SequenceMatch the same augmented data); with ``noise="model"`` each batch is
     augmented afresh from its clean demonstrations, the wrong tokens sampled from the current policy
-    (:class:`ModelNoise`, one forward per batch).
+    (:class:`~agents.common.noise.ModelNoise`, one forward per batch; both agents use
+    :class:`~agents.common.noise.Augmentation`).
 
     Choices the method leaves open, made here:
 

@@ -35,6 +35,8 @@ learning-rate schedule, gradient clipping, seeding, device, logging, callbacks, 
   deterministic given the seed: draw from ``self.setup_rng()``, never from ``self.rng``.
 - ``_sample_batch(batch_size, rng) -> batch`` (default: ``batch_size`` demonstrations, epoch-shuffled through
   :meth:`Agent._sample_indices`). Draw only from ``rng`` (the agent's training generator, saved in checkpoints).
+  The batch type is the algorithm's: ``class MLE(Agent[MLEBatch])`` says what ``_sample_batch`` returns and
+  ``_loss`` / ``train_step`` take (a bare ``Agent`` is ``Agent[Any]``).
 - ``_loss(batch) -> (loss, terms)`` (required): a scalar tensor to minimise and a ``dict[str, float | Tensor]``
   of terms to log (each logged as ``train/<name>``, averaged over the log interval).
 - ``_n_timesteps(batch) -> int`` (default: number of expert actions of a list of trajectories): the
