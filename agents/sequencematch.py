@@ -15,10 +15,11 @@ model trajectories is
         + λ_bc·L_BC,   L_BC = − mean_E Σ_i log π(a_i|u_i)
 
 Sums run over the steps of a sequence, means over sequences. Inserted mistakes (``expert`` False) are left
-out of the expert and BC sums. The pure functions here (:func:`soft_q`, :func:`phi_weights`,
-:func:`expert_term`, :func:`value_term`, :func:`value_term_telescoped`, :func:`chi2_term`, :func:`bc_term`,
-:func:`sequencematch_loss`) take the padded tensors of one masked forward
-(:class:`~agents.policy.TrajectoryLogits`) and hold the whole objective; the agent only feeds them.
+out of the expert and BC sums. :func:`sequencematch_loss` computes all of it, top to bottom in one function,
+from the padded tensors of one masked forward (:class:`~agents.policy.TrajectoryLogits`); the agent only feeds
+it. For scoring histories and analysis, :func:`soft_q` returns the per-step quantities (Q, V, V', r, log π;
+:meth:`SequenceMatch.reward` uses it) and :func:`expert_term`, :func:`value_term`, :func:`chi2_term`,
+:func:`bc_term` each term per sequence; the tests check both against a per-state reference.
 
 Example:
     >>> import torch
@@ -36,22 +37,26 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from agents.base import Agent, AgentConfig, register_agent
 from agents.buffers import ReplayBuffer, Rollouts
-from seqgym.data import Trajectory, augment
+from agents.common.agent import Agent
+from agents.common.config import check_choice
+from agents.common.noise import Augmentation, AugmentationConfig
+from agents.common.registry import register_agent
+from seqgym.data import Trajectory
 
 __all__ = [
     "DIVERGENCES",
     "PHI_WEIGHT_MAX",
-    "ModelNoise",
+    "Divergence",
     "SequenceMatch",
     "SequenceMatchBatch",
     "SequenceMatchConfig",
@@ -68,143 +73,19 @@ __all__ = [
 
 #: The divergences of :func:`phi_weights`: ``"chi2"`` is SequenceMatch-χ² (identity weight, the χ² term on
 #: the mixture); ``"kl"``, ``"js"`` and ``"hellinger"`` weight the expert term by IQ-Learn's ``φ'(r)``.
-DIVERGENCES: tuple[str, ...] = ("chi2", "kl", "js", "hellinger")
+Divergence = Literal["chi2", "kl", "js", "hellinger"]
+DIVERGENCES: tuple[Divergence, ...] = typing.get_args(Divergence)
 
 #: Cap on the expert-term weight ``φ'(r)`` (and its value where ``r`` lies outside φ's domain).
 PHI_WEIGHT_MAX = 100.0
 
 
 # ======================================================================================================
-# §2: Q-values are the logits
+# The expert-term weight of each divergence
 # ======================================================================================================
-@dataclass(frozen=True)
-class SoftQ:
-    """Per-step soft-Q quantities of a padded batch of trajectories (``sequencematch.md`` §2).
-
-    Every ``(B, T)`` tensor is 0 on padding (steps ``i >= T_b``).
-
-    Attributes:
-        q: ``(B, T)`` ``Q(u_i, a_i) = l(a_i|u_i)``.
-        v: ``(B, T+1)`` ``V(u_i) = α·logsumexp(l(·|u_i)/α)`` over the allowed actions, ``i = 0 .. T_b``.
-        v_next: ``(B, T)`` ``V'(u_{i+1})``: ``V(u_{i+1})``, except 0 after eos (terminal).
-        reward: ``(B, T)`` recovered reward ``r_i = Q(u_i, a_i) − γ·V'(u_{i+1})``.
-        log_pi: ``(B, T)`` ``log π(a_i|u_i) = (Q(u_i, a_i) − V(u_i)) / α``.
-        discount: ``(B, T)`` ``γ^i`` on steps, 0 on padding.
-        step_mask: ``(B, T)`` bool, True for ``i < T_b``.
-        lengths: ``(B,)`` long, ``T_b``.
-        terminal: ``(B,)`` bool, True where the trajectory ended with eos.
-        gamma: the discount γ.
-    """
-
-    q: torch.Tensor
-    v: torch.Tensor
-    v_next: torch.Tensor
-    reward: torch.Tensor
-    log_pi: torch.Tensor
-    discount: torch.Tensor
-    step_mask: torch.Tensor
-    lengths: torch.Tensor
-    terminal: torch.Tensor
-    gamma: float
-
-
-def _check_gamma_alpha(gamma: float, alpha: float) -> None:
-    if not 0.0 < gamma <= 1.0:
-        raise ValueError(f"gamma must be in (0, 1], got {gamma!r}.")
-    if not alpha > 0.0:
-        raise ValueError(f"alpha must be > 0, got {alpha!r}.")
-
-
-def soft_q(
-    logits: torch.Tensor,
-    actions: torch.Tensor,
-    step_mask: torch.Tensor,
-    terminal: torch.Tensor,
-    *,
-    alpha: float,
-    gamma: float,
-    allow_masked: bool = False,
-) -> SoftQ:
-    """Q, V, V', the recovered reward and log π of every step, from the logits of every visited state.
-
-    Args:
-        logits: ``(B, T+1, A)`` float; ``logits[b, i]`` are the logits at state ``u_i`` (``i <= T_b``), with
-            ``-inf`` on disallowed actions (backspace at the prompt boundary), which ``V`` then excludes.
-            Entries past ``T_b`` are ignored.
-        actions: ``(B, T)`` long, the action ids (anything on padding).
-        step_mask: ``(B, T)`` bool, True for ``i < T_b``: a prefix of each row.
-        terminal: ``(B,)`` bool, True where the last action was eos (``V' = 0`` after it); False where the
-            trajectory was cut by a time or length limit (``V'`` bootstraps from ``V(u_T)``).
-        alpha: soft-max temperature α (> 0).
-        gamma: discount γ in (0, 1].
-        allow_masked: let a step take an action whose logit is ``-inf`` (its ``Q``, ``r`` and ``log π`` are
-            then ``-inf``; for scoring histories, never for a loss).
-
-    Returns:
-        :class:`SoftQ`.
-
-    Raises:
-        ValueError: inconsistent shapes, a step mask that is not a prefix, bad ``alpha`` / ``gamma``, or an
-            action whose logit is ``-inf`` (a backspace taken at the prompt boundary).
-    """
-    _check_gamma_alpha(gamma, alpha)
-    if logits.dim() != 3:
-        raise ValueError(f"logits must have shape (B, T+1, A), got {tuple(logits.shape)}.")
-    B, T1, _ = logits.shape
-    T = T1 - 1
-    if tuple(actions.shape) != (B, T) or tuple(step_mask.shape) != (B, T):
-        raise ValueError(
-            f"actions and step_mask must have shape (B, T) = {(B, T)} for logits of shape "
-            f"{tuple(logits.shape)}; got {tuple(actions.shape)} and {tuple(step_mask.shape)}."
-        )
-    if tuple(terminal.shape) != (B,):
-        raise ValueError(f"terminal must have shape (B,) = ({B},), got {tuple(terminal.shape)}.")
-    dev = logits.device
-    step_mask = step_mask.to(dev, torch.bool)
-    terminal = terminal.to(dev, torch.bool)
-    actions = actions.to(dev, torch.long)
-    lengths = step_mask.sum(dim=1)  # (B,)
-    steps = torch.arange(T, device=dev)  # (T,)
-    if not torch.equal(step_mask, steps[None, :] < lengths[:, None]):
-        raise ValueError("step_mask must be True exactly on a prefix of each row (steps 0 .. T_b - 1).")
-    if bool((terminal & (lengths == 0)).any()):
-        raise ValueError("A trajectory with no action cannot be terminal.")
-    state_mask = torch.arange(T1, device=dev)[None, :] <= lengths[:, None]  # (B, T+1)
-
-    x = logits.masked_fill(~state_mask[:, :, None], 0.0)  # (B, T+1, A) padding cannot make NaNs
-    v = alpha * torch.logsumexp(x / alpha, dim=-1)  # (B, T+1)
-    v = v.masked_fill(~state_mask, 0.0)
-    q = x[:, :T].gather(-1, actions.masked_fill(~step_mask, 0)[:, :, None]).squeeze(-1)  # (B, T)
-    if not allow_masked and not bool(torch.isfinite(q[step_mask]).all()):
-        raise ValueError(
-            "An action has logit -inf or NaN: a backspace at the prompt boundary (masked for agents) or a "
-            "non-finite model output; such a history cannot be scored."
-        )
-    q = q.masked_fill(~step_mask, 0.0)
-    last = steps[None, :] == (lengths - 1)[:, None]  # (B, T) the last step of each row
-    v_next = v[:, 1:].masked_fill(last & terminal[:, None], 0.0)  # (B, T) V after eos is 0
-    reward = (q - gamma * v_next).masked_fill(~step_mask, 0.0)  # (B, T)
-    log_pi = ((q - v[:, :T]) / alpha).masked_fill(~step_mask, 0.0)  # (B, T)
-    discount = torch.pow(torch.full((T,), gamma, dtype=logits.dtype, device=dev), steps)  # (T,)
-    discount = discount[None, :] * step_mask  # (B, T)
-    return SoftQ(
-        q=q,
-        v=v,
-        v_next=v_next,
-        reward=reward,
-        log_pi=log_pi,
-        discount=discount,
-        step_mask=step_mask,
-        lengths=lengths,
-        terminal=terminal,
-        gamma=float(gamma),
-    )
-
-
-# ======================================================================================================
-# §3: the terms, each a per-sequence sum (B,)
-# ======================================================================================================
-def phi_weights(reward: torch.Tensor, divergence: str, *, max_weight: float = PHI_WEIGHT_MAX) -> torch.Tensor:
+def phi_weights(
+    reward: torch.Tensor, divergence: Divergence, *, max_weight: float = PHI_WEIGHT_MAX
+) -> torch.Tensor:
     """IQ-Learn's expert-term weight ``w = φ'(r)`` for a divergence, without gradient.
 
     The expert term of IQ-Learn is ``−E[φ(r)]`` for the concave ``φ`` of an f-divergence; its gradient is
@@ -240,8 +121,7 @@ def phi_weights(reward: torch.Tensor, divergence: str, *, max_weight: float = PH
         >>> [round(x, 4) for x in phi_weights(r, "kl").tolist()]
         [2.7183, 0.3679, 0.1353]
     """
-    if divergence not in DIVERGENCES:
-        raise ValueError(f"Unknown divergence {divergence!r}; choose one of {', '.join(DIVERGENCES)}.")
+    check_choice("divergence", divergence, DIVERGENCES)
     if not max_weight > 0:
         raise ValueError(f"max_weight must be > 0, got {max_weight!r}.")
     with torch.no_grad():
@@ -260,8 +140,269 @@ def phi_weights(reward: torch.Tensor, divergence: str, *, max_weight: float = PH
         return w.clamp(max=max_weight)
 
 
+def _check_gamma_alpha(gamma: float, alpha: float) -> None:
+    if not 0.0 < gamma <= 1.0:
+        raise ValueError(f"gamma must be in (0, 1], got {gamma!r}.")
+    if not alpha > 0.0:
+        raise ValueError(f"alpha must be > 0, got {alpha!r}.")
+
+
+def _padded_batch(
+    logits: torch.Tensor, actions: torch.Tensor, step_mask: torch.Tensor, terminal: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Check the shapes of a padded batch; return ``(actions long, step_mask bool, terminal bool, state_mask)`` on
+    the logits' device, ``state_mask`` ``(B, T+1)`` True for the states ``u_0 .. u_{T_b}`` of each row."""
+    if logits.dim() != 3:
+        raise ValueError(f"logits must have shape (B, T+1, A), got {tuple(logits.shape)}.")
+    B, T1, _ = logits.shape
+    T = T1 - 1
+    if tuple(actions.shape) != (B, T) or tuple(step_mask.shape) != (B, T):
+        raise ValueError(
+            f"actions and step_mask must have shape (B, T) = {(B, T)} for logits of shape "
+            f"{tuple(logits.shape)}; got {tuple(actions.shape)} and {tuple(step_mask.shape)}."
+        )
+    if tuple(terminal.shape) != (B,):
+        raise ValueError(f"terminal must have shape (B,) = ({B},), got {tuple(terminal.shape)}.")
+    dev = logits.device
+    step_mask = step_mask.to(dev, torch.bool)
+    terminal = terminal.to(dev, torch.bool)
+    actions = actions.to(dev, torch.long)
+    lengths = step_mask.sum(dim=1)  # (B,)
+    if not torch.equal(step_mask, torch.arange(T, device=dev)[None, :] < lengths[:, None]):
+        raise ValueError("step_mask must be True exactly on a prefix of each row (steps 0 .. T_b - 1).")
+    if bool((terminal & (lengths == 0)).any()):
+        raise ValueError("A trajectory with no action cannot be terminal.")
+    state_mask = torch.arange(T1, device=dev)[None, :] <= lengths[:, None]  # (B, T+1)
+    return actions, step_mask, terminal, state_mask
+
+
+def _masked_mean(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Mean of ``x`` (B,) over the rows where ``rows`` (B,) is True; 0 when there are none."""
+    rows = rows.to(x.device, torch.bool)
+    return (x * rows).sum() / rows.sum().clamp(min=1)
+
+
+# ======================================================================================================
+# The loss (§2 + §3), top to bottom
+# ======================================================================================================
+def sequencematch_loss(
+    logits: torch.Tensor,
+    actions: torch.Tensor,
+    step_mask: torch.Tensor,
+    terminal: torch.Tensor,
+    expert_mask: torch.Tensor,
+    *,
+    in_expert: torch.Tensor,
+    in_mixture: torch.Tensor,
+    alpha: float = 1.0,
+    gamma: float = 0.998,
+    chi2_coef: float = 0.5,
+    bc_weight: float = 1.0,
+    divergence: Divergence = "chi2",
+    max_weight: float = PHI_WEIGHT_MAX,
+    mixture_steps: torch.Tensor | None = None,
+    bc_only: bool = False,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The SequenceMatch loss of ``sequencematch.md`` §3 on one padded batch, from the logits of one masked forward.
+
+    One batch holds both sets: rows with ``in_expert`` form ``E`` (expert and BC terms), rows with
+    ``in_mixture`` form ``M`` (value and χ² terms); a row may be in both. Each term sums over the steps of a
+    row and averages over its rows (never divided by a row's length)::
+
+        L = − mean_E Σ_i γ^i·w_i·r_i                    expert term  (w_i = φ'(r_i), no gradient; 1 for χ²)
+            + mean_M Σ_i γ^i·(V(u_i) − γ·V'(u_{i+1}))     value term
+            + 1/(4c)·mean_M Σ_i γ^i·r_i²                  χ² term
+            + λ_bc·L_BC,     L_BC = − mean_E Σ_i log π(a_i|u_i)
+
+    With ``bc_only`` (SequenceMatch's warm-up) only ``L_BC`` is computed and returned.
+
+    Args:
+        logits: ``(B, T+1, A)`` float; ``logits[b, i]`` are the logits at state ``u_i`` (``i <= T_b``), with
+            ``-inf`` on disallowed actions (backspace at the prompt boundary), which ``V`` then excludes.
+        actions: ``(B, T)`` long, the action ids (anything on padding).
+        step_mask: ``(B, T)`` bool, True for ``i < T_b``: a prefix of each row.
+        terminal: ``(B,)`` bool, True where the last action was eos (``V' = 0`` after it); False where the
+            trajectory was cut by a limit (``V'`` bootstraps from ``V(u_T)``).
+        expert_mask: ``(B, T)`` bool, False on inserted mistakes, which the expert and BC terms leave out.
+        in_expert: ``(B,)`` bool, the rows of ``E``.
+        in_mixture: ``(B,)`` bool, the rows of ``M``.
+        alpha: soft-max temperature α (> 0). gamma: discount γ in (0, 1].
+        chi2_coef: ``c`` (> 0). bc_weight: ``λ_bc`` (>= 0).
+        divergence, max_weight: the expert-term weight ``w = φ'(r)`` (:func:`phi_weights`).
+        mixture_steps: optional ``(B, T)`` bool, the steps the value and χ² terms count (default: every step).
+        bc_only: compute ``L_BC`` alone: the loss is ``L_BC`` and the terms are ``{"bc"}``.
+
+    Returns:
+        ``(loss, terms)``: the scalar loss and the scalar terms ``"expert"``, ``"value"``, ``"chi2"``, ``"bc"``
+        (``bc`` before its weight ``λ_bc``), plus ``"reward_expert"`` / ``"reward_mixture"`` (mean ``r`` per
+        step on the expert steps of ``E`` / every step of ``M``, detached). Means over an empty set are 0.
+
+    Raises:
+        ValueError: inconsistent shapes, a step mask that is not a prefix, a hyperparameter out of range, or an
+            action whose logit is ``-inf`` (a backspace taken at the prompt boundary).
+    """
+    _check_gamma_alpha(gamma, alpha)
+    if not chi2_coef > 0:
+        raise ValueError(f"chi2_coef must be > 0, got {chi2_coef!r}.")
+    if not bc_weight >= 0:
+        raise ValueError(f"bc_weight must be >= 0, got {bc_weight!r}.")
+    actions, step_mask, terminal, state_mask = _padded_batch(logits, actions, step_mask, terminal)
+    dev, T = logits.device, actions.shape[1]
+    e_steps = step_mask & expert_mask.to(dev, torch.bool)  # (B, T) the expert's own steps (no mistakes)
+    e_rows = in_expert.to(dev, torch.bool)  # (B,) E
+    m_rows = in_mixture.to(dev, torch.bool)  # (B,) M
+    m_steps = step_mask if mixture_steps is None else step_mask & mixture_steps.to(dev, torch.bool)  # (B, T)
+
+    # §2  Q(u_i, a_i) = l(a_i|u_i),   V(u_i) = α·logsumexp(l(·|u_i)/α),   log π(a_i|u_i) = (Q − V)/α
+    x = logits.masked_fill(~state_mask[:, :, None], 0.0)  # (B, T+1, A) padding cannot make NaNs
+    v = (alpha * torch.logsumexp(x / alpha, dim=-1)).masked_fill(~state_mask, 0.0)  # (B, T+1) V(u_i)
+    q = x[:, :T].gather(-1, actions.masked_fill(~step_mask, 0)[:, :, None]).squeeze(-1)  # (B, T) Q(u_i, a_i)
+    if not bool(torch.isfinite(q[step_mask]).all()):
+        raise ValueError(
+            "An action has logit -inf or NaN: a backspace at the prompt boundary (masked for agents) or a "
+            "non-finite model output; such a history cannot be scored."
+        )
+    q = q.masked_fill(~step_mask, 0.0)
+    log_pi = ((q - v[:, :T]) / alpha).masked_fill(~step_mask, 0.0)  # (B, T) log π(a_i|u_i)
+
+    # §3  L_BC = − mean_E Σ_i log π(a_i|u_i)   (expert steps, no discount; the warm-up minimises it alone)
+    bc = _masked_mean(-(log_pi * e_steps).sum(dim=1), e_rows)
+    if bc_only:
+        return bc, {"bc": bc}
+
+    # §2  V'(u_{i+1}) = V(u_{i+1}), 0 after eos;   r_i = Q(u_i, a_i) − γ·V'(u_{i+1});   occupancy weight γ^i
+    steps = torch.arange(T, device=dev)  # (T,)
+    last = steps[None, :] == (step_mask.sum(dim=1) - 1)[:, None]  # (B, T) the last step of each row
+    v_next = v[:, 1:].masked_fill(last & terminal[:, None], 0.0)  # (B, T) V'(u_{i+1})
+    r = (q - gamma * v_next).masked_fill(~step_mask, 0.0)  # (B, T) r_i
+    discount = torch.pow(torch.full((T,), gamma, dtype=logits.dtype, device=dev), steps) * step_mask  # (B, T)
+
+    # §3  each term sums over the steps of a sequence (B,), then averages over its set of sequences
+    w = phi_weights(r, divergence, max_weight=max_weight)  # (B, T) w_i = φ'(r_i), held constant
+    #     L =  − mean_E Σ_i γ^i·w_i·r_i
+    expert = _masked_mean(-(discount * w * r * e_steps).sum(dim=1), e_rows)
+    #          + mean_M Σ_i γ^i·(V(u_i) − γ·V'(u_{i+1}))
+    value = _masked_mean((discount * m_steps * (v[:, :T] - gamma * v_next)).sum(dim=1), m_rows)
+    #          + 1/(4c)·mean_M Σ_i γ^i·r_i²
+    chi2 = _masked_mean((discount * m_steps * r.square()).sum(dim=1) / (4.0 * chi2_coef), m_rows)
+    #          + λ_bc·L_BC
+    loss = expert + value + chi2 + bc_weight * bc
+
+    with torch.no_grad():  # monitors: the mean reward per step of E's expert steps and of M's steps
+        e_r, m_r = e_steps & e_rows[:, None], step_mask & m_rows[:, None]
+        reward_expert = (r * e_r).sum() / e_r.sum().clamp(min=1)
+        reward_mixture = (r * m_r).sum() / m_r.sum().clamp(min=1)
+    terms = {"expert": expert, "value": value, "chi2": chi2, "bc": bc}
+    return loss, {**terms, "reward_expert": reward_expert, "reward_mixture": reward_mixture}
+
+
+# ======================================================================================================
+# Scoring and analysis: the same quantities per step (SoftQ) and each term per sequence
+# ======================================================================================================
+@dataclass(frozen=True)
+class SoftQ:
+    """Per-step soft-Q quantities of a padded batch of trajectories (``sequencematch.md`` §2).
+
+    Every ``(B, T)`` tensor is 0 on padding (steps ``i >= T_b``).
+
+    Attributes:
+        q: ``(B, T)`` ``Q(u_i, a_i) = l(a_i|u_i)``.
+        v: ``(B, T+1)`` ``V(u_i) = α·logsumexp(l(·|u_i)/α)`` over the allowed actions, ``i = 0 .. T_b``.
+        v_next: ``(B, T)`` ``V'(u_{i+1})``: ``V(u_{i+1})``, except 0 after eos (terminal).
+        reward: ``(B, T)`` recovered reward ``r_i = Q(u_i, a_i) − γ·V'(u_{i+1})``.
+        log_pi: ``(B, T)`` ``log π(a_i|u_i) = (Q(u_i, a_i) − V(u_i)) / α``.
+        discount: ``(B, T)`` ``γ^i`` on steps, 0 on padding.
+        step_mask: ``(B, T)`` bool, True for ``i < T_b``.
+        lengths: ``(B,)`` long, ``T_b``.
+        terminal: ``(B,)`` bool, True where the trajectory ended with eos.
+        gamma: the discount γ.
+    """
+
+    q: torch.Tensor
+    v: torch.Tensor
+    v_next: torch.Tensor
+    reward: torch.Tensor
+    log_pi: torch.Tensor
+    discount: torch.Tensor
+    step_mask: torch.Tensor
+    lengths: torch.Tensor
+    terminal: torch.Tensor
+    gamma: float
+
+
+def soft_q(
+    logits: torch.Tensor,
+    actions: torch.Tensor,
+    step_mask: torch.Tensor,
+    terminal: torch.Tensor,
+    *,
+    alpha: float,
+    gamma: float,
+    allow_masked: bool = False,
+) -> SoftQ:
+    """Q, V, V', the recovered reward and log π of every step, from the logits of every visited state.
+
+    Args:
+        logits: ``(B, T+1, A)`` float; ``logits[b, i]`` are the logits at state ``u_i`` (``i <= T_b``), with
+            ``-inf`` on disallowed actions (backspace at the prompt boundary), which ``V`` then excludes.
+            Entries past ``T_b`` are ignored.
+        actions: ``(B, T)`` long, the action ids (anything on padding).
+        step_mask: ``(B, T)`` bool, True for ``i < T_b``: a prefix of each row.
+        terminal: ``(B,)`` bool, True where the last action was eos (``V' = 0`` after it); False where the
+            trajectory was cut by a time or length limit (``V'`` bootstraps from ``V(u_T)``).
+        alpha: soft-max temperature α (> 0).
+        gamma: discount γ in (0, 1].
+        allow_masked: let a step take an action whose logit is ``-inf`` (its ``Q``, ``r`` and ``log π`` are
+            then ``-inf``; for scoring histories, never for a loss).
+
+    Returns:
+        :class:`SoftQ`.
+
+    Raises:
+        ValueError: inconsistent shapes, a step mask that is not a prefix, bad ``alpha`` / ``gamma``, or an
+            action whose logit is ``-inf`` (a backspace taken at the prompt boundary).
+    """
+    _check_gamma_alpha(gamma, alpha)
+    actions, step_mask, terminal, state_mask = _padded_batch(logits, actions, step_mask, terminal)
+    dev, T = logits.device, actions.shape[1]
+    lengths = step_mask.sum(dim=1)  # (B,)
+    steps = torch.arange(T, device=dev)  # (T,)
+    x = logits.masked_fill(~state_mask[:, :, None], 0.0)  # (B, T+1, A) padding cannot make NaNs
+    v = alpha * torch.logsumexp(x / alpha, dim=-1)  # (B, T+1)
+    v = v.masked_fill(~state_mask, 0.0)
+    q = x[:, :T].gather(-1, actions.masked_fill(~step_mask, 0)[:, :, None]).squeeze(-1)  # (B, T)
+    if not allow_masked and not bool(torch.isfinite(q[step_mask]).all()):
+        raise ValueError(
+            "An action has logit -inf or NaN: a backspace at the prompt boundary (masked for agents) or a "
+            "non-finite model output; such a history cannot be scored."
+        )
+    q = q.masked_fill(~step_mask, 0.0)
+    last = steps[None, :] == (lengths - 1)[:, None]  # (B, T) the last step of each row
+    v_next = v[:, 1:].masked_fill(last & terminal[:, None], 0.0)  # (B, T) V after eos is 0
+    reward = (q - gamma * v_next).masked_fill(~step_mask, 0.0)  # (B, T)
+    log_pi = ((q - v[:, :T]) / alpha).masked_fill(~step_mask, 0.0)  # (B, T)
+    discount = torch.pow(torch.full((T,), gamma, dtype=logits.dtype, device=dev), steps)  # (T,)
+    discount = discount[None, :] * step_mask  # (B, T)
+    return SoftQ(
+        q=q,
+        v=v,
+        v_next=v_next,
+        reward=reward,
+        log_pi=log_pi,
+        discount=discount,
+        step_mask=step_mask,
+        lengths=lengths,
+        terminal=terminal,
+        gamma=float(gamma),
+    )
+
+
 def expert_term(
-    sq: SoftQ, expert_mask: torch.Tensor, divergence: str = "chi2", *, max_weight: float = PHI_WEIGHT_MAX
+    sq: SoftQ,
+    expert_mask: torch.Tensor,
+    divergence: Divergence = "chi2",
+    *,
+    max_weight: float = PHI_WEIGHT_MAX,
 ) -> torch.Tensor:
     """``−Σ_i γ^i·w_i·r_i`` over the expert steps of each row: ``(B,)``.
 
@@ -309,163 +450,14 @@ def bc_term(sq: SoftQ, expert_mask: torch.Tensor) -> torch.Tensor:
     return -(sq.log_pi * keep).sum(dim=1)
 
 
-def _masked_mean(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """Mean of ``x`` (B,) over the rows where ``rows`` (B,) is True; 0 when there are none."""
-    rows = rows.to(x.device, torch.bool)
-    return (x * rows).sum() / rows.sum().clamp(min=1)
-
-
-def sequencematch_loss(
-    logits: torch.Tensor,
-    actions: torch.Tensor,
-    step_mask: torch.Tensor,
-    terminal: torch.Tensor,
-    expert_mask: torch.Tensor,
-    *,
-    in_expert: torch.Tensor,
-    in_mixture: torch.Tensor,
-    alpha: float = 1.0,
-    gamma: float = 0.998,
-    chi2_coef: float = 0.5,
-    bc_weight: float = 1.0,
-    divergence: str = "chi2",
-    max_weight: float = PHI_WEIGHT_MAX,
-    mixture_steps: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The SequenceMatch loss of ``sequencematch.md`` §3 on one padded batch.
-
-    One batch holds both sets: rows with ``in_expert`` form ``E`` (expert and BC terms), rows with
-    ``in_mixture`` form ``M`` (value and χ² terms); a row may be in both. Each term sums over the steps of a
-    row and averages over its rows (never divided by a row's length)::
-
-        loss = mean_E expert_term + mean_M value_term + mean_M chi2_term + bc_weight · mean_E bc_term
-
-    Args:
-        logits, actions, step_mask, terminal, alpha, gamma: as in :func:`soft_q`.
-        expert_mask: ``(B, T)`` bool, False on inserted mistakes, which the expert and BC terms leave out (the
-            value and χ² terms keep every step).
-        in_expert: ``(B,)`` bool, the rows of ``E``.
-        in_mixture: ``(B,)`` bool, the rows of ``M``.
-        chi2_coef: ``c`` (> 0).
-        bc_weight: ``λ_bc`` (>= 0).
-        divergence, max_weight: the expert-term weighting (:func:`phi_weights`).
-        mixture_steps: optional ``(B, T)`` bool, the steps the value and χ² terms count (default: every step).
-
-    Returns:
-        ``(loss, terms)``: the scalar loss and the scalar terms ``"expert"``, ``"value"``, ``"chi2"``,
-        ``"bc"`` (``bc`` before its weight ``λ_bc``), plus ``"reward_expert"`` / ``"reward_mixture"`` (mean
-        ``r`` per step on the expert steps of ``E`` / every step of ``M``, detached). Means over an empty set
-        are 0.
-    """
-    if not bc_weight >= 0:
-        raise ValueError(f"bc_weight must be >= 0, got {bc_weight!r}.")
-    sq = soft_q(logits, actions, step_mask, terminal, alpha=alpha, gamma=gamma)
-    expert_mask = expert_mask.to(sq.step_mask.device, torch.bool)
-    terms = {
-        "expert": _masked_mean(expert_term(sq, expert_mask, divergence, max_weight=max_weight), in_expert),
-        "value": _masked_mean(value_term(sq, mixture_steps), in_mixture),
-        "chi2": _masked_mean(chi2_term(sq, chi2_coef, mixture_steps), in_mixture),
-        "bc": _masked_mean(bc_term(sq, expert_mask), in_expert),
-    }
-    loss = terms["expert"] + terms["value"] + terms["chi2"] + bc_weight * terms["bc"]
-    with torch.no_grad():
-        e_steps = sq.step_mask & expert_mask & in_expert.to(sq.step_mask.device, torch.bool)[:, None]
-        m_steps = sq.step_mask & in_mixture.to(sq.step_mask.device, torch.bool)[:, None]
-        terms["reward_expert"] = (sq.reward * e_steps).sum() / e_steps.sum().clamp(min=1)
-        terms["reward_mixture"] = (sq.reward * m_steps).sum() / m_steps.sum().clamp(min=1)
-    return loss, terms
-
-
-# ======================================================================================================
-# §4: model noise
-# ======================================================================================================
-class ModelNoise:
-    """A :data:`~seqgym.data.NoiseFn` drawing each wrong token from the policy itself ("model noise", §4).
-
-    The wrong token inserted before expert action ``i`` is sampled from ``π(·|u_i)`` restricted to the
-    ordinary tokens other than the expert's action there (never eos or backspace), so the inserted mistakes
-    are the ones the model is inclined to make. :meth:`prepare` runs ONE no-grad masked forward over a batch
-    of trajectories and keeps their state probabilities; the calls :func:`seqgym.data.augment` then makes for
-    those trajectories read them (an unprepared trajectory costs one forward of its own). Sampling uses only
-    the ``rng`` that ``augment`` passes.
-
-    Args:
-        policy: the :class:`~agents.policy.LMPolicy` whose current weights propose the mistakes.
-        temperature: the logits are divided by it before the softmax (> 0).
-
-    Example:
-        >>> import numpy as np
-        >>> from agents.policy import LMPolicy
-        >>> from seqgym.data import Trajectory, augment
-        >>> from seqgym.vocab import Vocabulary
-        >>> v = Vocabulary(["a", "b", "c"])
-        >>> noise = ModelNoise(LMPolicy.from_config(v, n_layer=1, n_embd=16, n_head=2, n_positions=16))
-        >>> clean = [Trajectory.from_completion([], [0, 1, v.eos_id], vocab=v)]
-        >>> noise.prepare(clean)
-        >>> noisy = augment(clean, 1.0, np.random.default_rng(0), noise)[0]
-        >>> noisy.final() == clean[0].final(), noisy.n_mistakes
-        (True, 3)
-    """
-
-    def __init__(self, policy: Any, *, temperature: float = 1.0) -> None:
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature!r}.")
-        self.policy = policy
-        self.temperature = float(temperature)
-        self._cache: dict[int, tuple[Trajectory, torch.Tensor]] = {}
-
-    @torch.no_grad()
-    def _token_logits(self, trajectories: Sequence[Trajectory]) -> list[torch.Tensor]:
-        """Per trajectory, ``(T+1, n_tokens)`` logits over the ordinary tokens at every state (one forward)."""
-        n_tok = self.policy.vocab.n_tokens
-        was_training = self.policy.training
-        self.policy.eval()
-        try:
-            out = self.policy.trajectory_logits(
-                [t.prompt for t in trajectories], [t.actions for t in trajectories]
-            )
-        finally:
-            self.policy.train(was_training)
-        logits = out.logits[..., :n_tok]  # (B, T+1, n_tokens)
-        return [logits[b, : len(t) + 1] for b, t in enumerate(trajectories)]
-
-    def prepare(self, trajectories: Sequence[Trajectory]) -> None:
-        """Run one forward over ``trajectories`` and keep their logits; forgets earlier ones."""
-        self._cache = {}
-        if trajectories:
-            for t, lg in zip(trajectories, self._token_logits(trajectories)):
-                self._cache[id(t)] = (t, lg)
-
-    def __call__(self, trajectory: Trajectory, positions: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        hit = self._cache.get(id(trajectory))
-        logits = hit[1] if hit is not None and hit[0] is trajectory else self._token_logits([trajectory])[0]
-        pos = np.array(positions, dtype=np.int64)  # a writable copy
-        n_tok = logits.shape[-1]
-        expert = trajectory.actions[pos]  # (K,)
-        is_tok = expert < n_tok
-        if n_tok == 1 and is_tok.any():
-            raise ValueError(
-                "Model noise needs at least 2 ordinary tokens to draw a wrong one in place of a token."
-            )
-        rows = torch.from_numpy(pos).to(logits.device)
-        p = torch.softmax(logits[rows].double() / self.temperature, dim=-1).cpu().numpy()  # (K, n_tokens)
-        p[np.flatnonzero(is_tok), expert[is_tok]] = 0.0  # never the expert's own token
-        total = p.sum(axis=1, keepdims=True)  # (K, 1)
-        # a row with no probability left (the model is sure of the expert's token): uniform over the others
-        flat = np.ones_like(p)
-        flat[np.flatnonzero(is_tok), expert[is_tok]] = 0.0
-        p = np.where(total > 0, p / np.where(total > 0, total, 1.0), flat / flat.sum(axis=1, keepdims=True))
-        cdf = np.cumsum(p, axis=1)  # (K, n_tokens)
-        u = rng.random(len(pos))[:, None] * cdf[:, -1:]  # (K, 1)
-        return np.minimum((cdf <= u).sum(axis=1), n_tok - 1).astype(np.int64)
-
-
 # ======================================================================================================
 # The agent
 # ======================================================================================================
 @dataclasses.dataclass(kw_only=True)
-class SequenceMatchConfig(AgentConfig):
-    """Hyperparameters of :class:`SequenceMatch`: those of :class:`~agents.base.AgentConfig`, plus:
+class SequenceMatchConfig(AugmentationConfig):
+    """Hyperparameters of :class:`SequenceMatch`: those of :class:`~agents.common.config.AgentConfig` and of
+    :class:`~agents.common.noise.AugmentationConfig` (``p_noise``, ``noise``: the backspace augmentation, as
+    BC's), plus:
 
     Attributes:
         gamma: discount γ in (0, 1] of the occupancy weights ``γ^i`` and of ``V'`` (default 0.998).
@@ -481,9 +473,6 @@ class SequenceMatchConfig(AgentConfig):
             IQ-Learn's offline variant, with no generation at all).
         divergence: ``"chi2"`` (default), ``"kl"``, ``"js"`` or ``"hellinger"`` (:func:`phi_weights`).
         max_phi_weight: cap on the expert-term weight ``φ'(r)`` (> 0, default 100; unused by ``"chi2"``).
-        p_noise: probability of a (wrong token, backspace) pair before each expert action, in [0, 1]
-            (default 0.1). ``0.0`` trains on the demonstrations as given (e.g. already augmented ones).
-        noise: ``"uniform"`` (default) or ``"model"`` (wrong tokens sampled from the current policy).
         mask_mistakes: leave inserted mistakes out of the expert and BC terms (default True; False trains
             those terms on them too, as if the mistakes were the expert's).
         mistakes_in_mixture: count the inserted-mistake steps of the expert half of the mixture in the value
@@ -498,10 +487,8 @@ class SequenceMatchConfig(AgentConfig):
     replay_refresh_interval: int = 20
     replay_size: int = 1024
     expert_fraction: float = 0.5
-    divergence: str = "chi2"
+    divergence: Divergence = "chi2"
     max_phi_weight: float = PHI_WEIGHT_MAX
-    p_noise: float = 0.1
-    noise: str = "uniform"
     mask_mistakes: bool = True
     mistakes_in_mixture: bool = True
 
@@ -532,17 +519,9 @@ class SequenceMatchConfig(AgentConfig):
             raise ValueError(f"bc_weight must be >= 0 (0 turns the BC anchor off), got {self.bc_weight!r}.")
         if not 0.0 <= number("expert_fraction") <= 1.0:
             raise ValueError(f"expert_fraction (the mix) must be in [0, 1], got {self.expert_fraction!r}.")
-        if not 0.0 <= number("p_noise") <= 1.0:
-            raise ValueError(f"p_noise must be a probability in [0, 1], got {self.p_noise!r}.")
         integer("bc_warmup_steps", 0)
         integer("replay_refresh_interval", 1)
         integer("replay_size", 1)
-        if self.divergence not in DIVERGENCES:
-            raise ValueError(
-                f"Unknown divergence {self.divergence!r}; choose one of {', '.join(DIVERGENCES)}."
-            )
-        if self.noise not in ("uniform", "model"):
-            raise ValueError(f"noise must be 'uniform' or 'model', got {self.noise!r}.")
         if not isinstance(self.mask_mistakes, (bool, np.bool_)):
             raise TypeError(f"mask_mistakes must be a bool, got {self.mask_mistakes!r}.")
 
@@ -559,7 +538,7 @@ class SequenceMatchBatch:
     warmup: bool
 
 
-class SequenceMatch(Agent):
+class SequenceMatch(Agent[SequenceMatchBatch]):
     """SequenceMatch (Cundy & Ermon, ICLR 2024): imitation as occupancy matching with a soft-Q critic that is
     the LM itself, trained with IQ-Learn's non-adversarial objective, with ``<backspace>`` (``sequencematch.md``
     §2-§4).
@@ -592,7 +571,8 @@ class SequenceMatch(Agent):
     position. With ``noise="uniform"`` once, at construction, exactly as :class:`~agents.bc.BC` does (the
     same seed gives BC and SequenceMatch the same augmented data); with ``noise="model"`` each batch is
     augmented afresh from its clean demonstrations, the wrong tokens sampled from the current policy
-    (:class:`ModelNoise`, one forward per batch).
+    (:class:`~agents.common.noise.ModelNoise`, one forward per batch; both agents use
+    :class:`~agents.common.noise.Augmentation`).
 
     Choices the method leaves open, made here:
 
@@ -614,8 +594,8 @@ class SequenceMatch(Agent):
     - ``num_timesteps`` counts the expert (state, action) pairs of ``E``, as BC does, so a budget means the
       same amount of demonstration data for both; the model's own samples come on top.
     - Every term is logged (``train/expert``, ``train/value``, ``train/chi2``, ``train/bc``, and the mean
-      reward per step ``train/reward_expert``, ``train/reward_mixture``); during the warm-up they are computed
-      on ``E`` alone (as the offline mixture) for monitoring, and only ``bc`` is minimised.
+      reward per step ``train/reward_expert``, ``train/reward_mixture``); a warm-up update computes and logs
+      ``bc`` alone (each term is averaged over the updates that logged it).
 
     What to expect at small scale: on Dyck with a 1-layer model trained from scratch, IQ-Learn's
     ``chi2_coef = 0.5`` bounds the recovered rewards so tightly that the soft-optimal policy keeps too much
@@ -625,7 +605,7 @@ class SequenceMatch(Agent):
     Hyperparameters: :class:`SequenceMatchConfig`.
 
     Example:
-        >>> from agents.base import make_agent
+        >>> from agents import make_agent
         >>> agent = make_agent("sequencematch", env="seqgym/Dyck-v0", seed=0, n_demonstrations=32, batch_size=8,
         ...                    bc_warmup_steps=2, replay_refresh_interval=2, replay_size=16,
         ...                    policy_kwargs={"n_layer": 1, "n_embd": 16, "n_head": 2})
@@ -643,19 +623,17 @@ class SequenceMatch(Agent):
     # -- data ----------------------------------------------------------------------------------------------
     def _setup(self) -> None:
         c = self.config
-        p = float(c.p_noise)
-        if p > 0 and any(t.n_mistakes for t in self.demonstrations):
-            raise ValueError(
-                "The demonstrations already hold inserted mistakes (expert=False); pass p_noise=0.0 to train on "
-                "them as given, or pass clean demonstrations."
-            )
-        if p > 0 and c.noise == "uniform":
-            self.train_trajectories: list[Trajectory] = augment(
-                self.demonstrations, p, self.setup_rng(), "uniform", max_length=self.max_length
-            )
-        else:  # as given; model noise is drawn per batch
-            self.train_trajectories = list(self.demonstrations)
-        self.model_noise = ModelNoise(self.policy, temperature=c.alpha)
+        self.augmentation = Augmentation(
+            self.demonstrations,
+            p_noise=c.p_noise,
+            noise=c.noise,
+            policy=self.policy,
+            rng=self.setup_rng(),
+            max_length=self.max_length,
+            temperature=c.alpha,  # model noise samples π = softmax(l/α)
+        )
+        self.train_trajectories: list[Trajectory] = self.augmentation.trajectories
+        self.model_noise = self.augmentation.model_noise
         max_prompt = max([t.prompt_length for t in self.demonstrations], default=0)
         self.replay_buffer = ReplayBuffer(
             c.replay_size, max_prompt_length=max(max_prompt, self.max_length - 1), max_steps=self.max_steps
@@ -676,10 +654,7 @@ class SequenceMatch(Agent):
         c = self.config
         step = self._n_updates  # index of the update this batch is for
         expert = [self.train_trajectories[int(i)] for i in self._sample_indices(batch_size, rng)]
-        if c.noise == "model" and c.p_noise > 0:
-            self.model_noise.prepare(expert)
-            expert = augment(expert, float(c.p_noise), rng, self.model_noise, max_length=self.max_length)
-            self.model_noise.prepare([])
+        expert = self.augmentation.batch(expert, rng)
         warmup = step < c.bc_warmup_steps
         n_mixed = min(self._n_mixed_expert(), batch_size)
         n_replay = batch_size - n_mixed
@@ -720,12 +695,13 @@ class SequenceMatch(Agent):
 
     # -- the loss ------------------------------------------------------------------------------------------
     def _loss(self, batch: SequenceMatchBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """:func:`sequencematch_loss` on ONE masked forward over ``E`` (the first rows) and the replay rows;
+        during the warm-up, over ``E`` alone and ``L_BC`` alone."""
         c = self.config
-        prompts: list[Any] = [t.prompt for t in batch.expert]
+        prompts: list[Any] = [t.prompt for t in batch.expert]  # int64 arrays
         actions: list[Any] = [t.actions for t in batch.expert]
         terminal = [t.terminal for t in batch.expert]
-        n_e = len(batch.expert)
-        n_r = 0
+        n_e, n_r = len(batch.expert), 0
         if batch.replay is not None:
             prompts += batch.replay.prompts
             actions += batch.replay.actions
@@ -733,27 +709,22 @@ class SequenceMatch(Agent):
             n_r = len(batch.replay)
         out = self.policy.trajectory_logits(prompts, actions)  # ONE masked forward: logits (B, T+1, A)
         B, T = out.actions.shape
-        expert_np = np.ones((B, T), dtype=bool)  # replay rows: irrelevant (not in E)
-        mix_np = np.ones((B, T), dtype=bool)
+        expert_np = np.ones((B, T), dtype=bool)  # False on the inserted mistakes of E (with mask_mistakes)
+        mix_np = np.ones((B, T), dtype=bool)  # False on the inserted mistakes of E's rows in M
         for b, t in enumerate(batch.expert):
             mix_np[b, : len(t)] = t.expert
             if c.mask_mistakes:
                 expert_np[b, : len(t)] = t.expert
         dev = out.logits.device
-        rows = torch.arange(B, device=dev)
-        in_expert = rows < n_e  # (B,)
-        if batch.warmup:  # monitor the terms on E as the (offline) mixture; minimise L_BC alone
-            in_mixture = in_expert
-        else:
-            in_mixture = (rows < batch.n_mixed_expert) | (rows >= n_e)  # (B,)
+        row = torch.arange(B, device=dev)
         loss, terms = sequencematch_loss(
             out.logits,
             out.actions,
             out.action_mask,
             torch.tensor(terminal, dtype=torch.bool, device=dev),
             torch.from_numpy(expert_np).to(dev),
-            in_expert=in_expert,
-            in_mixture=in_mixture,
+            in_expert=row < n_e,  # E: the augmented demonstrations
+            in_mixture=(row < batch.n_mixed_expert) | (row >= n_e),  # M: the first of E, and the replay rows
             alpha=c.alpha,
             gamma=c.gamma,
             chi2_coef=c.chi2_coef,
@@ -761,9 +732,8 @@ class SequenceMatch(Agent):
             divergence=c.divergence,
             max_weight=c.max_phi_weight,
             mixture_steps=None if c.mistakes_in_mixture else torch.from_numpy(mix_np).to(dev),
+            bc_only=batch.warmup,
         )
-        if batch.warmup:
-            loss = terms["bc"]
         logged = {k: v.detach() for k, v in terms.items()}
         logged["warmup"] = torch.tensor(float(batch.warmup))
         logged["replay_rows"] = torch.tensor(float(n_r))

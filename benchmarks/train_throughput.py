@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from agents.base import make_agent
+from agents import make_agent
 from agents.mle import MLE
 from agents.policy import LMPolicy
 from benchmarks._common import (

@@ -45,7 +45,7 @@ def env() -> gym.Env:
 @pytest.fixture(scope="module")
 def critic() -> Any:
     """A briefly trained SequenceMatch agent on Dyck (a real critic, not a good one)."""
-    from agents.base import make_agent
+    from agents import make_agent
 
     agent = make_agent(
         "sequencematch",
