@@ -10,16 +10,17 @@ Example:
     4
 """
 
-from agents.base import (
+from agents.bc import BC, BCConfig
+from agents.common import (
     Agent,
     AgentConfig,
     AgentLoadError,
     NonFiniteLossError,
+    TrainStep,
     list_agents,
     make_agent,
     register_agent,
 )
-from agents.bc import BC, BCConfig
 from agents.mle import MLE
 from agents.policy import Generation, LMPolicy, TokenMap, TrajectoryLogits, sample_actions
 from agents.sequencematch import SequenceMatch, SequenceMatchConfig
@@ -37,6 +38,7 @@ __all__ = [
     "SequenceMatch",
     "SequenceMatchConfig",
     "TokenMap",
+    "TrainStep",
     "TrajectoryLogits",
     "list_agents",
     "make_agent",

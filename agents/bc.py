@@ -3,7 +3,8 @@
 Before each expert action, with probability ``p_noise``, a wrong token and the ``<backspace>`` that repairs it
 are inserted (:func:`seqgym.data.augment`): with ``noise="uniform"`` once, at construction, the wrong token
 drawn uniformly; with ``noise="model"`` afresh for every batch, the wrong token sampled from the current policy
-(:class:`~agents.sequencematch.ModelNoise`, one no-grad forward per batch), exactly as SequenceMatch does.
+(:class:`~agents.common.noise.ModelNoise`, one no-grad forward per batch), exactly as SequenceMatch does
+(both use :class:`~agents.common.noise.Augmentation`).
 The loss is the cross-entropy of every *expert* (state, action) pair, from one masked forward per batch
 (:meth:`agents.policy.LMPolicy.trajectory_logits`)::
 
@@ -14,7 +15,7 @@ summed over steps and averaged over trajectories (never divided by a trajectory'
 action, is kept. ``num_timesteps`` advances by the expert pairs trained on.
 
 Example:
-    >>> from agents.base import make_agent
+    >>> from agents import make_agent
     >>> agent = make_agent("bc", env="seqgym/Dyck-v0", seed=0, n_demonstrations=32, batch_size=8, p_noise=0.2,
     ...                    policy_kwargs={"n_layer": 1, "n_embd": 16, "n_head": 2})
     >>> sum(t.n_mistakes for t in agent.train_trajectories) > 0
@@ -31,39 +32,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.base import Agent, AgentConfig, register_agent
-from agents.sequencematch import ModelNoise
-from seqgym.data import Trajectory, augment, inserted_allowed_share
+from agents.common.agent import Agent
+from agents.common.noise import Augmentation, AugmentationConfig
+from agents.common.registry import register_agent
+from seqgym.data import Trajectory
 
 __all__ = ["BC", "BCConfig"]
 
 
 @dataclasses.dataclass(kw_only=True)
-class BCConfig(AgentConfig):
-    """Hyperparameters of :class:`BC`: those of :class:`~agents.base.AgentConfig`, plus:
-
-    Attributes:
-        p_noise: probability of inserting a (wrong token, backspace) pair before each expert action, in
-            ``[0, 1]`` (default 0.1). ``0.0`` trains on the demonstrations exactly as given (e.g. already
-            augmented ones); demonstrations that already hold inserted mistakes require ``p_noise=0.0``.
-        noise: how the wrong token is drawn: ``"uniform"`` (default) over the ordinary tokens but the
-            expert's, or ``"model"``: from the current policy, restricted to those tokens.
-    """
-
-    p_noise: float = 0.1
-    noise: str = "uniform"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if isinstance(self.p_noise, bool) or not isinstance(self.p_noise, (int, float)):
-            raise TypeError(f"p_noise must be a number in [0, 1], got {self.p_noise!r}.")
-        if not 0.0 <= float(self.p_noise) <= 1.0:
-            raise ValueError(f"p_noise must be a probability in [0, 1], got {self.p_noise!r}.")
-        if self.noise not in ("uniform", "model"):
-            raise ValueError(f"noise must be 'uniform' or 'model', got {self.noise!r}.")
+class BCConfig(AugmentationConfig):
+    """Hyperparameters of :class:`BC`: those of :class:`~agents.common.noise.AugmentationConfig` (``p_noise``,
+    ``noise``) and :class:`~agents.common.config.AgentConfig`; nothing of its own."""
 
 
-class BC(Agent):
+class BC(Agent[list[Trajectory]]):
     """Cross-entropy on the expert (state, action) pairs of backspace-augmented demonstrations.
 
     Attributes:
@@ -76,38 +59,28 @@ class BC(Agent):
     config: BCConfig
 
     def _setup(self) -> None:
-        p = float(self.config.p_noise)
-        if p > 0 and any(t.n_mistakes for t in self.demonstrations):
-            raise ValueError(
-                "The demonstrations already hold inserted mistakes (expert=False); pass p_noise=0.0 to train on "
-                "them as given, or pass clean demonstrations."
-            )
-        source = getattr(self._seq_env, "source", None)  # rules out tokens: mistakes are real mistakes
-        self.train_trajectories: list[Trajectory] = (
-            augment(
-                self.demonstrations, p, self.setup_rng(), "uniform", max_length=self.max_length, source=source
-            )
-            if p > 0 and self.config.noise == "uniform"
-            else list(self.demonstrations)
+        c = self.config
+        self.augmentation = Augmentation(
+            self.demonstrations,
+            p_noise=c.p_noise,
+            noise=c.noise,
+            policy=self.policy,
+            rng=self.setup_rng(),
+            max_length=self.max_length,
+            source=getattr(self._seq_env, "source", None),
         )
-        #: share of the inserted wrong tokens that the source allows there (0: all real mistakes; nan: unknown)
-        self.noise_allowed_share = inserted_allowed_share(self.train_trajectories, source)
-        self.model_noise = ModelNoise(self.policy, source=source)
+        self.train_trajectories: list[Trajectory] = self.augmentation.trajectories
+        self.model_noise = self.augmentation.model_noise
 
     def _dataset_size(self) -> int:
         return len(self.train_trajectories)
 
     def _sample_batch(self, batch_size: int, rng: np.random.Generator) -> list[Trajectory]:
         batch = [self.train_trajectories[i] for i in self._sample_indices(batch_size, rng)]
-        p = float(self.config.p_noise)
-        if self.config.noise == "model" and p > 0:
-            self.model_noise.prepare(batch)
-            batch = augment(batch, p, rng, self.model_noise, max_length=self.max_length)
-            self.model_noise.prepare([])
-        return batch
+        return self.augmentation.batch(batch, rng)
 
     def _loss(self, batch: list[Trajectory]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        prompts: list[Any] = [t.prompt for t in batch]
+        prompts: list[Any] = [t.prompt for t in batch]  # int64 arrays (IdRows does not type a list of them)
         actions: list[Any] = [t.actions for t in batch]
         out = self.policy.trajectory_logits(prompts, actions)
         B, T = out.actions.shape

@@ -21,9 +21,8 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -183,7 +182,7 @@ class ReplayBuffer:
         idx = (start + np.arange(self._size)) % self.capacity
         return self._gather(idx)
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self) -> dict[str, int | np.ndarray]:
         """The stored records and ring position as plain values and int64/bool arrays (for checkpoints)."""
         n = self._size
         return {
@@ -201,7 +200,7 @@ class ReplayBuffer:
             "born": self._born[:n].copy(),
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: Mapping[str, int | np.ndarray]) -> None:
         """Restore what :meth:`state_dict` returned (into a buffer of the same shape).
 
         Raises:

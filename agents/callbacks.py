@@ -1,6 +1,6 @@
 """Stable-Baselines3 callbacks for seqgym agents.
 
-:meth:`Agent.learn <agents.base.Agent.learn>` accepts what SB3's ``learn`` accepts: a
+:meth:`Agent.learn <agents.common.training.TrainingMixin.learn>` accepts what SB3's ``learn`` accepts: a
 ``stable_baselines3.common.callbacks.BaseCallback``, a list of them (wrapped in a ``CallbackList``), a plain
 function ``(locals, globals) -> bool`` (wrapped in a ``ConvertCallback``) or ``None``. The agent plays the part
 of SB3's model: it has ``num_timesteps``, ``logger``, ``get_env()`` (a one-env ``VecEnv``) and ``save``.
@@ -22,9 +22,12 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList, ConvertCallback
+
+if TYPE_CHECKING:
+    from tqdm.auto import tqdm
 
 __all__ = ["CallbackLike", "ProgressBarCallback", "convert_callback"]
 
@@ -49,7 +52,7 @@ class ProgressBarCallback(BaseCallback):
 
     def __init__(self) -> None:
         super().__init__()
-        self._pbar: Any = None
+        self._pbar: tqdm | None = None
         self._last = 0
 
     def _on_training_start(self) -> None:

@@ -5,7 +5,7 @@ A *generator* is anything with ``generate(n, *, seed) -> Generation`` (``sequenc
 :mod:`seqgym.metrics`; the held-out NLL needs a language model (:class:`~agents.policy.LMPolicy`).
 
 Example:
-    >>> from agents.base import make_agent
+    >>> from agents import make_agent
     >>> agent = make_agent("mle", env="seqgym/Dyck-v0", seed=0, n_demonstrations=8,
     ...                    policy_kwargs={"n_layer": 1, "n_embd": 16, "n_head": 2})
     >>> m = evaluate_generator(agent, agent.env.unwrapped.source, n=16, seed=1, n_reference=500)

@@ -11,7 +11,7 @@ distribution MLE samples from: the agent never emits ``<backspace>`` (``allow_ba
 sequence (:meth:`~seqgym.data.Trajectory.clean`). ``num_timesteps`` advances by the tokens trained on.
 
 Example:
-    >>> from agents.base import make_agent
+    >>> from agents import make_agent
     >>> agent = make_agent("mle", env="seqgym/Dyck-v0", seed=0, n_demonstrations=32, batch_size=8,
     ...                    policy_kwargs={"n_layer": 1, "n_embd": 16, "n_head": 2})
     >>> agent = agent.learn(200)
@@ -27,7 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from agents.base import Agent, register_agent
+from agents.common.agent import Agent
+from agents.common.registry import register_agent
 
 __all__ = ["MLE", "MLEBatch"]
 
@@ -47,10 +48,10 @@ class MLEBatch:
     n_tokens: int
 
 
-class MLE(Agent):
+class MLE(Agent[MLEBatch]):
     """Teacher-forced cross-entropy on clean expert sequences; never emits ``<backspace>``.
 
-    Hyperparameters: those of :class:`~agents.base.AgentConfig` only.
+    Hyperparameters: those of :class:`~agents.common.config.AgentConfig` only.
 
     A clean sequence has no backspace, so the state before its ``i``-th token is simply its prefix and one
     causal forward over ``[BOS, prompt, completion]`` (right-padded, position ids ``0, 1, ...``) gives the logits

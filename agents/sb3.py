@@ -32,9 +32,10 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import gymnasium as gym
 import numpy as np
@@ -43,8 +44,10 @@ from gymnasium import spaces
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from stable_baselines3.common.type_aliases import MaybeCallback
 from stable_baselines3.common.vec_env import DummyVecEnv
 
+from agents.common.config import check_choice
 from agents.policy import Generation, sample_actions
 from seqgym.env import SequenceEnv
 from seqgym.rewards import Reward, RewardFn
@@ -52,7 +55,12 @@ from seqgym.vocab import Vocabulary
 
 __all__ = [
     "ALGOS",
+    "ENV_REWARDS",
+    "Algo",
     "Critic",
+    "CriticMode",
+    "EnvReward",
+    "Pooling",
     "RewardWrapper",
     "SB3Baseline",
     "TokenEmbeddingExtractor",
@@ -62,10 +70,19 @@ __all__ = [
     "train_sb3_baseline",
 ]
 
-ALGOS: tuple[str, ...] = ("maskable_ppo", "ppo", "dqn")
-"""Algorithm names accepted by :func:`train_sb3_baseline`."""
+#: Algorithm names accepted by :func:`train_sb3_baseline`.
+Algo = Literal["maskable_ppo", "ppo", "dqn"]
+ALGOS: tuple[Algo, ...] = typing.get_args(Algo)
 
-_POOLINGS = ("gru", "mean")
+#: How :class:`TokenEmbeddingExtractor` summarises the visible tokens.
+Pooling = Literal["gru", "mean"]
+
+#: When :class:`RewardWrapper` pays a critic's reward: after every step, or summed at the episode's end.
+CriticMode = Literal["dense", "terminal"]
+
+#: The rewards a ``SequenceEnv`` computes itself (beside a callable or a critic).
+EnvReward = Literal["none", "logprob", "valid"]
+ENV_REWARDS: tuple[EnvReward, ...] = typing.get_args(EnvReward)
 _FORMAT = 1
 _META_FILE = "sb3_baseline.json"
 _MODEL_FILE = "model.zip"
@@ -114,15 +131,14 @@ class TokenEmbeddingExtractor(BaseFeaturesExtractor):
         *,
         embed_dim: int = 32,
         hidden_dim: int | None = None,
-        pooling: str = "gru",
+        pooling: Pooling = "gru",
     ) -> None:
         if not isinstance(observation_space, spaces.Box) or len(observation_space.shape) != 1:
             raise TypeError(
                 "TokenEmbeddingExtractor needs a 1-D Box observation space of token ids, "
                 f"got {observation_space}."
             )
-        if pooling not in _POOLINGS:
-            raise ValueError(f"Unknown pooling {pooling!r}; choose one of {list(_POOLINGS)}.")
+        check_choice("pooling", pooling, typing.get_args(Pooling))
         for name, value in (("features_dim", features_dim), ("embed_dim", embed_dim)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}.")
@@ -189,7 +205,9 @@ class Critic(Protocol):
     of each step, ``r_i = Q(u_i, a_i) − γ·V(u_{i+1})``.
     """
 
-    def reward(self, prompts: Sequence[Sequence[int]], action_histories: Sequence[Sequence[int]]) -> Any: ...
+    def reward(
+        self, prompts: Sequence[Sequence[int]], action_histories: Sequence[Sequence[int]]
+    ) -> Sequence[np.ndarray]: ...
 
 
 class RewardWrapper(gym.Wrapper):
@@ -225,20 +243,21 @@ class RewardWrapper(gym.Wrapper):
         1.0
     """
 
-    def __init__(self, env: gym.Env, critic: Critic, *, mode: str = "dense") -> None:
+    def __init__(self, env: gym.Env, critic: Critic, *, mode: CriticMode = "dense") -> None:
         super().__init__(env)
         if not callable(getattr(critic, "reward", None)):
             raise TypeError(
                 f"critic must have a reward(prompts, action_histories) method, got {type(critic).__name__}."
             )
-        if mode not in ("dense", "terminal"):
-            raise ValueError(f"Unknown mode {mode!r}; choose 'dense' or 'terminal'.")
+        check_choice("mode", mode, typing.get_args(CriticMode))
         self.critic = critic
         self.mode = mode
         self._prompt: list[int] = []
         self._history: list[int] = []
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         obs, info = self.env.reset(seed=seed, options=options)
         self._prompt = [int(t) for t in np.asarray(obs)[: int(info["prompt_length"])]]
         self._history = []
@@ -254,7 +273,7 @@ class RewardWrapper(gym.Wrapper):
             )
         return r
 
-    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
+    def step(self, action: int | np.integer) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         obs, env_reward, terminated, truncated, info = self.env.step(action)
         self._history.append(int(action))
         info = dict(info)
@@ -289,7 +308,7 @@ class TruncationPenalty(gym.Wrapper):
             raise ValueError(f"penalty must be finite, got {penalty}.")
         self.penalty = float(penalty)
 
-    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
+    def step(self, action: int | np.integer) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         obs, reward, terminated, truncated, info = self.env.step(action)
         if truncated and not terminated:
             info = dict(info)
@@ -304,10 +323,7 @@ def _is_critic(reward: object) -> bool:
 
 def _check_reward(reward: object) -> None:
     if isinstance(reward, str):
-        if reward not in ("none", "logprob", "valid"):
-            raise ValueError(
-                f"Unknown reward {reward!r}; choose 'none', 'logprob', 'valid', a callable or a critic."
-            )
+        check_choice("reward", reward, ENV_REWARDS, hint="a callable or a critic")
     elif not (callable(reward) or _is_critic(reward)):
         raise TypeError(
             "reward must be 'none' / 'logprob' / 'valid', a callable (state, action, next_state, terminated) "
@@ -347,9 +363,9 @@ class _EnvSpec:
 
     def make(
         self,
-        reward: str | RewardFn | Reward | Critic = "none",
-        critic_mode: str = "dense",
-        truncation_penalty: float | str = "auto",
+        reward: EnvReward | RewardFn | Reward | Critic = "none",
+        critic_mode: CriticMode = "dense",
+        truncation_penalty: float | Literal["auto"] = "auto",
     ) -> gym.Env:
         _check_reward(reward)
         penalty = _truncation_penalty(truncation_penalty, reward, self.logprob_floor)
@@ -377,7 +393,9 @@ class _EnvSpec:
         return {"env_id": self.env_id, "env_kwargs": self.env_kwargs}
 
 
-def _truncation_penalty(value: float | str, reward: object, floor: float) -> float:
+def _truncation_penalty(
+    value: float | str, reward: EnvReward | RewardFn | Reward | Critic, floor: float
+) -> float:
     if isinstance(value, str):
         if value != "auto":
             raise ValueError(f"truncation_penalty must be a number or 'auto', got {value!r}.")
@@ -397,9 +415,9 @@ def _ensure_registered(env_id: str) -> None:
 def make_env(
     env: str | gym.Env,
     *,
-    reward: str | RewardFn | Reward | Critic = "logprob",
-    critic_mode: str = "dense",
-    truncation_penalty: float | str = "auto",
+    reward: EnvReward | RewardFn | Reward | Critic = "logprob",
+    critic_mode: CriticMode = "dense",
+    truncation_penalty: float | Literal["auto"] = "auto",
     env_kwargs: dict[str, Any] | None = None,
 ) -> gym.Env:
     """A fresh sequence env with the requested reward, ready for an SB3 algorithm.
@@ -425,6 +443,8 @@ def make_env(
 # Baselines
 # ============================================================================================================
 def _algo_class(algo: str) -> type[BaseAlgorithm]:
+    """The SB3 class of an :data:`Algo` name (checked: a ``str`` from a config or a saved file is fine)."""
+    check_choice("algo", algo, ALGOS)
     if algo == "ppo":
         from stable_baselines3 import PPO
 
@@ -439,7 +459,7 @@ def _algo_class(algo: str) -> type[BaseAlgorithm]:
         except ImportError as e:
             raise ImportError('MaskablePPO needs sb3-contrib: pip install "seqgym[sb3]"') from e
         return MaskablePPO
-    raise ValueError(f"Unknown algo {algo!r}; choose one of {list(ALGOS)}.")
+    raise AssertionError(algo)  # unreachable: check_choice
 
 
 class SB3Baseline:
@@ -507,11 +527,11 @@ class SB3Baseline:
     def predict(
         self,
         observation: np.ndarray,
-        state: Any = None,
+        state: tuple[np.ndarray, ...] | None = None,
         episode_start: np.ndarray | None = None,
         deterministic: bool = False,
         action_masks: np.ndarray | None = None,
-    ) -> tuple[np.ndarray, Any]:
+    ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
         """SB3's ``predict``; with ``action_masks`` every algorithm respects them.
 
         Without masks this is exactly ``model.predict``. With masks, MaskablePPO uses its own masking; PPO
@@ -630,21 +650,21 @@ class SB3Baseline:
 
 
 def train_sb3_baseline(
-    algo: str = "maskable_ppo",
+    algo: str = "maskable_ppo",  # an Algo; checked by _algo_class (callers hold names as str)
     env: str | gym.Env = "seqgym/Dyck-v0",
     *,
-    reward: str | RewardFn | Reward | Critic = "logprob",
+    reward: EnvReward | RewardFn | Reward | Critic = "logprob",
     total_timesteps: int,
     seed: int = 0,
     policy_kwargs: dict[str, Any] | None = None,
     algo_kwargs: dict[str, Any] | None = None,
     env_kwargs: dict[str, Any] | None = None,
     n_envs: int = 1,
-    critic_mode: str = "dense",
-    truncation_penalty: float | str = "auto",
+    critic_mode: CriticMode = "dense",
+    truncation_penalty: float | Literal["auto"] = "auto",
     device: str = "cpu",
     verbose: int = 0,
-    callback: Any = None,
+    callback: MaybeCallback = None,
     progress_bar: bool = False,
 ) -> SB3Baseline:
     """Train an SB3 baseline on a sequence env and return it as an :class:`SB3Baseline`.

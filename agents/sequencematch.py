@@ -1,25 +1,27 @@
 """SequenceMatch: imitation learning with a soft-Q critic read off the LM's logits, and ``<backspace>``.
 
-The method of ``sequencematch.md`` §2-§4 (Cundy & Ermon, ICLR 2024, with IQ-Learn's non-adversarial
-objective, Garg et al. 2021). The LM's logits ``l(a|u)`` over the env actions are soft Q-values:
+The method of ``docs/method.md`` §2-§4 (Cundy & Ermon, ICLR 2024, with IQ-Learn's non-adversarial objective,
+Garg et al. 2021, and LS-IQ's absorbing states, Al-Hafez et al. 2023). The LM's logits ``l(a|u)`` over the env
+actions are soft Q-values scaled by ``1/α`` (IQ-Learn's convention):
 
     π(a|u) = softmax(l(·|u))        Q(u, a) = α·l(a|u)        V(u) = α·logsumexp(l(·|u))
-    r_i = Q(u_i, a_i) − γ·V'(u_{i+1})          V'(u_T) = 0 after eos ("iq") or the absorbing state's value
-                                               ("absorbing"); V(u_T) at a time-limit cut
+    r_i = Q(u_i, a_i) − γ·V'(u_{i+1})       V'(u_T) after eos: 0 ("iq") or the absorbing state's value
+                                            ("absorbing"); V(u_T) at a time-limit cut
 
-and the loss over a batch of expert (augmented) trajectories ``E`` and a mixture ``M`` of expert and
-model trajectories is
+and the loss over a batch of expert (augmented) trajectories ``E`` and a mixture ``M`` of expert and model
+trajectories is
 
     L = − mean_E Σ_i γ^i·w_i·r_i                   expert term      (w_i = φ'(r_i), no gradient; 1 for χ²)
-        + mean_M Σ_i γ^i·(V(u_i) − γ·V'(u_{i+1}))    value term       (= mean_M [V(u_0) − γ^T·V'(u_T)])
+        + mean_M Σ_i γ^i·(V(u_i) − γ·V'(u_{i+1}))    value term
         + 1/(4c)·mean_M Σ_i γ^i·r_i²                 χ² term
         + λ_bc·L_BC,   L_BC = − mean_E Σ_i log π(a_i|u_i)
 
-Sums run over the steps of a sequence, means over sequences. Inserted mistakes (``expert`` False) are left
-out of the expert and BC sums. The pure functions here (:func:`soft_q`, :func:`phi_weights`,
-:func:`expert_term`, :func:`value_term`, :func:`value_term_telescoped`, :func:`chi2_term`, :func:`bc_term`,
-:func:`sequencematch_loss`) take the padded tensors of one masked forward
-(:class:`~agents.policy.TrajectoryLogits`) and hold the whole objective; the agent only feeds them.
+(plus the absorbing state's tails, :class:`SoftQ`). Sums run over the steps of a sequence, means over
+sequences. Only ``c/α`` shapes the optimum of the first three terms: ``L(α, c) = α·L(1, c/α)``.
+:func:`sequencematch_loss` computes all of it, top to bottom, from the padded tensors of one masked forward
+(:class:`~agents.policy.TrajectoryLogits`); :func:`soft_q` holds the per-step quantities of §2 (also used by
+:meth:`SequenceMatch.reward`) and :func:`expert_term`, :func:`value_term`, :func:`chi2_term`, :func:`bc_term`
+each term per sequence; the tests check them against a per-state reference.
 
 Example:
     >>> import torch
@@ -37,26 +39,34 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from agents.base import Agent, AgentConfig, register_agent
 from agents.buffers import ReplayBuffer, Rollouts
-from seqgym.data import Trajectory, augment, inserted_allowed_share, mistake_candidates
+from agents.common.agent import Agent
+from agents.common.config import check_choice
+from agents.common.noise import Augmentation, AugmentationConfig
+from agents.common.registry import register_agent
+from seqgym.data import Trajectory
 
 __all__ = [
     "DIVERGENCES",
+    "INSERTED_STEPS",
     "PHI_WEIGHT_MAX",
-    "ModelNoise",
+    "TERMINAL_MODES",
+    "Divergence",
+    "InsertedSteps",
     "SequenceMatch",
     "SequenceMatchBatch",
     "SequenceMatchConfig",
     "SoftQ",
+    "TerminalMode",
     "bc_term",
     "chi2_term",
     "expert_term",
@@ -69,33 +79,264 @@ __all__ = [
 
 #: The divergences of :func:`phi_weights`: ``"chi2"`` is SequenceMatch-χ² (identity weight, the χ² term on
 #: the mixture); ``"kl"``, ``"js"`` and ``"hellinger"`` weight the expert term by IQ-Learn's ``φ'(r)``.
-DIVERGENCES: tuple[str, ...] = ("chi2", "kl", "js", "hellinger")
+Divergence = Literal["chi2", "kl", "js", "hellinger"]
+DIVERGENCES: tuple[Divergence, ...] = typing.get_args(Divergence)
 
-#: End-of-sequence treatment (:func:`soft_q`): IQ-Learn's ``V' = 0`` after eos, or an absorbing state.
+#: End of sequence (§2): ``"iq"``: IQ-Learn's ``V' = 0`` after eos; ``"absorbing"``: eos enters an absorbing
+#: state whose value is read off the logits at the state after eos.
 TerminalMode = Literal["iq", "absorbing"]
-#: Which terms see the inserted (mistake, ``<backspace>``) pairs of augmented demonstrations:
-#: ``"bc_only"``: only the BC anchor (which learns ``<backspace>`` from them); ``"all"``: every term (the
-#: mistake token itself is never in the expert or BC terms).
+TERMINAL_MODES: tuple[TerminalMode, ...] = typing.get_args(TerminalMode)
+
+#: Which terms see the inserted (mistake, ``<backspace>``) pairs of augmented demonstrations (§4):
+#: ``"bc_only"``: only the BC anchor, which learns ``<backspace>`` from them; ``"all"``: every term (the mistake
+#: token itself is never in the expert or BC terms).
 InsertedSteps = Literal["bc_only", "all"]
-
-
-def check_option(name: str, value: object, options: Any) -> None:
-    """Raise ``ValueError`` naming ``name`` unless ``value`` is one of the ``Literal`` ``options``' values."""
-    allowed = get_args(options)
-    if not isinstance(value, str) or value not in allowed:
-        raise ValueError(f"Unknown {name} {value!r}; choose one of {', '.join(map(repr, allowed))}.")
-
+INSERTED_STEPS: tuple[InsertedSteps, ...] = typing.get_args(InsertedSteps)
 
 #: Cap on the expert-term weight ``φ'(r)`` (and its value where ``r`` lies outside φ's domain).
 PHI_WEIGHT_MAX = 100.0
 
 
 # ======================================================================================================
-# §2: Q-values are the logits
+# The expert-term weight of each divergence
+# ======================================================================================================
+def phi_weights(
+    reward: torch.Tensor, divergence: Divergence, *, max_weight: float = PHI_WEIGHT_MAX
+) -> torch.Tensor:
+    """IQ-Learn's expert-term weight ``w = φ'(r)`` for a divergence, without gradient.
+
+    The expert term of IQ-Learn is ``−E[φ(r)]`` for the concave ``φ`` of an f-divergence; its gradient is
+    ``−E[φ'(r)·∇r]``, which is what ``−E[w·r]`` with ``w = φ'(r)`` held constant gives (IQ-Learn weights
+    the expert term this way):
+
+    ============ ======================== ==========================================
+    divergence   φ(r)                     w = φ'(r)
+    ============ ======================== ==========================================
+    ``chi2``     r (+ the χ² term)        1
+    ``kl``       −exp(−(r + 1))           exp(−r − 1)
+    ``js``       log(2 − exp(−r))         exp(−r) / (2 − exp(−r)) = 1 / (2·exp(r) − 1)
+    ``hellinger`` r / (1 + r)             1 / (1 + r)²
+    ============ ======================== ==========================================
+
+    The weights are capped at ``max_weight``, which is also used where ``r`` is outside φ's domain
+    (JS: ``r <= −log 2``; Hellinger: ``r <= −1``), where φ' grows without bound as ``r`` approaches the
+    edge. LM rewards start near ``log π ≈ −log A``, outside the JS domain, so the uncapped formula would
+    give negative weights there and push the expert's actions down.
+
+    Args:
+        reward: any shape.
+        divergence: one of :data:`DIVERGENCES`.
+        max_weight: the cap (> 0).
+
+    Returns:
+        Weights of ``reward``'s shape, detached, in ``(0, max_weight]``.
+
+    Example:
+        >>> r = torch.tensor([-2.0, 0.0, 1.0])
+        >>> [round(x, 4) for x in phi_weights(r, "js").tolist()]
+        [100.0, 1.0, 0.2254]
+        >>> [round(x, 4) for x in phi_weights(r, "kl").tolist()]
+        [2.7183, 0.3679, 0.1353]
+    """
+    check_choice("divergence", divergence, DIVERGENCES)
+    if not max_weight > 0:
+        raise ValueError(f"max_weight must be > 0, got {max_weight!r}.")
+    with torch.no_grad():
+        r = reward.detach()
+        if divergence == "chi2":
+            return torch.ones_like(r)
+        if divergence == "kl":
+            w = torch.exp(-r - 1.0)
+        elif divergence == "js":
+            d = 2.0 * torch.exp(r) - 1.0  # > 0 exactly inside the domain r > −log 2
+            w = torch.where(d > 1.0 / max_weight, 1.0 / d.clamp(min=1.0 / max_weight), max_weight)
+        else:  # hellinger
+            d = 1.0 + r  # > 0 exactly inside the domain r > −1
+            floor = max_weight**-0.5
+            w = torch.where(d > floor, 1.0 / d.clamp(min=floor) ** 2, max_weight)
+        return w.clamp(max=max_weight)
+
+
+def _check_gamma_alpha(gamma: float, alpha: float) -> None:
+    if not 0.0 < gamma <= 1.0:
+        raise ValueError(f"gamma must be in (0, 1], got {gamma!r}.")
+    if not alpha > 0.0:
+        raise ValueError(f"alpha must be > 0, got {alpha!r}.")
+
+
+def _padded_batch(
+    logits: torch.Tensor, actions: torch.Tensor, step_mask: torch.Tensor, terminal: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Check the shapes of a padded batch; return ``(actions long, step_mask bool, terminal bool, state_mask)`` on
+    the logits' device, ``state_mask`` ``(B, T+1)`` True for the states ``u_0 .. u_{T_b}`` of each row."""
+    if logits.dim() != 3:
+        raise ValueError(f"logits must have shape (B, T+1, A), got {tuple(logits.shape)}.")
+    B, T1, _ = logits.shape
+    T = T1 - 1
+    if tuple(actions.shape) != (B, T) or tuple(step_mask.shape) != (B, T):
+        raise ValueError(
+            f"actions and step_mask must have shape (B, T) = {(B, T)} for logits of shape "
+            f"{tuple(logits.shape)}; got {tuple(actions.shape)} and {tuple(step_mask.shape)}."
+        )
+    if tuple(terminal.shape) != (B,):
+        raise ValueError(f"terminal must have shape (B,) = ({B},), got {tuple(terminal.shape)}.")
+    dev = logits.device
+    step_mask = step_mask.to(dev, torch.bool)
+    terminal = terminal.to(dev, torch.bool)
+    actions = actions.to(dev, torch.long)
+    lengths = step_mask.sum(dim=1)  # (B,)
+    if not torch.equal(step_mask, torch.arange(T, device=dev)[None, :] < lengths[:, None]):
+        raise ValueError("step_mask must be True exactly on a prefix of each row (steps 0 .. T_b - 1).")
+    if bool((terminal & (lengths == 0)).any()):
+        raise ValueError("A trajectory with no action cannot be terminal.")
+    state_mask = torch.arange(T1, device=dev)[None, :] <= lengths[:, None]  # (B, T+1)
+    return actions, step_mask, terminal, state_mask
+
+
+def _masked_mean(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Mean of ``x`` (B,) over the rows where ``rows`` (B,) is True; 0 when there are none."""
+    rows = rows.to(x.device, torch.bool)
+    return (x * rows).sum() / rows.sum().clamp(min=1)
+
+
+def _logits_taken(
+    logits: torch.Tensor,
+    actions: torch.Tensor,
+    step_mask: torch.Tensor,
+    state_mask: torch.Tensor,
+    *,
+    allow_masked: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(LSE(l(·|u_i)) (B, T+1), l(a_i|u_i) (B, T))`` of a checked padded batch, 0 on padding: with them
+    ``log π = l − LSE``, ``Q = α·l`` and ``V = α·LSE``."""
+    T = actions.shape[1]
+    x = logits.masked_fill(~state_mask[:, :, None], 0.0)  # (B, T+1, A) padding cannot make NaNs
+    lse = torch.logsumexp(x, dim=-1).masked_fill(~state_mask, 0.0)  # (B, T+1)
+    l_a = x[:, :T].gather(-1, actions.masked_fill(~step_mask, 0)[:, :, None]).squeeze(-1)  # (B, T)
+    if not allow_masked and not bool(torch.isfinite(l_a[step_mask]).all()):
+        raise ValueError(
+            "An action has logit -inf or NaN: a backspace at the prompt boundary (masked for agents) or a "
+            "non-finite model output; such a history cannot be scored."
+        )
+    return lse, l_a.masked_fill(~step_mask, 0.0)
+
+
+# ======================================================================================================
+# The loss (§2 + §3), top to bottom
+# ======================================================================================================
+def sequencematch_loss(
+    logits: torch.Tensor,
+    actions: torch.Tensor,
+    step_mask: torch.Tensor,
+    terminal: torch.Tensor,
+    expert_mask: torch.Tensor,
+    *,
+    in_expert: torch.Tensor,
+    in_mixture: torch.Tensor,
+    alpha: float = 1.0,
+    gamma: float = 0.998,
+    chi2_coef: float = 0.5,
+    bc_weight: float = 1.0,
+    divergence: Divergence = "chi2",
+    max_weight: float = PHI_WEIGHT_MAX,
+    terminal_mode: TerminalMode = "iq",
+    kept_steps: torch.Tensor | None = None,
+    bc_only: bool = False,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The SequenceMatch loss of ``docs/method.md`` §3 on one padded batch, from the logits of one masked forward.
+
+    One batch holds both sets: rows with ``in_expert`` form ``E`` (expert and BC terms), rows with
+    ``in_mixture`` form ``M`` (value and χ² terms); a row may be in both. Each term sums over the steps of a
+    row and averages over its rows (never divided by a row's length)::
+
+        L = − mean_E Σ_i γ^i·w_i·r_i                    expert term  (w_i = φ'(r_i), no gradient; 1 for χ²)
+            + mean_M Σ_i γ^i·(V(u_i) − γ·V'(u_{i+1}))     value term
+            + 1/(4c)·mean_M Σ_i γ^i·r_i²                  χ² term
+            + λ_bc·L_BC,     L_BC = − mean_E Σ_i log π(a_i|u_i)
+
+    with ``Q = α·l``, ``V = α·LSE(l)``, ``π = softmax(l)``, and the absorbing state's tails on the rows that
+    end with eos when ``terminal_mode="absorbing"`` (:class:`SoftQ`). Scale identity: the first three terms
+    satisfy ``L(α, c) = α·L(1, c/α)``; ``L_BC`` does not depend on ``α``. With ``bc_only`` (SequenceMatch's
+    warm-up) only ``L_BC`` is computed and returned.
+
+    Args:
+        logits, actions, step_mask, terminal, alpha, gamma, terminal_mode, kept_steps: as in :func:`soft_q`.
+        expert_mask: ``(B, T)`` bool, False on inserted mistakes, which the expert and BC terms leave out.
+        in_expert: ``(B,)`` bool, the rows of ``E``.
+        in_mixture: ``(B,)`` bool, the rows of ``M``.
+        chi2_coef: ``c`` (> 0). bc_weight: ``λ_bc`` (>= 0).
+        divergence, max_weight: the expert-term weight ``w = φ'(r)`` (:func:`phi_weights`).
+        bc_only: compute ``L_BC`` alone: the loss is ``L_BC`` and the terms are ``{"bc"}``.
+
+    Returns:
+        ``(loss, terms)``: the scalar loss and the scalar terms ``"expert"``, ``"value"``, ``"chi2"``, ``"bc"``
+        (``bc`` before its weight ``λ_bc``), plus, detached: ``"reward_expert"`` / ``"reward_mixture"`` (mean
+        ``r`` per step on the kept expert steps of ``E`` / the kept steps of ``M``) and ``"cap_binds"`` (share of
+        those expert steps whose weight ``φ'(r)`` is at the cap). Means over an empty set are 0.
+
+    Raises:
+        ValueError: inconsistent shapes, a step mask that is not a prefix, a hyperparameter out of range, or an
+            action whose logit is ``-inf`` (a backspace taken at the prompt boundary).
+    """
+    _check_gamma_alpha(gamma, alpha)
+    if not chi2_coef > 0:
+        raise ValueError(f"chi2_coef must be > 0, got {chi2_coef!r}.")
+    if not bc_weight >= 0:
+        raise ValueError(f"bc_weight must be >= 0, got {bc_weight!r}.")
+    dev = logits.device
+    e_rows = in_expert.to(dev, torch.bool)  # (B,) E
+    m_rows = in_mixture.to(dev, torch.bool)  # (B,) M
+    expert_mask = expert_mask.to(dev, torch.bool)  # (B, T) False on inserted mistakes
+
+    if bc_only:  # the warm-up: L_BC = − mean_E Σ_i log π(a_i|u_i), log π = l − LSE(l); nothing else computed
+        actions, step_mask, terminal, state_mask = _padded_batch(logits, actions, step_mask, terminal)
+        lse, l_a = _logits_taken(logits, actions, step_mask, state_mask)
+        log_pi = l_a - lse[:, : actions.shape[1]]  # (B, T)
+        bc = _masked_mean(-(log_pi * (step_mask & expert_mask)).sum(dim=1), e_rows)
+        return bc, {"bc": bc}
+
+    # §2  Q = α·l,  V = α·LSE(l),  V'(u_{i+1}),  r_i = Q(u_i, a_i) − γ·V'(u_{i+1}),  log π,  γ^i on kept steps
+    sq = soft_q(
+        logits,
+        actions,
+        step_mask,
+        terminal,
+        alpha=alpha,
+        gamma=gamma,
+        terminal_mode=terminal_mode,
+        kept_steps=kept_steps,
+    )
+    #     L =  − mean_E Σ_i γ^i·w_i·r_i                    (− γ^T·w_z·V(z) after eos, absorbing)
+    expert = _masked_mean(expert_term(sq, expert_mask, divergence, max_weight=max_weight), e_rows)
+    #          + mean_M Σ_i γ^i·(V(u_i) − γ·V'(u_{i+1}))    (+ γ^T·V(z))
+    value = _masked_mean(value_term(sq), m_rows)
+    #          + 1/(4c)·mean_M Σ_i γ^i·r_i²                 (+ γ^T·(1 − γ)·V(z)²/(4c))
+    chi2 = _masked_mean(chi2_term(sq, chi2_coef), m_rows)
+    #          + λ_bc·mean_E Σ_i −log π(a_i|u_i)
+    bc = _masked_mean(bc_term(sq, expert_mask), e_rows)
+    loss = expert + value + chi2 + bc_weight * bc
+
+    with torch.no_grad():  # monitors: mean reward per step of E's kept expert steps and of M's kept steps
+        e_r, m_r = sq.kept & expert_mask & e_rows[:, None], sq.kept & m_rows[:, None]
+        reward_expert = (sq.reward * e_r).sum() / e_r.sum().clamp(min=1)
+        reward_mixture = (sq.reward * m_r).sum() / m_r.sum().clamp(min=1)
+        binds = phi_weights(sq.reward, divergence, max_weight=max_weight) >= max_weight
+        cap_binds = (binds & e_r).sum() / e_r.sum().clamp(min=1)
+    terms = {"expert": expert, "value": value, "chi2": chi2, "bc": bc}
+    return loss, {
+        **terms,
+        "reward_expert": reward_expert,
+        "reward_mixture": reward_mixture,
+        "cap_binds": cap_binds,
+    }
+
+
+# ======================================================================================================
+# The per-step quantities of §2 (SoftQ) and each term per sequence
 # ======================================================================================================
 @dataclass(frozen=True)
 class SoftQ:
-    """Per-step soft-Q quantities of a padded batch of trajectories (``sequencematch.md`` §2).
+    """Per-step soft-Q quantities of a padded batch of trajectories (``docs/method.md`` §2).
 
     Every ``(B, T)`` tensor is 0 on padding (steps ``i >= T_b``).
 
@@ -143,13 +384,6 @@ class SoftQ:
     terminal_mode: str
 
 
-def _check_gamma_alpha(gamma: float, alpha: float) -> None:
-    if not 0.0 < gamma <= 1.0:
-        raise ValueError(f"gamma must be in (0, 1], got {gamma!r}.")
-    if not alpha > 0.0:
-        raise ValueError(f"alpha must be > 0, got {alpha!r}.")
-
-
 def soft_q(
     logits: torch.Tensor,
     actions: torch.Tensor,
@@ -193,40 +427,14 @@ def soft_q(
             action whose logit is ``-inf`` (a backspace taken at the prompt boundary).
     """
     _check_gamma_alpha(gamma, alpha)
-    check_option("terminal_mode", terminal_mode, TerminalMode)
-    if logits.dim() != 3:
-        raise ValueError(f"logits must have shape (B, T+1, A), got {tuple(logits.shape)}.")
-    B, T1, _ = logits.shape
-    T = T1 - 1
-    if tuple(actions.shape) != (B, T) or tuple(step_mask.shape) != (B, T):
-        raise ValueError(
-            f"actions and step_mask must have shape (B, T) = {(B, T)} for logits of shape "
-            f"{tuple(logits.shape)}; got {tuple(actions.shape)} and {tuple(step_mask.shape)}."
-        )
-    if tuple(terminal.shape) != (B,):
-        raise ValueError(f"terminal must have shape (B,) = ({B},), got {tuple(terminal.shape)}.")
+    check_choice("terminal_mode", terminal_mode, TERMINAL_MODES)
+    actions, step_mask, terminal, state_mask = _padded_batch(logits, actions, step_mask, terminal)
     dev = logits.device
-    step_mask = step_mask.to(dev, torch.bool)
-    terminal = terminal.to(dev, torch.bool)
-    actions = actions.to(dev, torch.long)
+    B, T = actions.shape
     lengths = step_mask.sum(dim=1)  # (B,)
     steps = torch.arange(T, device=dev)  # (T,)
-    if not torch.equal(step_mask, steps[None, :] < lengths[:, None]):
-        raise ValueError("step_mask must be True exactly on a prefix of each row (steps 0 .. T_b - 1).")
-    if bool((terminal & (lengths == 0)).any()):
-        raise ValueError("A trajectory with no action cannot be terminal.")
-    state_mask = torch.arange(T1, device=dev)[None, :] <= lengths[:, None]  # (B, T+1)
-
-    x = logits.masked_fill(~state_mask[:, :, None], 0.0)  # (B, T+1, A) padding cannot make NaNs
-    lse = torch.logsumexp(x, dim=-1).masked_fill(~state_mask, 0.0)  # (B, T+1) LSE(l(·|u_i))
+    lse, l_a = _logits_taken(logits, actions, step_mask, state_mask, allow_masked=allow_masked)
     v = alpha * lse  # (B, T+1) V = α·LSE(l)
-    l_a = x[:, :T].gather(-1, actions.masked_fill(~step_mask, 0)[:, :, None]).squeeze(-1)  # (B, T) l(a_i|u_i)
-    if not allow_masked and not bool(torch.isfinite(l_a[step_mask]).all()):
-        raise ValueError(
-            "An action has logit -inf or NaN: a backspace at the prompt boundary (masked for agents) or a "
-            "non-finite model output; such a history cannot be scored."
-        )
-    l_a = l_a.masked_fill(~step_mask, 0.0)
     q = alpha * l_a  # (B, T) Q = α·l
     last = steps[None, :] == (lengths - 1)[:, None]  # (B, T) the last step of each row
     if terminal_mode == "iq":
@@ -266,66 +474,14 @@ def soft_q(
 
 
 # ======================================================================================================
-# §3: the terms, each a per-sequence sum (B,)
+# §3: each term per sequence (B,)
 # ======================================================================================================
-def phi_weights(reward: torch.Tensor, divergence: str, *, max_weight: float = PHI_WEIGHT_MAX) -> torch.Tensor:
-    """IQ-Learn's expert-term weight ``w = φ'(r)`` for a divergence, without gradient.
-
-    The expert term of IQ-Learn is ``−E[φ(r)]`` for the concave ``φ`` of an f-divergence; its gradient is
-    ``−E[φ'(r)·∇r]``, which is what ``−E[w·r]`` with ``w = φ'(r)`` held constant gives (IQ-Learn weights
-    the expert term this way):
-
-    ============ ======================== ==========================================
-    divergence   φ(r)                     w = φ'(r)
-    ============ ======================== ==========================================
-    ``chi2``     r (+ the χ² term)        1
-    ``kl``       −exp(−(r + 1))           exp(−r − 1)
-    ``js``       log(2 − exp(−r))         exp(−r) / (2 − exp(−r)) = 1 / (2·exp(r) − 1)
-    ``hellinger`` r / (1 + r)             1 / (1 + r)²
-    ============ ======================== ==========================================
-
-    The weights are capped at ``max_weight``, which is also used where ``r`` is outside φ's domain
-    (JS: ``r <= −log 2``; Hellinger: ``r <= −1``), where φ' grows without bound as ``r`` approaches the
-    edge. LM rewards start near ``log π ≈ −log A``, outside the JS domain, so the uncapped formula would
-    give negative weights there and push the expert's actions down.
-
-    Args:
-        reward: any shape.
-        divergence: one of :data:`DIVERGENCES`.
-        max_weight: the cap (> 0).
-
-    Returns:
-        Weights of ``reward``'s shape, detached, in ``(0, max_weight]``.
-
-    Example:
-        >>> r = torch.tensor([-2.0, 0.0, 1.0])
-        >>> [round(x, 4) for x in phi_weights(r, "js").tolist()]
-        [100.0, 1.0, 0.2254]
-        >>> [round(x, 4) for x in phi_weights(r, "kl").tolist()]
-        [2.7183, 0.3679, 0.1353]
-    """
-    if divergence not in DIVERGENCES:
-        raise ValueError(f"Unknown divergence {divergence!r}; choose one of {', '.join(DIVERGENCES)}.")
-    if not max_weight > 0:
-        raise ValueError(f"max_weight must be > 0, got {max_weight!r}.")
-    with torch.no_grad():
-        r = reward.detach()
-        if divergence == "chi2":
-            return torch.ones_like(r)
-        if divergence == "kl":
-            w = torch.exp(-r - 1.0)
-        elif divergence == "js":
-            d = 2.0 * torch.exp(r) - 1.0  # > 0 exactly inside the domain r > −log 2
-            w = torch.where(d > 1.0 / max_weight, 1.0 / d.clamp(min=1.0 / max_weight), max_weight)
-        else:  # hellinger
-            d = 1.0 + r  # > 0 exactly inside the domain r > −1
-            floor = max_weight**-0.5
-            w = torch.where(d > floor, 1.0 / d.clamp(min=floor) ** 2, max_weight)
-        return w.clamp(max=max_weight)
-
-
 def expert_term(
-    sq: SoftQ, expert_mask: torch.Tensor, divergence: str = "chi2", *, max_weight: float = PHI_WEIGHT_MAX
+    sq: SoftQ,
+    expert_mask: torch.Tensor,
+    divergence: Divergence = "chi2",
+    *,
+    max_weight: float = PHI_WEIGHT_MAX,
 ) -> torch.Tensor:
     """``−Σ_i γ^i·w_i·r_i`` over the kept expert steps of each row, plus the absorbing tail: ``(B,)``.
 
@@ -375,191 +531,19 @@ def bc_term(sq: SoftQ, expert_mask: torch.Tensor) -> torch.Tensor:
     return -(sq.log_pi * keep).sum(dim=1)
 
 
-def _masked_mean(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """Mean of ``x`` (B,) over the rows where ``rows`` (B,) is True; 0 when there are none."""
-    rows = rows.to(x.device, torch.bool)
-    return (x * rows).sum() / rows.sum().clamp(min=1)
-
-
-def sequencematch_loss(
-    logits: torch.Tensor,
-    actions: torch.Tensor,
-    step_mask: torch.Tensor,
-    terminal: torch.Tensor,
-    expert_mask: torch.Tensor,
-    *,
-    in_expert: torch.Tensor,
-    in_mixture: torch.Tensor,
-    alpha: float = 1.0,
-    gamma: float = 0.998,
-    chi2_coef: float = 0.5,
-    bc_weight: float = 1.0,
-    divergence: str = "chi2",
-    max_weight: float = PHI_WEIGHT_MAX,
-    terminal_mode: TerminalMode = "iq",
-    kept_steps: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The SequenceMatch loss of ``docs/method.md`` §3 on one padded batch.
-
-    One batch holds both sets: rows with ``in_expert`` form ``E`` (expert and BC terms), rows with
-    ``in_mixture`` form ``M`` (value and χ² terms); a row may be in both. Each term sums over the steps of a
-    row and averages over its rows (never divided by a row's length)::
-
-        Q = α·l,  V = α·LSE(l),  r_i = Q(u_i, a_i) − γ·V'(u_{i+1})
-        loss = − mean_E Σ_i γ^i·w_i·r_i                  expert term   (w_i = φ'(r_i); 1 for χ²)
-               + mean_M Σ_i γ^i·(V(u_i) − γ·V'(u_{i+1}))   value term
-               + 1/(4c)·mean_M Σ_i γ^i·r_i²                χ² term
-               + λ_bc·mean_E (− Σ_i log π(a_i|u_i))        BC anchor, π = softmax(l)
-
-    (plus the absorbing state's closed-form tails with ``terminal_mode="absorbing"``, :class:`SoftQ`).
-    Scale identity: the first three terms satisfy ``L(α, c) = α·L(1, c/α)`` on the same logits, so only
-    ``c/α`` shapes their optimum; ``α`` weighs them against the BC anchor.
-
-    Args:
-        logits, actions, step_mask, terminal, alpha, gamma, terminal_mode, kept_steps: as in :func:`soft_q`.
-        expert_mask: ``(B, T)`` bool, False on inserted mistakes, which the expert and BC terms leave out.
-        in_expert: ``(B,)`` bool, the rows of ``E``.
-        in_mixture: ``(B,)`` bool, the rows of ``M``.
-        chi2_coef: ``c`` (> 0).
-        bc_weight: ``λ_bc`` (>= 0).
-        divergence, max_weight: the expert-term weighting (:func:`phi_weights`).
-
-    Returns:
-        ``(loss, terms)``: the scalar loss and the scalar terms ``"expert"``, ``"value"``, ``"chi2"``,
-        ``"bc"`` (``bc`` before its weight ``λ_bc``), plus ``"reward_expert"`` / ``"reward_mixture"`` (mean
-        ``r`` per step on the kept expert steps of ``E`` / the kept steps of ``M``, detached) and
-        ``"cap_binds"`` (share of the expert steps whose weight ``φ'(r)`` hit ``max_weight``). Means over an
-        empty set are 0.
-    """
-    if not bc_weight >= 0:
-        raise ValueError(f"bc_weight must be >= 0, got {bc_weight!r}.")
-    sq = soft_q(
-        logits,
-        actions,
-        step_mask,
-        terminal,
-        alpha=alpha,
-        gamma=gamma,
-        terminal_mode=terminal_mode,
-        kept_steps=kept_steps,
-    )
-    expert_mask = expert_mask.to(sq.step_mask.device, torch.bool)
-    terms = {
-        "expert": _masked_mean(expert_term(sq, expert_mask, divergence, max_weight=max_weight), in_expert),
-        "value": _masked_mean(value_term(sq), in_mixture),
-        "chi2": _masked_mean(chi2_term(sq, chi2_coef), in_mixture),
-        "bc": _masked_mean(bc_term(sq, expert_mask), in_expert),
-    }
-    loss = terms["expert"] + terms["value"] + terms["chi2"] + bc_weight * terms["bc"]
-    with torch.no_grad():
-        kept = sq.kept
-        e_steps = kept & expert_mask & in_expert.to(sq.step_mask.device, torch.bool)[:, None]
-        m_steps = kept & in_mixture.to(sq.step_mask.device, torch.bool)[:, None]
-        terms["reward_expert"] = (sq.reward * e_steps).sum() / e_steps.sum().clamp(min=1)
-        terms["reward_mixture"] = (sq.reward * m_steps).sum() / m_steps.sum().clamp(min=1)
-        binds = phi_weights(sq.reward, divergence, max_weight=max_weight) >= max_weight
-        terms["cap_binds"] = (binds & e_steps).sum() / e_steps.sum().clamp(min=1)
-    return loss, terms
-
-
-# ======================================================================================================
-# §4: model noise
-# ======================================================================================================
-class ModelNoise:
-    """A :data:`~seqgym.data.NoiseFn` drawing each wrong token from the policy itself ("model noise", §4).
-
-    The wrong token inserted before expert action ``i`` is sampled from ``π(·|u_i)`` restricted to the
-    ordinary tokens other than the expert's action there (never eos or backspace), so the inserted mistakes
-    are the ones the model is inclined to make. :meth:`prepare` runs ONE no-grad masked forward over a batch
-    of trajectories and keeps their state probabilities; the calls :func:`seqgym.data.augment` then makes for
-    those trajectories read them (an unprepared trajectory costs one forward of its own). Sampling uses only
-    the ``rng`` that ``augment`` passes.
-
-    Args:
-        policy: the :class:`~agents.policy.LMPolicy` whose current weights propose the mistakes.
-        temperature: the logits are divided by it before the softmax (> 0).
-
-    Example:
-        >>> import numpy as np
-        >>> from agents.policy import LMPolicy
-        >>> from seqgym.data import Trajectory, augment, inserted_allowed_share, mistake_candidates
-        >>> from seqgym.vocab import Vocabulary
-        >>> v = Vocabulary(["a", "b", "c"])
-        >>> noise = ModelNoise(LMPolicy.from_config(v, n_layer=1, n_embd=16, n_head=2, n_positions=16))
-        >>> clean = [Trajectory.from_completion([], [0, 1, v.eos_id], vocab=v)]
-        >>> noise.prepare(clean)
-        >>> noisy = augment(clean, 1.0, np.random.default_rng(0), noise)[0]
-        >>> noisy.final() == clean[0].final(), noisy.n_mistakes
-        (True, 3)
-    """
-
-    def __init__(
-        self, policy: Any, *, temperature: float = 1.0, source: object | None = None, floor: float = -math.inf
-    ) -> None:
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature!r}.")
-        self.policy = policy
-        self.temperature = float(temperature)
-        self.source = source
-        self.floor = float(floor)
-        self._cache: dict[int, tuple[Trajectory, torch.Tensor]] = {}
-
-    @torch.no_grad()
-    def _token_logits(self, trajectories: Sequence[Trajectory]) -> list[torch.Tensor]:
-        """Per trajectory, ``(T+1, n_tokens)`` logits over the ordinary tokens at every state (one forward)."""
-        n_tok = self.policy.vocab.n_tokens
-        was_training = self.policy.training
-        self.policy.eval()
-        try:
-            out = self.policy.trajectory_logits(
-                [t.prompt for t in trajectories], [t.actions for t in trajectories]
-            )
-        finally:
-            self.policy.train(was_training)
-        logits = out.logits[..., :n_tok]  # (B, T+1, n_tokens)
-        return [logits[b, : len(t) + 1] for b, t in enumerate(trajectories)]
-
-    def prepare(self, trajectories: Sequence[Trajectory]) -> None:
-        """Run one forward over ``trajectories`` and keep their logits; forgets earlier ones."""
-        self._cache = {}
-        if trajectories:
-            for t, lg in zip(trajectories, self._token_logits(trajectories)):
-                self._cache[id(t)] = (t, lg)
-
-    def __call__(self, trajectory: Trajectory, positions: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        hit = self._cache.get(id(trajectory))
-        logits = hit[1] if hit is not None and hit[0] is trajectory else self._token_logits([trajectory])[0]
-        pos = np.array(positions, dtype=np.int64)  # a writable copy
-        n_tok = logits.shape[-1]
-        expert = trajectory.actions[pos]  # (K,)
-        is_tok = expert < n_tok
-        if n_tok == 1 and is_tok.any():
-            raise ValueError(
-                "Model noise needs at least 2 ordinary tokens to draw a wrong one in place of a token."
-            )
-        rows = torch.from_numpy(pos).to(logits.device)
-        p = torch.softmax(logits[rows].double() / self.temperature, dim=-1).cpu().numpy()  # (K, n_tokens)
-        # only real mistakes: the tokens the source rules out there, else never the expert's own token
-        flat = mistake_candidates(trajectory, pos, self.source, floor=self.floor).astype(np.float64)
-        p = p * flat
-        total = p.sum(axis=1, keepdims=True)  # (K, 1)
-        # a row with no probability left (the model is sure of the expert's token): uniform over the others
-        p = np.where(total > 0, p / np.where(total > 0, total, 1.0), flat / flat.sum(axis=1, keepdims=True))
-        cdf = np.cumsum(p, axis=1)  # (K, n_tokens)
-        u = rng.random(len(pos))[:, None] * cdf[:, -1:]  # (K, 1)
-        return np.minimum((cdf <= u).sum(axis=1), n_tok - 1).astype(np.int64)
-
-
 # ======================================================================================================
 # The agent
 # ======================================================================================================
 @dataclasses.dataclass(kw_only=True)
-class SequenceMatchConfig(AgentConfig):
-    """Hyperparameters of :class:`SequenceMatch`: those of :class:`~agents.base.AgentConfig`, plus:
+class SequenceMatchConfig(AugmentationConfig):
+    """Hyperparameters of :class:`SequenceMatch`: those of :class:`~agents.common.config.AgentConfig` and of
+    :class:`~agents.common.noise.AugmentationConfig` (``p_noise``, ``noise``: the backspace augmentation, as
+    BC's), plus:
 
     Attributes:
         gamma: discount γ in (0, 1] of the occupancy weights ``γ^i`` and of ``V'`` (default 0.998).
-        alpha: the scale α > 0 of ``Q = α·l``, ``V = α·logsumexp(l)``; ``π = softmax(l)`` (default 1.0).
+        alpha: the scale α > 0 of ``Q = α·l`` and ``V = α·logsumexp(l)`` (IQ-Learn's entropy temperature);
+            ``π = softmax(l)`` whatever α is (default 1.0).
         chi2_coef: ``c`` > 0 of the χ² term ``1/(4c)·r²`` (default 0.5, IQ-Learn's).
         bc_weight: ``λ_bc`` >= 0 of the BC anchor after the warm-up (default 1.0; 0 turns the anchor off).
         bc_warmup_steps: ``k``: the first ``k`` updates train on ``L_BC`` alone (default 100).
@@ -571,17 +555,14 @@ class SequenceMatchConfig(AgentConfig):
             IQ-Learn's offline variant, with no generation at all).
         divergence: ``"chi2"`` (default), ``"kl"``, ``"js"`` or ``"hellinger"`` (:func:`phi_weights`).
         max_phi_weight: cap on the expert-term weight ``φ'(r)`` (> 0, default 100; unused by ``"chi2"``).
-        p_noise: probability of a (wrong token, backspace) pair before each expert action, in [0, 1]
-            (default 0.1). ``0.0`` trains on the demonstrations as given (e.g. already augmented ones).
-        noise: ``"uniform"`` (default) or ``"model"`` (wrong tokens sampled from the current policy).
         terminal: ``"iq"`` (``V' = 0`` after eos) or ``"absorbing"`` (eos enters an absorbing state with its
             own value, :class:`SoftQ`).
-        inserted_steps: ``"bc_only"`` (the inserted (mistake, ``<backspace>``) pairs train the BC anchor
-            only) or ``"all"`` (they are steps of the expert rows in every term; the mistake token itself
-            never in the expert and BC terms).
-        grad_norm_interval: every this many updates, log the gradient norm of the SequenceMatch terms
-            (``train/grad_norm_sm``) and of the weighted BC anchor (``train/grad_norm_bc``), at the cost of two
-            extra backward passes (default 50; 0 never).
+        inserted_steps: ``"bc_only"`` (the inserted (mistake, ``<backspace>``) pairs train the BC anchor only;
+            in the other terms each expert row weighs as its clean trajectory) or ``"all"`` (the pairs are
+            steps of the expert rows in every term; the mistake token itself never in the expert or BC terms).
+        grad_norm_interval: every this many updates after the warm-up, log the gradient norm of the
+            SequenceMatch terms (``train/grad_norm_sm``) and of the weighted BC anchor (``train/grad_norm_bc``),
+            at the cost of two extra backward passes (default 50; 0: never).
     """
 
     gamma: float = 0.998
@@ -592,10 +573,8 @@ class SequenceMatchConfig(AgentConfig):
     replay_refresh_interval: int = 20
     replay_size: int = 1024
     expert_fraction: float = 0.5
-    divergence: str = "chi2"
+    divergence: Divergence = "chi2"
     max_phi_weight: float = PHI_WEIGHT_MAX
-    p_noise: float = 0.1
-    noise: str = "uniform"
     terminal: TerminalMode = "iq"
     inserted_steps: InsertedSteps = "all"
     grad_norm_interval: int = 50
@@ -627,20 +606,10 @@ class SequenceMatchConfig(AgentConfig):
             raise ValueError(f"bc_weight must be >= 0 (0 turns the BC anchor off), got {self.bc_weight!r}.")
         if not 0.0 <= number("expert_fraction") <= 1.0:
             raise ValueError(f"expert_fraction (the mix) must be in [0, 1], got {self.expert_fraction!r}.")
-        if not 0.0 <= number("p_noise") <= 1.0:
-            raise ValueError(f"p_noise must be a probability in [0, 1], got {self.p_noise!r}.")
         integer("bc_warmup_steps", 0)
         integer("replay_refresh_interval", 1)
         integer("replay_size", 1)
         integer("grad_norm_interval", 0)
-        if self.divergence not in DIVERGENCES:
-            raise ValueError(
-                f"Unknown divergence {self.divergence!r}; choose one of {', '.join(DIVERGENCES)}."
-            )
-        if self.noise not in ("uniform", "model"):
-            raise ValueError(f"noise must be 'uniform' or 'model', got {self.noise!r}.")
-        check_option("terminal", self.terminal, TerminalMode)
-        check_option("inserted_steps", self.inserted_steps, InsertedSteps)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -655,13 +624,13 @@ class SequenceMatchBatch:
     warmup: bool
 
 
-class SequenceMatch(Agent):
+class SequenceMatch(Agent[SequenceMatchBatch]):
     """SequenceMatch (Cundy & Ermon, ICLR 2024): imitation as occupancy matching with a soft-Q critic that is
     the LM itself, trained with IQ-Learn's non-adversarial objective, with ``<backspace>`` (``sequencematch.md``
     §2-§4).
 
-    **Q-values are the scaled logits** (§2): ``Q(u, a) = α·l(a|u)``, ``V(u) = α·logsumexp(l(·|u))``,
-    ``π = softmax(l)``, recovered reward ``r_i = Q(u_i, a_i) − γ·V'(u_{i+1})`` where ``V' = 0`` after eos
+    **Q-values are the logits** (§2): ``Q(u, a) = l(a|u)``, ``V(u) = α·logsumexp(l(·|u)/α)``,
+    ``π = softmax(l/α)``, recovered reward ``r_i = Q(u_i, a_i) − γ·V'(u_{i+1})`` where ``V' = 0`` after eos
     (terminal) and ``V' = V(u_T)`` when a trajectory was cut by the length or step limit (bootstrapped, as in
     IQ-Learn). :meth:`reward` returns it per step.
 
@@ -688,7 +657,8 @@ class SequenceMatch(Agent):
     position. With ``noise="uniform"`` once, at construction, exactly as :class:`~agents.bc.BC` does (the
     same seed gives BC and SequenceMatch the same augmented data); with ``noise="model"`` each batch is
     augmented afresh from its clean demonstrations, the wrong tokens sampled from the current policy
-    (:class:`ModelNoise`, one forward per batch).
+    (:class:`~agents.common.noise.ModelNoise`, one forward per batch; both agents use
+    :class:`~agents.common.noise.Augmentation`).
 
     Choices the method leaves open, made here:
 
@@ -710,8 +680,8 @@ class SequenceMatch(Agent):
     - ``num_timesteps`` counts the expert (state, action) pairs of ``E``, as BC does, so a budget means the
       same amount of demonstration data for both; the model's own samples come on top.
     - Every term is logged (``train/expert``, ``train/value``, ``train/chi2``, ``train/bc``, and the mean
-      reward per step ``train/reward_expert``, ``train/reward_mixture``); during the warm-up they are computed
-      on ``E`` alone (as the offline mixture) for monitoring, and only ``bc`` is minimised.
+      reward per step ``train/reward_expert``, ``train/reward_mixture``); a warm-up update computes and logs
+      ``bc`` alone (each term is averaged over the updates that logged it).
 
     What to expect at small scale: on Dyck with a 1-layer model trained from scratch, IQ-Learn's
     ``chi2_coef = 0.5`` bounds the recovered rewards so tightly that the soft-optimal policy keeps too much
@@ -721,7 +691,7 @@ class SequenceMatch(Agent):
     Hyperparameters: :class:`SequenceMatchConfig`.
 
     Example:
-        >>> from agents.base import make_agent
+        >>> from agents import make_agent
         >>> agent = make_agent("sequencematch", env="seqgym/Dyck-v0", seed=0, n_demonstrations=32, batch_size=8,
         ...                    bc_warmup_steps=2, replay_refresh_interval=2, replay_size=16,
         ...                    policy_kwargs={"n_layer": 1, "n_embd": 16, "n_head": 2})
@@ -739,22 +709,17 @@ class SequenceMatch(Agent):
     # -- data ----------------------------------------------------------------------------------------------
     def _setup(self) -> None:
         c = self.config
-        p = float(c.p_noise)
-        if p > 0 and any(t.n_mistakes for t in self.demonstrations):
-            raise ValueError(
-                "The demonstrations already hold inserted mistakes (expert=False); pass p_noise=0.0 to train on "
-                "them as given, or pass clean demonstrations."
-            )
-        source = getattr(self._seq_env, "source", None)  # rules out tokens: mistakes are real mistakes
-        if p > 0 and c.noise == "uniform":
-            self.train_trajectories: list[Trajectory] = augment(
-                self.demonstrations, p, self.setup_rng(), "uniform", max_length=self.max_length, source=source
-            )
-        else:  # as given; model noise is drawn per batch
-            self.train_trajectories = list(self.demonstrations)
-        #: share of the inserted wrong tokens that the source allows there (0: all real mistakes; nan: unknown)
-        self.noise_allowed_share = inserted_allowed_share(self.train_trajectories, source)
-        self.model_noise = ModelNoise(self.policy, source=source)
+        self.augmentation = Augmentation(
+            self.demonstrations,
+            p_noise=c.p_noise,
+            noise=c.noise,
+            policy=self.policy,
+            rng=self.setup_rng(),
+            max_length=self.max_length,
+            source=getattr(self._seq_env, "source", None),
+        )
+        self.train_trajectories: list[Trajectory] = self.augmentation.trajectories
+        self.model_noise = self.augmentation.model_noise
         max_prompt = max([t.prompt_length for t in self.demonstrations], default=0)
         self.replay_buffer = ReplayBuffer(
             c.replay_size, max_prompt_length=max(max_prompt, self.max_length - 1), max_steps=self.max_steps
@@ -775,10 +740,7 @@ class SequenceMatch(Agent):
         c = self.config
         step = self._n_updates  # index of the update this batch is for
         expert = [self.train_trajectories[int(i)] for i in self._sample_indices(batch_size, rng)]
-        if c.noise == "model" and c.p_noise > 0:
-            self.model_noise.prepare(expert)
-            expert = augment(expert, float(c.p_noise), rng, self.model_noise, max_length=self.max_length)
-            self.model_noise.prepare([])
+        expert = self.augmentation.batch(expert, rng)
         warmup = step < c.bc_warmup_steps
         n_mixed = min(self._n_mixed_expert(), batch_size)
         n_replay = batch_size - n_mixed
@@ -818,12 +780,13 @@ class SequenceMatch(Agent):
 
     # -- the loss ------------------------------------------------------------------------------------------
     def _loss(self, batch: SequenceMatchBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """:func:`sequencematch_loss` on ONE masked forward over ``E`` (the first rows) and the replay rows;
+        during the warm-up, over ``E`` alone and ``L_BC`` alone."""
         c = self.config
-        prompts: list[Any] = [t.prompt for t in batch.expert]
+        prompts: list[Any] = [t.prompt for t in batch.expert]  # int64 arrays
         actions: list[Any] = [t.actions for t in batch.expert]
         terminal = [t.terminal for t in batch.expert]
-        n_e = len(batch.expert)
-        n_r = 0
+        n_e, n_r = len(batch.expert), 0
         if batch.replay is not None:
             prompts += batch.replay.prompts
             actions += batch.replay.actions
@@ -831,29 +794,24 @@ class SequenceMatch(Agent):
             n_r = len(batch.replay)
         out = self.policy.trajectory_logits(prompts, actions)  # ONE masked forward: logits (B, T+1, A)
         B, T = out.actions.shape
-        expert_np = np.ones((B, T), dtype=bool)  # False on inserted mistake tokens (replay rows: not in E)
+        expert_np = np.ones((B, T), dtype=bool)  # False on the inserted mistake tokens of E
         kept_np = np.ones((B, T), dtype=bool)  # the steps the occupancy terms count
         for b, t in enumerate(batch.expert):
             expert_np[b, : len(t)] = t.expert
             if c.inserted_steps == "bc_only":
-                inserted = ~t.expert  # the mistake tokens, and the backspace right after each
+                inserted = ~t.expert  # each mistake token, and the backspace right after it
                 inserted[1:] |= inserted[:-1]
                 kept_np[b, : len(t)] = ~inserted
         dev = out.logits.device
-        rows = torch.arange(B, device=dev)
-        in_expert = rows < n_e  # (B,)
-        if batch.warmup:  # monitor the terms on E as the (offline) mixture; minimise L_BC alone
-            in_mixture = in_expert
-        else:
-            in_mixture = (rows < batch.n_mixed_expert) | (rows >= n_e)  # (B,)
+        row = torch.arange(B, device=dev)
         loss, terms = sequencematch_loss(
             out.logits,
             out.actions,
             out.action_mask,
             torch.tensor(terminal, dtype=torch.bool, device=dev),
             torch.from_numpy(expert_np).to(dev),
-            in_expert=in_expert,
-            in_mixture=in_mixture,
+            in_expert=row < n_e,  # E: the augmented demonstrations
+            in_mixture=(row < batch.n_mixed_expert) | (row >= n_e),  # M: the first of E, and the replay rows
             alpha=c.alpha,
             gamma=c.gamma,
             chi2_coef=c.chi2_coef,
@@ -862,16 +820,13 @@ class SequenceMatch(Agent):
             max_weight=c.max_phi_weight,
             terminal_mode=c.terminal,
             kept_steps=torch.from_numpy(kept_np).to(dev),
+            bc_only=batch.warmup,
         )
-        if batch.warmup:
-            loss = terms["bc"]
-        elif c.grad_norm_interval and self._n_updates % c.grad_norm_interval == 0:
+        if not batch.warmup and c.grad_norm_interval and self._n_updates % c.grad_norm_interval == 0:
             terms.update(self._term_grad_norms(terms["expert"] + terms["value"] + terms["chi2"], terms["bc"]))
-        if batch.replay is not None and len(batch.replay):
+        if batch.replay is not None and bool((batch.replay.born >= 0).any()):
             born = batch.replay.born[batch.replay.born >= 0]
-            terms["replay_age"] = torch.tensor(
-                float(np.mean(self._n_updates - born)) if born.size else math.nan
-            )
+            terms["replay_age"] = torch.tensor(float(np.mean(self._n_updates - born)))
         logged = {k: v.detach() for k, v in terms.items()}
         logged["warmup"] = torch.tensor(float(batch.warmup))
         logged["replay_rows"] = torch.tensor(float(n_r))
@@ -915,7 +870,8 @@ class SequenceMatch(Agent):
     ) -> list[np.ndarray]:
         """The recovered reward ``r_i = Q(u_i, a_i) − γ·V'(u_{i+1})`` of every step of every history.
 
-        ``V' = 0`` after eos; a history that does not end with eos bootstraps from ``V`` of its last state (a
+        After eos ``V'`` is 0 (``terminal="iq"``) or the absorbing state's value; a history that does not end
+        with eos bootstraps from ``V`` of its last state (a
         history in progress, or one cut by a limit). Usable as an env reward by RL baselines
         (:class:`agents.sb3.RewardWrapper`).
 

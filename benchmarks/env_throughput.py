@@ -9,7 +9,7 @@ which is inside the timing. A step of a vector env over ``N`` sub-envs counts as
 Random agents end an episode every few steps (eos is one action in six), so resets matter: each reset draws a
 prompt with the source's ``sample_prompt`` (Dyck's is the empty prompt, no draw).
 
-Writes ``benchmarks/results/env_throughput.json`` and prints a table.
+Writes ``results/benchmarks/env_throughput.json`` and prints a table.
 
 Usage (from the repository root)::
 
@@ -48,8 +48,8 @@ class Config:
     """seconds per configuration (at least)"""
     seed: int = 0
     """seed of the pre-drawn uniforms"""
-    out: str = "benchmarks/results/env_throughput.json"
-    """where the JSON results go"""
+    out: str = "results/benchmarks/env_throughput.json"
+    """where the JSON results go (under results/, which git ignores)"""
 
 
 def _masked(u: np.ndarray, mask: np.ndarray, n_actions: int) -> np.ndarray:
@@ -58,7 +58,7 @@ def _masked(u: np.ndarray, mask: np.ndarray, n_actions: int) -> np.ndarray:
 
 
 def bench_single(source: Dyck, n_envs: int, min_time: float, rng: np.random.Generator) -> tuple[int, float]:
-    env = SequenceEnv(source, max_length=MAX_LENGTH, max_steps=MAX_STEPS)
+    env = SequenceEnv(source, max_length=MAX_LENGTH, max_steps=MAX_STEPS, reward="none")
     n_actions = env.vocab.n_actions
     uniforms = rng.random(N_UNIFORMS * 64).tolist()
     _, info = env.reset(seed=0)
@@ -93,13 +93,16 @@ def _bench_vector(envs: gym.vector.VectorEnv, min_time: float, rng: np.random.Ge
 
 def bench_sync(source: Dyck, n_envs: int, min_time: float, rng: np.random.Generator) -> tuple[int, float]:
     envs = gym.vector.SyncVectorEnv(
-        [lambda: SequenceEnv(source, max_length=MAX_LENGTH, max_steps=MAX_STEPS) for _ in range(n_envs)]
+        [
+            lambda: SequenceEnv(source, max_length=MAX_LENGTH, max_steps=MAX_STEPS, reward="none")
+            for _ in range(n_envs)
+        ]
     )
     return _bench_vector(envs, min_time, rng)
 
 
 def bench_native(source: Dyck, n_envs: int, min_time: float, rng: np.random.Generator) -> tuple[int, float]:
-    envs = SequenceVectorEnv(source, n_envs, max_length=MAX_LENGTH, max_steps=MAX_STEPS)
+    envs = SequenceVectorEnv(source, n_envs, max_length=MAX_LENGTH, max_steps=MAX_STEPS, reward="none")
     return _bench_vector(envs, min_time, rng)
 
 

@@ -10,7 +10,7 @@
 
 Timings are medians over ``repeats`` runs, interleaved across methods, after one warm-up each. Peak memory
 is the peak resident-set growth of one run in a forked child process (torch's CPU allocations are invisible
-to ``tracemalloc``). Writes ``benchmarks/results/policy_bench.json`` and prints a table.
+to ``tracemalloc``). Writes ``results/benchmarks/policy_bench.json`` and prints a table.
 
 Usage (from the repository root)::
 
@@ -72,8 +72,8 @@ class Config:
     """torch CPU threads"""
     seed: int = 0
     """seed of the model, the histories and the sampling"""
-    out: str = "benchmarks/results/policy_bench.json"
-    """where the JSON results go"""
+    out: str = "results/benchmarks/policy_bench.json"
+    """where the JSON results go (under results/, which git ignores)"""
 
 
 def make_histories(cfg: Config, vocab: Vocabulary, rng: np.random.Generator) -> tuple[list, list]:

@@ -1,18 +1,19 @@
 """Cost of SequenceMatch against BC: one update, and a whole training run with its generation.
 
 (a) One update on the same batch and model: BC minimises its cross-entropy on ``batch_size`` augmented
-    demonstrations ``E``; SequenceMatch (after its BC warm-up) runs ONE masked forward over ``E`` plus the
+    demonstrations ``E``; SequenceMatch (past its BC warm-up) runs ONE masked forward over ``E`` plus the
     ``n_replay`` model trajectories of the mixture, and minimises the loss of ``sequencematch.md`` §3. Each
-    update is forward + loss + backward + AdamW step (the batch is drawn beforehand, identical for every
-    repeat). Also reported: the update including its share of the replay generation (one refresh every
-    ``replay_refresh_interval`` updates). Target: SequenceMatch <= 2.5x BC.
+    update is ``agent.train_step(batch)``: forward + loss + backward + clipping + NaN check + AdamW step (the
+    batch is drawn beforehand with ``agent.sample_batch``, identical for every repeat). Also reported: the
+    update including its share of the replay generation (one refresh every ``replay_refresh_interval``
+    updates). Target: SequenceMatch <= 2.5x BC.
 (b) A whole ``learn(budget)`` run of each agent from the same initial model and data: wall time, the share
     of SequenceMatch's time spent generating replay samples vs updating, and the tokens/s of each (generated
     actions per second of generation; (state, action) pairs through the forward/backward per second of
     update, replay rows included).
 
 Timings are medians over ``repeats`` interleaved runs after a warm-up. Writes
-``benchmarks/results/sequencematch_bench.json`` and prints a table.
+``results/benchmarks/sequencematch_bench.json`` and prints a table.
 
 Usage (from the repository root)::
 
@@ -29,8 +30,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from stable_baselines3.common.callbacks import BaseCallback
 
-from agents.base import Agent, make_agent
+from agents import Agent, make_agent
 from agents.bc import BC
 from agents.sequencematch import SequenceMatch, SequenceMatchBatch
 from benchmarks._common import cli, interleaved_times, load_average, machine_info
@@ -68,11 +70,11 @@ class Config:
     """torch CPU threads"""
     seed: int = 0
     """seed of the data, the model and the sampling"""
-    out: str = "benchmarks/results/sequencematch_bench.json"
-    """where the JSON results go"""
+    out: str = "results/benchmarks/sequencematch_bench.json"
+    """where the JSON results go (under results/, which git ignores)"""
 
 
-def _agents(cfg: Config) -> tuple[BC, SequenceMatch]:
+def _agents(cfg: Config, *, bc_warmup_steps: int | None = None) -> tuple[BC, SequenceMatch]:
     import gymnasium as gym
 
     from seqgym.registration import register_envs
@@ -92,7 +94,7 @@ def _agents(cfg: Config) -> tuple[BC, SequenceMatch]:
         env=env,
         demonstrations=demos,
         seed=cfg.seed,
-        bc_warmup_steps=cfg.bc_warmup_steps,
+        bc_warmup_steps=cfg.bc_warmup_steps if bc_warmup_steps is None else bc_warmup_steps,
         replay_refresh_interval=cfg.replay_refresh_interval,
         **common,
     )
@@ -100,28 +102,17 @@ def _agents(cfg: Config) -> tuple[BC, SequenceMatch]:
     return bc, sm
 
 
-def _step(agent: Agent, batch: Any) -> None:
-    """Forward + loss + backward + optimiser step, as ``Agent._update`` does (batch given)."""
-    agent.policy.train()
-    loss, _ = agent._loss(batch)
-    agent.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(list(agent.policy.parameters()), 1.0)
-    agent.optimizer.step()
-
-
 def bench_update(cfg: Config) -> dict[str, Any]:
     """(a) One update of each agent on the same batch E and the same initial model."""
-    bc, sm = _agents(cfg)
-    sm._n_updates = sm.config.bc_warmup_steps  # past the warm-up: the next batch refreshes the replay buffer
+    bc, sm = _agents(cfg, bc_warmup_steps=0)  # no warm-up: the first batch refreshes the replay buffer
     t0 = time.perf_counter()
-    batch = sm._sample_batch(cfg.batch_size, np.random.default_rng(cfg.seed))
+    batch = sm.sample_batch(cfg.batch_size, np.random.default_rng(cfg.seed))
     refresh_s = time.perf_counter() - t0  # dominated by generating n_replay * interval trajectories
     n_generated = sm.replay_buffer.n_added
     assert isinstance(batch, SequenceMatchBatch) and batch.replay is not None
     bc.policy.load_state_dict(sm.policy.state_dict())
     times = interleaved_times(
-        {"bc": lambda: _step(bc, batch.expert), "sequencematch": lambda: _step(sm, batch)},
+        {"bc": lambda: bc.train_step(batch.expert), "sequencematch": lambda: sm.train_step(batch)},
         cfg.repeats,
     )
     bc_s, sm_s = statistics.median(times["bc"]), statistics.median(times["sequencematch"])
@@ -147,11 +138,41 @@ def bench_update(cfg: Config) -> dict[str, Any]:
     }
 
 
+def _pairs(batch: Any) -> int:
+    """(state, action) pairs through the forward / backward of an update: replay rows included."""
+    if isinstance(batch, SequenceMatchBatch):
+        n = sum(len(t) for t in batch.expert)
+        return n + (0 if batch.replay is None else sum(len(a) for a in batch.replay.actions))
+    return sum(len(t) for t in batch)
+
+
+class _UpdateTimer(BaseCallback):
+    """Times each update of ``learn`` (from the previous update's end to this one's, the batch drawing and its
+    generation included) and counts the pairs of its batch (the loop's ``locals["batch"]``)."""
+
+    def __init__(self, stats: dict[str, float]) -> None:
+        super().__init__()
+        self.stats = stats
+        self.last = 0.0
+
+    def _on_training_start(self) -> None:
+        self.last = time.perf_counter()
+
+    def _on_step(self) -> bool:
+        now = time.perf_counter()
+        self.stats["update_s"] += now - self.last
+        self.last = now
+        self.stats["updates"] += 1
+        self.stats["update_pairs"] += _pairs(self.locals["batch"])
+        return True
+
+
 def _timed_run(agent: Agent, budget: int) -> dict[str, Any]:
-    """``agent.learn(budget)`` with its generation and update time taken apart (instance-level wrappers)."""
+    """``agent.learn(budget)`` with its generation (an instance-level wrapper of ``policy.generate``) and update
+    time taken apart (a callback)."""
     stats = {"generate_s": 0.0, "generated_tokens": 0, "update_s": 0.0, "update_pairs": 0, "updates": 0}
     policy = agent.policy
-    plain_generate, plain_update, plain_loss = policy.generate, agent._update, agent._loss
+    plain_generate = policy.generate
 
     def generate(*args: Any, **kwargs: Any) -> Any:
         t0 = time.perf_counter()
@@ -160,30 +181,12 @@ def _timed_run(agent: Agent, budget: int) -> dict[str, Any]:
         stats["generated_tokens"] += sum(len(a) for a in out.actions)
         return out
 
-    def update() -> Any:
-        t0 = time.perf_counter()
-        out = plain_update()
-        stats["update_s"] += time.perf_counter() - t0
-        stats["updates"] += 1
-        return out
-
-    def loss(batch: Any) -> Any:
-        if isinstance(batch, SequenceMatchBatch):
-            n = sum(len(t) for t in batch.expert)
-            n += 0 if batch.replay is None else sum(len(a) for a in batch.replay.actions)
-        else:
-            n = sum(len(t) for t in batch)
-        stats["update_pairs"] += n
-        return plain_loss(batch)
-
     policy.generate = generate  # type: ignore[method-assign]
-    agent._update = update  # type: ignore[method-assign]
-    agent._loss = loss  # type: ignore[method-assign]
     t0 = time.perf_counter()
     try:
-        agent.learn(budget, log_interval=0)
+        agent.learn(budget, log_interval=0, callback=_UpdateTimer(stats))
     finally:
-        del policy.generate, agent._update, agent._loss
+        del policy.generate
     wall = time.perf_counter() - t0
     gen = stats["generate_s"]
     upd = stats["update_s"] - gen  # generation happens inside the update's batch drawing

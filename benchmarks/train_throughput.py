@@ -14,7 +14,7 @@ Throughput is tokens trained on per second (the (state, action) pairs of ``num_t
 loop, the non-pad targets). Each repeat runs ``updates`` updates of each method, interleaved round-robin after
 one warm-up each; the medians are reported. Peak memory is the peak resident-set growth of one repeat in a
 forked child process (CPU), or ``torch.cuda.max_memory_allocated`` (CUDA). Writes
-``benchmarks/results/train_throughput.json`` and prints a table. Target: ``mle_learn >= 0.9x plain_loop``.
+``results/benchmarks/train_throughput.json`` and prints a table. Target: ``mle_learn >= 0.9x plain_loop``.
 
 Usage (from the repository root)::
 
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from agents.base import make_agent
+from agents import make_agent
 from agents.mle import MLE
 from agents.policy import LMPolicy
 from benchmarks._common import (
@@ -77,8 +77,8 @@ class Config:
     """'cpu' or 'cuda'"""
     seed: int = 0
     """seed of the model, the data and the batch order"""
-    out: str = "benchmarks/results/train_throughput.json"
-    """where the JSON results go"""
+    out: str = "results/benchmarks/train_throughput.json"
+    """where the JSON results go (under results/, which git ignores)"""
 
 
 class PlainLoop:

@@ -5,7 +5,8 @@ Prompts are ``a+b=`` / ``a-b=`` (``seqgym/Arithmetic-v0``); a sample is correct 
 is preceded by a uniformly drawn wrong token and the ``<backspace>`` that repairs it (``sequencematch.md`` §4):
 BC and SequenceMatch train on those augmented demonstrations; MLE trains on the clean answers (it cannot
 express a backspace), so its accuracy is one line across noise levels. Results go to ``--out``
-(``results.json``, ``table.md``, ``arithmetic.png``); finished runs are cached for resuming.
+(``results.json``, ``table.md``, ``arithmetic.png`` with ± std over seeds, ``samples.md``); finished runs are
+cached for resuming (a changed setting or edited library code recomputes them).
 """
 
 from __future__ import annotations
@@ -15,15 +16,29 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tyro
 
-from experiments.common import RunCache, config_digest, format_table, summarize, write_json_atomic
-from experiments.compare import NOT_IN_RUN, run_one
+from experiments.common import (
+    IMITATION_AGENTS,
+    AgentSettings,
+    ConfigError,
+    RunCache,
+    check_int,
+    check_number,
+    format_table,
+    mean_std,
+    run_cli,
+    run_stamp,
+    summarize,
+    write_json_atomic,
+)
+from experiments.compare import NOT_IN_RUN, check_seeds, check_source, run_one
 from experiments.compare import Config as CompareConfig
+from experiments.gallery import write_gallery
+from experiments.progress import StudyLog
 
 
 @dataclasses.dataclass
-class Config:
+class Config(AgentSettings):
     """Accuracy vs noise level on the arithmetic task."""
 
     base: int = 5
@@ -42,68 +57,86 @@ class Config:
     ``sm_bc_warmup_steps`` on BC alone)."""
     n_demonstrations: int = 5_000
     """Training examples (the paper uses 5,000)."""
+    batch_size: int = 64
+    """Trajectories per update (more than on Dyck: the answers are short)."""
     n_eval: int = 500
     """Test problems per run (fresh prompts)."""
-    n_layer: int = 2
-    """Transformer layers."""
-    n_embd: int = 64
-    """Width."""
-    learning_rate: float = 3e-3
-    """Learning rate."""
-    batch_size: int = 64
-    """Trajectories per update."""
-    sm_chi2_coef: float = CompareConfig.sm_chi2_coef
-    """SequenceMatch χ² coefficient c (as in ``experiments.compare``)."""
-    sm_bc_weight: float = CompareConfig.sm_bc_weight
-    """SequenceMatch behaviour-cloning anchor weight λ_bc."""
-    sm_bc_warmup_steps: int = CompareConfig.sm_bc_warmup_steps
-    """SequenceMatch updates of BC alone before the full loss."""
+    n_gallery: int = 6
+    """Test problems per agent shown in the gallery (samples.md; 0: none)."""
     out: Path = Path("results/arithmetic")
     """Output folder."""
-    resume: bool = True
-    """Reuse finished runs under out/runs."""
-    threads: int = 1
-    """torch CPU threads per run (as in ``experiments.compare``)."""
-    progress: bool = True
-    """Progress bars."""
+
+    def check(self) -> None:
+        """Raise :class:`~experiments.common.ConfigError` (naming the flag) for any invalid option, before
+        anything runs."""
+        super().check()
+        if not self.agents:
+            raise ConfigError("--agents is empty; name at least one agent.")
+        for a in self.agents:
+            if a not in IMITATION_AGENTS:
+                raise ConfigError(f"Unknown agent {a!r}; choose from {IMITATION_AGENTS}.")
+        if len(set(self.agents)) != len(self.agents):
+            raise ConfigError(f"--agents lists an agent twice: {list(self.agents)}.")
+        check_seeds(self.seeds)
+        check_int("base", self.base, low=2)
+        check_int("n_digits", self.n_digits)
+        check_source("arithmetic", {"base": self.base, "n_digits": self.n_digits})
+        if not self.noise_levels:
+            raise ConfigError("--noise-levels is empty; give at least one level.")
+        for p in self.noise_levels:
+            check_number("noise_levels", p, low=0.0, high=1.0)
+        for name in ("budget", "n_eval"):
+            check_int(name, getattr(self, name))
+        check_int("n_gallery", self.n_gallery, low=0)
+
+    def compare_config(self) -> CompareConfig:
+        """The ``experiments.compare`` config that each run of this study trains and evaluates with."""
+        shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(AgentSettings)}
+        return CompareConfig(
+            task="arithmetic",
+            source_kwargs={"base": self.base, "n_digits": self.n_digits},
+            budget=self.budget,
+            n_eval=self.n_eval,
+            n_gallery=self.n_gallery,
+            **shared,
+        )
 
 
 def main(cfg: Config) -> dict[str, Any]:
-    """Run the study; returns what it writes to ``results.json``."""
-    base = CompareConfig(
-        task="arithmetic",
-        source_kwargs={"base": cfg.base, "n_digits": cfg.n_digits},
-        budget=cfg.budget,
-        n_demonstrations=cfg.n_demonstrations,
-        n_eval=cfg.n_eval,
-        n_layer=cfg.n_layer,
-        n_embd=cfg.n_embd,
-        learning_rate=cfg.learning_rate,
-        batch_size=cfg.batch_size,
-        sm_chi2_coef=cfg.sm_chi2_coef,
-        sm_bc_weight=cfg.sm_bc_weight,
-        sm_bc_warmup_steps=cfg.sm_bc_warmup_steps,
-        threads=cfg.threads,
-        progress=cfg.progress,
+    """Run the study; returns what it writes to ``results.json``.
+
+    Raises:
+        ConfigError: an invalid option (before anything runs or is written).
+        CacheError: an unreadable cached run (named, with how to recover).
+    """
+    cfg.check()
+    base = cfg.compare_config()
+    cache = RunCache(
+        cfg.out / "runs", enabled=cfg.resume, stamp=run_stamp(base, ignore=(*NOT_IN_RUN, "p_noise"))
     )
-    cache = RunCache(cfg.out / "runs", enabled=cfg.resume)
-    digest = config_digest(base, ignore=(*NOT_IN_RUN, "p_noise"))
+    runs = [
+        (seed, agent, p)
+        for seed in cfg.seeds
+        for agent in cfg.agents
+        for p in ([0.0] if agent == "mle" else list(dict.fromkeys(cfg.noise_levels)))
+    ]
+    log = StudyLog("arithmetic", len(runs), progress=cfg.progress)
     records = []
-    for seed in cfg.seeds:
-        for agent in cfg.agents:
-            levels = [0.0] if agent == "mle" else list(cfg.noise_levels)
-            for p in levels:
-                key = ("arithmetic", agent, f"seed{seed}", f"noise{p}", digest)
-                rec = cache.get(*key)
-                if rec is None:
-                    print(f"[arithmetic] {agent} seed {seed} p_noise={p}", flush=True)
-                    rec = run_one(base, agent, seed, p_noise=p, curve=False)
-                    cache.put(*key, rec)
-                records.append(rec)
+    for seed, agent, p in runs:
+        key = ("arithmetic", agent, f"seed{seed}", f"noise{p}")
+        what = f"{agent} seed {seed} p_noise={p}"
+        rec = cache.get(*key)
+        if rec is not None:
+            log.run(what, cached=True)
+        else:
+            log.run(what)
+            with log.bar(f"{agent} seed {seed} p={p}", cfg.budget) as bar:
+                rec = run_one(base, agent, seed, p_noise=p, curve=False, bar=bar)
+            cache.put(*key, rec)
+        records.append(rec)
     rows = []
     for r in records:
-        label = r["agent"] if r["agent"] == "mle" else f"{r['agent']} p={r['p_noise']}"
-        rows.append({**r, "agent": label, "accuracy": r.get("validity", float("nan"))})
+        rows.append({**r, "agent": _label(r), "accuracy": r.get("validity", float("nan"))})
     metrics = ["accuracy", "logprob_per_token", "heldout_nll", "backspace_rate", "train_seconds"]
     summary = summarize(rows, metrics)
     table = format_table(summary, metrics)
@@ -116,34 +149,62 @@ def main(cfg: Config) -> dict[str, Any]:
     write_json_atomic(cfg.out / "results.json", results)
     (cfg.out / "table.md").write_text(header + table + "\n")
     _plot(records, cfg)
+    first = cfg.seeds[0]
+    write_gallery(
+        cfg.out / "samples.md",
+        {_label(r): r.get("samples", []) for r in records if r["seed"] == first},
+        title=f"Samples: arithmetic (base {cfg.base}, {cfg.n_digits} digits), seed {first}",
+        note="✓: the answer is right. Temperature 1.",
+    )
     print(header + table)
+    print(
+        f"\nwrote {', '.join(str(cfg.out / n) for n in ('results.json', 'table.md', 'arithmetic.png', 'samples.md'))}"
+    )
     return results
 
 
+def _label(record: dict[str, Any]) -> str:
+    return str(record["agent"]) if record["agent"] == "mle" else f"{record['agent']} p={record['p_noise']}"
+
+
 def _plot(records: list[dict[str, Any]], cfg: Config) -> None:
+    """Accuracy vs noise level: means over seeds with ± one-standard-deviation error bars (a band for MLE,
+    which has one accuracy for every level)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 4))
+    levels = sorted(set(cfg.noise_levels))
     for agent in cfg.agents:
         pts: dict[float, list[float]] = {}
         for r in records:
             if r["agent"] == agent:
                 pts.setdefault(float(r["p_noise"] or 0.0), []).append(float(r.get("validity", np.nan)))
-        if agent == "mle" and pts:
-            acc = float(np.mean(next(iter(pts.values()))))
-            ax.plot(cfg.noise_levels, [acc] * len(cfg.noise_levels), "--", label="mle (clean data)")
+        if not pts:
+            continue
+        if agent == "mle":
+            mean, std = (float(x) for x in mean_std(np.array(next(iter(pts.values())))))
+            (line,) = ax.plot(levels, [mean] * len(levels), "--", label="mle (clean data)")
+            ax.fill_between(levels, mean - std, mean + std, alpha=0.15, color=line.get_color())
             continue
         xs = sorted(pts)
+        stats = [mean_std(np.array(pts[x])) for x in xs]
         ax.errorbar(
-            xs, [np.mean(pts[x]) for x in xs], yerr=[np.std(pts[x]) for x in xs], marker="o", label=agent
+            xs,
+            [float(m) for m, _ in stats],
+            yerr=[float(s) for _, s in stats],
+            marker="o",
+            capsize=4,
+            label=agent,
         )
+    n_seeds = len(cfg.seeds)
+    spread = f"mean ± std over {n_seeds} seeds" if n_seeds > 1 else "one seed: no interval"
     ax.set_xlabel("noise level p_noise")
     ax.set_ylabel("accuracy")
     ax.set_ylim(-0.02, 1.02)
-    ax.set_title("Arithmetic: accuracy vs noise")
+    ax.set_title(f"Arithmetic: accuracy vs noise\n{spread}", fontsize=10)
     ax.legend()
     fig.tight_layout()
     fig.savefig(cfg.out / "arithmetic.png", dpi=120)
@@ -151,4 +212,4 @@ def _plot(records: list[dict[str, Any]], cfg: Config) -> None:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Config))
+    run_cli(Config, main, prog="python -m experiments.arithmetic")

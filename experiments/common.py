@@ -1,22 +1,274 @@
-"""Plumbing shared by the experiment scripts: run caching (resume after an interruption), atomic JSON,
-mean ± std tables and figures. The logic being compared lives in ``seqgym`` and ``agents``."""
+"""Plumbing shared by the experiment scripts.
+
+- :class:`AgentSettings`: the LM policy's and the imitation agents' settings, one typed dataclass that every
+  study's ``Config`` derives from (a study adds only what makes it different), checked before anything runs.
+- :class:`RunCache`: one JSON file per finished run, keyed on the settings the run depends on *and* on the
+  library's source code and version (:func:`run_stamp`), so a rerun resumes, and edited code or a changed
+  setting never reuses stale results.
+- :func:`run_cli`: the command line (tyro), with a study's errors printed as one line instead of a traceback.
+- atomic JSON, mean ± std tables, torch thread counts.
+
+The logic being compared lives in ``seqgym`` and ``agents``.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
+import importlib
 import json
 import math
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import sys
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar, get_args
 
 import numpy as np
 
 from seqgym._files import atomic_write
 
-__all__ = ["RunCache", "config_digest", "format_table", "summarize", "torch_threads", "write_json_atomic"]
+__all__ = [
+    "IMITATION_AGENTS",
+    "LIBRARY_PACKAGES",
+    "NOISY_AGENTS",
+    "AgentSettings",
+    "CacheError",
+    "ConfigError",
+    "Divergence",
+    "RunCache",
+    "StudyError",
+    "check_int",
+    "check_number",
+    "config_digest",
+    "flag",
+    "format_table",
+    "library_digest",
+    "mean_std",
+    "package_version",
+    "run_cli",
+    "run_stamp",
+    "source_digest",
+    "stamp_digest",
+    "summarize",
+    "torch_threads",
+    "write_json_atomic",
+]
+
+ConfigT = TypeVar("ConfigT")
+
+
+# ==========================================================================================================
+# Errors a study reports in one line
+# ==========================================================================================================
+class StudyError(ValueError):
+    """An error a study reports to its user as one line (a bad option, an unreadable cache file); anything
+    else that goes wrong is a bug and keeps its traceback."""
+
+
+class ConfigError(StudyError):
+    """An option of a study is invalid. Raised by ``Config.check()``, before anything is trained or cached."""
+
+
+class CacheError(StudyError):
+    """A cached run cannot be read; the message names the file and how to recover."""
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a config field: ``flag("n_eval") == "--n-eval"``."""
+    return "--" + name.replace("_", "-")
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
+def check_int(name: str, value: object, *, low: int = 1, high: int | None = None) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is an int in ``[low, high]``; the message names the flag.
+
+    Example:
+        >>> check_int("n_eval", 0)
+        Traceback (most recent call last):
+        ...
+        experiments.common.ConfigError: --n-eval must be an int >= 1, got 0.
+    """
+    if not _is_int(value) or value < low or (high is not None and value > high):  # type: ignore[operator]
+        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ConfigError(f"{flag(name)} must be an int {bound}, got {value!r}.")
+
+
+def check_number(
+    name: str,
+    value: object,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is a finite number within the bounds (``low_open`` /
+    ``high_open``: the bound itself is excluded); the message names the flag.
+
+    Example:
+        >>> check_number("p_noise", 1.5, low=0.0, high=1.0)
+        Traceback (most recent call last):
+        ...
+        experiments.common.ConfigError: --p-noise must be a number in [0.0, 1.0], got 1.5.
+    """
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+    if ok:
+        v = float(value)  # type: ignore[arg-type]
+        ok = math.isfinite(v)
+        ok = ok and (low is None or (v > low if low_open else v >= low))
+        ok = ok and (high is None or (v < high if high_open else v <= high))
+    if not ok:
+        if low is not None and high is not None:
+            bound = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        elif low is not None:
+            bound = f"{'>' if low_open else '>='} {low}"
+        elif high is not None:
+            bound = f"{'<' if high_open else '<='} {high}"
+        else:
+            bound = "finite"
+        raise ConfigError(f"{flag(name)} must be a number {bound}, got {value!r}.")
+
+
+# ==========================================================================================================
+# The settings every study shares
+# ==========================================================================================================
+Divergence = Literal["chi2", "kl", "js", "hellinger"]
+"""SequenceMatch's divergences (``agents.SequenceMatchConfig.divergence``)."""
+
+IMITATION_AGENTS = ("mle", "bc", "sequencematch")
+NOISY_AGENTS = ("bc", "sequencematch")  # the agents trained on backspace-augmented demonstrations
+
+
+@dataclasses.dataclass
+class AgentSettings:
+    """The LM policy and the imitation agents: settings every study shares.
+
+    A study's ``Config`` derives from this class, adds what makes the study different, and overrides a default
+    where its task needs another (the override says why). :meth:`check` validates every field, with the agents'
+    own rules included, before a study trains or caches anything.
+    """
+
+    n_layer: int = 2
+    """Transformer layers of the LM policy (a GPT-2 built from a config)."""
+    n_embd: int = 64
+    """Width of the LM policy (a multiple of n_head)."""
+    n_head: int = 2
+    """Attention heads of the LM policy."""
+    n_demonstrations: int = 1_000
+    """Expert trajectories (demonstrations) per seed, shared by the imitation agents."""
+    learning_rate: float = 3e-3
+    """Learning rate of the imitation agents."""
+    batch_size: int = 16
+    """Trajectories per update of the imitation agents."""
+    sm_chi2_coef: float = 5.0
+    """SequenceMatch χ² coefficient c. The SequenceMatch defaults here (c=5, λ_bc=2, warm-up 50) are the best
+    of a small sweep on Dyck (README); the library defaults (IQ-Learn's c=0.5, λ_bc=1, warm-up 100) lag BC."""
+    sm_bc_weight: float = 2.0
+    """SequenceMatch behaviour-cloning anchor weight λ_bc."""
+    sm_bc_warmup_steps: int = 50
+    """SequenceMatch updates of BC alone before the full loss."""
+    sm_divergence: Divergence = "chi2"
+    """SequenceMatch divergence."""
+    threads: int = 1
+    """torch CPU threads per run (one is the fastest for these small models on a 2-core CPU; the count can
+    change floating-point results, so it is part of what a cached run depends on)."""
+    resume: bool = True
+    """Reuse finished runs cached under the output folder (False recomputes everything)."""
+    progress: bool = True
+    """Show a progress bar per run (plain progress lines when the output is not a terminal)."""
+
+    def policy_kwargs(self) -> dict[str, int]:
+        """Keyword arguments of ``LMPolicy.from_config`` for the model these settings describe."""
+        return {"n_layer": self.n_layer, "n_embd": self.n_embd, "n_head": self.n_head}
+
+    def agent_kwargs(
+        self,
+        agent: str,
+        *,
+        p_noise: float | None = None,
+        learning_rate: float | None = None,
+        with_policy_kwargs: bool = True,
+    ) -> dict[str, Any]:
+        """Hyperparameters of ``make_agent(agent, ...)`` under these settings.
+
+        Args:
+            agent: ``"mle"``, ``"bc"`` or ``"sequencematch"``.
+            p_noise: backspace augmentation of BC and SequenceMatch (ignored for MLE; required for the others).
+            learning_rate: overrides :attr:`learning_rate` (e.g. a fine-tuning rate).
+            with_policy_kwargs: include ``policy_kwargs`` (leave it out when a trained policy is passed).
+        """
+        if agent not in IMITATION_AGENTS:
+            raise ValueError(f"Unknown imitation agent {agent!r}; choose from {IMITATION_AGENTS}.")
+        kw: dict[str, Any] = {
+            "learning_rate": self.learning_rate if learning_rate is None else learning_rate,
+            "batch_size": self.batch_size,
+        }
+        if with_policy_kwargs:
+            kw["policy_kwargs"] = self.policy_kwargs()
+        if agent in NOISY_AGENTS:
+            if p_noise is None:
+                raise ValueError(f"{agent} needs p_noise (its backspace augmentation).")
+            kw["p_noise"] = p_noise
+        if agent == "sequencematch":
+            kw.update(
+                chi2_coef=self.sm_chi2_coef,
+                bc_weight=self.sm_bc_weight,
+                bc_warmup_steps=self.sm_bc_warmup_steps,
+                divergence=self.sm_divergence,
+            )
+        return kw
+
+    def check(self) -> None:
+        """Raise :class:`ConfigError` (naming the flag) for any invalid field.
+
+        Example:
+            >>> AgentSettings(n_embd=65).check()
+            Traceback (most recent call last):
+            ...
+            experiments.common.ConfigError: --n-embd (65) must be a multiple of --n-head (2).
+        """
+        for name in ("n_layer", "n_embd", "n_head", "n_demonstrations", "batch_size", "threads"):
+            check_int(name, getattr(self, name))
+        if self.n_embd % self.n_head:
+            raise ConfigError(f"--n-embd ({self.n_embd}) must be a multiple of --n-head ({self.n_head}).")
+        check_number("learning_rate", self.learning_rate, low=0.0, low_open=True)
+        check_number("sm_chi2_coef", self.sm_chi2_coef, low=0.0, low_open=True)
+        check_number("sm_bc_weight", self.sm_bc_weight, low=0.0)
+        check_int("sm_bc_warmup_steps", self.sm_bc_warmup_steps, low=0)
+        if self.sm_divergence not in get_args(Divergence):
+            raise ConfigError(
+                f"--sm-divergence must be one of {', '.join(get_args(Divergence))}, got {self.sm_divergence!r}."
+            )
+        for name in ("resume", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{flag(name)} must be True or False, got {getattr(self, name)!r}.")
+        for agent in IMITATION_AGENTS:  # and the agents' own rules, on the hyperparameters a run will pass
+            check_agent_kwargs(agent, self.agent_kwargs(agent, p_noise=0.0))
+
+
+def check_agent_kwargs(agent: str, kwargs: Mapping[str, Any]) -> None:
+    """Validate ``make_agent(agent, **kwargs)``'s hyperparameters with the agent's own config class, without
+    building anything; its complaint becomes a :class:`ConfigError`."""
+    from agents import BC, MLE, SequenceMatch
+
+    cls = {"mle": MLE, "bc": BC, "sequencematch": SequenceMatch}[agent]
+    try:
+        cls.config_class.from_kwargs(dict(kwargs), owner=agent)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{agent}: {e}") from None
+
+
+# ==========================================================================================================
+# What a cached run depends on
+# ==========================================================================================================
+LIBRARY_PACKAGES = ("seqgym", "agents", "experiments")
+"""The packages whose source code a cached run depends on (:func:`library_digest`)."""
 
 
 def config_digest(config: Any, *, ignore: Sequence[str] = ()) -> str:
@@ -34,13 +286,74 @@ def config_digest(config: Any, *, ignore: Sequence[str] = ()) -> str:
         >>> config_digest(C()) == config_digest(C(lr=0.1))
         False
     """
-    import hashlib
-
     fields = {k: v for k, v in dataclasses.asdict(config).items() if k not in set(ignore)}
     blob = json.dumps(fields, sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:10]
 
 
+def source_digest(folders: Iterable[str | os.PathLike[str]]) -> str:
+    """Hash of every ``.py`` file under ``folders`` (names and contents; ``__pycache__`` left out): any edit,
+    added, removed or renamed file changes it.
+
+    Example:
+        >>> import pathlib, tempfile
+        >>> pkg = pathlib.Path(tempfile.mkdtemp()) / "pkg"
+        >>> pkg.mkdir(); _ = (pkg / "a.py").write_text("x = 1\\n")
+        >>> before = source_digest([pkg])
+        >>> _ = (pkg / "a.py").write_text("x = 2\\n")
+        >>> source_digest([pkg]) == before
+        False
+    """
+    h = hashlib.sha256()
+    for folder in map(Path, folders):
+        files = sorted(p for p in folder.rglob("*.py") if "__pycache__" not in p.relative_to(folder).parts)
+        for p in files:
+            h.update(f"{folder.name}/{p.relative_to(folder).as_posix()}\0".encode())
+            h.update(hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()[:16]
+
+
+def library_folders() -> list[Path]:
+    """The folders of the imported :data:`LIBRARY_PACKAGES` (the code that actually runs)."""
+    folders = []
+    for name in LIBRARY_PACKAGES:
+        module = sys.modules.get(name) or importlib.import_module(name)
+        if module.__file__ is None:
+            raise RuntimeError(f"Cannot locate the source of package {name!r} to hash it.")
+        folders.append(Path(module.__file__).parent)
+    return folders
+
+
+def library_digest() -> str:
+    """:func:`source_digest` of the ``seqgym``, ``agents`` and ``experiments`` packages that are imported."""
+    return source_digest(library_folders())
+
+
+def package_version() -> str:
+    """The version of the ``seqgym`` project (``seqgym.__version__``)."""
+    import seqgym
+
+    return str(seqgym.__version__)
+
+
+def run_stamp(config: Any, *, ignore: Sequence[str] = ()) -> dict[str, str]:
+    """What a cached result depends on: the config's digest (minus ``ignore``), the library's source digest
+    and the package version. Stored with each cached run and checked when it is read back."""
+    return {
+        "config": config_digest(config, ignore=ignore),
+        "code": library_digest(),
+        "version": package_version(),
+    }
+
+
+def stamp_digest(stamp: Mapping[str, str]) -> str:
+    """Short hash of a :func:`run_stamp` (part of a cached run's file or folder name)."""
+    return hashlib.sha1(json.dumps(dict(stamp), sort_keys=True).encode()).hexdigest()[:10]
+
+
+# ==========================================================================================================
+# Files
+# ==========================================================================================================
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
     """Write ``obj`` as indented JSON to ``path`` (folders created) through :func:`seqgym._files.atomic_write`:
     an interrupted or failed write leaves the previous file in place. Raises ``TypeError`` for an object JSON
@@ -63,60 +376,112 @@ def _jsonable(x: Any) -> Any:
 class RunCache:
     """One JSON file per finished run under ``folder``; a rerun skips what is already there.
 
+    Each file holds the run's record and the ``stamp`` it was computed under (:func:`run_stamp`: config digest,
+    library source digest, version); the stamp's hash is part of the file name, and a file whose stored stamp
+    differs from the cache's is recomputed rather than reused. A file that is not a readable record raises
+    :class:`CacheError` naming it.
+
     Example:
         >>> import tempfile
-        >>> cache = RunCache(tempfile.mkdtemp())
+        >>> cache = RunCache(tempfile.mkdtemp(), stamp={"config": "abc"})
         >>> cache.get("mle", 0) is None
         True
         >>> cache.put("mle", 0, {"validity": 0.5})
         >>> cache.get("mle", 0)
         {'validity': 0.5}
+        >>> RunCache(cache.folder, stamp={"config": "def"}).get("mle", 0) is None  # other settings or code
+        True
     """
 
-    def __init__(self, folder: str | os.PathLike[str], *, enabled: bool = True) -> None:
+    def __init__(
+        self,
+        folder: str | os.PathLike[str],
+        *,
+        enabled: bool = True,
+        stamp: Mapping[str, str] | None = None,
+    ) -> None:
         self.folder = Path(folder)
         self.enabled = enabled
+        self.stamp = dict(stamp or {})
 
-    def _path(self, *key: object) -> Path:
-        name = "_".join(str(k).replace("/", "-") for k in key)
+    def path(self, *key: object) -> Path:
+        """The file of ``key`` (its parts joined by ``_``, then the stamp's hash)."""
+        name = "_".join(str(k).replace("/", "-") for k in (*key, stamp_digest(self.stamp)))
         return self.folder / f"{name}.json"
 
     def get(self, *key: object) -> dict[str, Any] | None:
-        """The stored record of ``key``, or ``None`` (also when caching is disabled)."""
-        p = self._path(*key)
+        """The stored record of ``key``, or ``None``: nothing stored, caching disabled, or the file was
+        written under another stamp (other settings, code or version: it is then recomputed).
+
+        Raises:
+            CacheError: the file is not valid JSON or not a cached record (named, with how to recover).
+        """
+        p = self.path(*key)
         if not self.enabled or not p.exists():
             return None
-        with open(p) as f:
-            out: dict[str, Any] = json.load(f)
-        return out
+        recover = f"delete {p} (or rerun with --no-resume) to recompute that run"
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise CacheError(
+                f"Cached run {p} is not valid JSON ({e.msg}, line {e.lineno}); {recover}."
+            ) from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise CacheError(f"Cached run {p} cannot be read ({e}); {recover}.") from None
+        if not isinstance(data, dict) or not isinstance(data.get("record"), dict):
+            raise CacheError(f"Cached run {p} does not hold a run record; {recover}.")
+        if data.get("stamp") != self.stamp:
+            print(f"[cache] {p.name} was computed under other settings or code; recomputing it", flush=True)
+            return None
+        record: dict[str, Any] = data["record"]
+        return record
 
     def put(self, *key_and_record: Any) -> None:
-        """``put(*key, record)``: store ``record`` atomically."""
+        """``put(*key, record)``: store ``record`` (with the cache's stamp) atomically."""
         *key, record = key_and_record
-        write_json_atomic(self._path(*key), record)
+        write_json_atomic(self.path(*key), {"stamp": self.stamp, "record": record})
 
 
+# ==========================================================================================================
+# Tables
+# ==========================================================================================================
 def summarize(
-    records: Iterable[Mapping[str, Any]], metrics: Sequence[str]
+    records: Iterable[Mapping[str, Any]], metrics: Sequence[str], *, by: str = "agent"
 ) -> dict[str, dict[str, list[float]]]:
-    """Group run records by ``record["agent"]`` and return ``{agent: {metric: [mean, std, n]}}`` over seeds.
+    """Group run records by ``record[by]`` and return ``{group: {metric: [mean, std, n]}}`` over seeds.
 
     The standard deviation is the sample one (``ddof=1``; 0 for a single seed). NaN values are skipped.
     """
     groups: dict[str, list[Mapping[str, Any]]] = {}
     for r in records:
-        groups.setdefault(str(r["agent"]), []).append(r)
+        groups.setdefault(str(r[by]), []).append(r)
     out: dict[str, dict[str, list[float]]] = {}
-    for agent, rs in groups.items():
-        out[agent] = {}
+    for group, rs in groups.items():
+        out[group] = {}
         for m in metrics:
             vals = np.array([float(r[m]) for r in rs if m in r and r[m] is not None], dtype=float)
             vals = vals[~np.isnan(vals)]
             if len(vals) == 0:
                 continue
             std = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
-            out[agent][m] = [float(vals.mean()), std, float(len(vals))]
+            out[group][m] = [float(vals.mean()), std, float(len(vals))]
     return out
+
+
+def mean_std(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and sample standard deviation (``ddof=1``, as in :func:`summarize`) over the first axis (seeds),
+    NaN skipped; the deviation is 0 where fewer than two values are left.
+
+    Example:
+        >>> mean_std(np.array([[0.5, 1.0], [0.7, np.nan]]))
+        (array([0.6, 1. ]), array([0.14142136, 0.        ]))
+    """
+    values = np.asarray(values, dtype=float)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns, or one value left
+        mean = np.nanmean(values, axis=0)
+        std = np.nanstd(values, axis=0, ddof=1) if len(values) > 1 else np.zeros_like(mean)
+    return mean, np.nan_to_num(std)
 
 
 def _fmt(mean: float, std: float, n: float) -> str:
@@ -128,9 +493,11 @@ def _fmt(mean: float, std: float, n: float) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def format_table(summary: Mapping[str, Mapping[str, Sequence[float]]], metrics: Sequence[str]) -> str:
-    """A Markdown table: one row per agent, one column per metric, cells ``mean ± std`` (just the value where a
-    metric comes from a single run).
+def format_table(
+    summary: Mapping[str, Mapping[str, Sequence[float]]], metrics: Sequence[str], *, row_label: str = "agent"
+) -> str:
+    """A Markdown table: one row per group (``row_label`` heads the first column), one column per metric,
+    cells ``mean ± std`` (just the value where a metric comes from a single run).
 
     Example:
         >>> print(format_table({"mle": {"validity": [0.5, 0.1, 3]}, "bc": {"validity": [0.7, 0.0, 1]}}, ["validity"]))
@@ -139,13 +506,16 @@ def format_table(summary: Mapping[str, Mapping[str, Sequence[float]]], metrics: 
         | mle | 0.500 ± 0.100 |
         | bc | 0.700 |
     """
-    lines = ["| agent | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
-    for agent, row in summary.items():
+    lines = [f"| {row_label} | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+    for group, row in summary.items():
         cells = [_fmt(*row[m][:3]) if m in row else "n/a" for m in metrics]
-        lines.append(f"| {agent} | " + " | ".join(cells) + " |")
+        lines.append(f"| {group} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
+# ==========================================================================================================
+# Running
+# ==========================================================================================================
 @contextlib.contextmanager
 def torch_threads(n: int) -> Iterator[None]:
     """Run the block with ``n`` torch CPU threads, then restore the previous count.
@@ -169,3 +539,28 @@ def torch_threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def run_cli(
+    config_cls: type[ConfigT],
+    main: Callable[[ConfigT], object],
+    *,
+    prog: str,
+    args: Sequence[str] | None = None,
+) -> None:
+    """Parse ``args`` (default ``sys.argv[1:]``) into ``config_cls`` with tyro (``--help`` explains every
+    field) and run ``main`` on it. A :class:`StudyError` (a bad option, an unreadable cache file) prints one
+    line ``<prog>: error: ...`` and exits with status 2; Ctrl-C exits with status 130, saying that finished
+    runs are kept. Any other exception is a bug and keeps its traceback."""
+    import tyro
+
+    cfg = tyro.cli(config_cls, args=args, prog=prog)
+    try:
+        main(cfg)
+    except StudyError as e:
+        message = " ".join(str(e).split())
+        print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; finished runs are kept and a rerun resumes from them.", file=sys.stderr)
+        raise SystemExit(130) from None

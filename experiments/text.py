@@ -9,9 +9,13 @@
    the perplexity of held-out windows (the direct, backspace-free path). Prompts and generation settings are
    written into ``results.json``.
 
-Default corpus: the six Austen novels in ``../shared/data/austen`` (``persuasion.txt`` held out).
+Default corpus: the six Austen novels shipped with the project (``experiments/data/austen``, xz-compressed;
+``persuasion.txt`` held out); ``--corpus FOLDER`` trains on another folder of ``.txt`` files.
 The tokenizer and the trained agents are saved under ``--out/runs/<digest>/`` (``digest``: a hash of the settings
-that change training), so an interrupted run resumes from what is there and a changed setting never reuses them.
+that change training, of the library's source code and of its version), so an interrupted run resumes from what
+is there, and a changed setting or edited code never reuses them. Besides ``results.json`` and ``table.md``, the
+study writes ``samples.md``: each agent's continuations of the same held-out prompts side by side, deleted tokens
+struck through. Every option is checked before anything is trained.
 """
 
 from __future__ import annotations
@@ -24,12 +28,26 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-import tyro
 
-from agents.base import Agent, make_agent
+from agents import Agent, make_agent
 from agents.evaluation import policy_heldout_nll
-from experiments.common import config_digest, format_table, summarize, write_json_atomic
+from experiments.common import (
+    IMITATION_AGENTS,
+    AgentSettings,
+    ConfigError,
+    check_int,
+    check_number,
+    format_table,
+    run_cli,
+    run_stamp,
+    stamp_digest,
+    summarize,
+    torch_threads,
+    write_json_atomic,
+)
+from experiments.corpus import AUSTEN, HELDOUT, bundled_corpus, checksums
+from experiments.gallery import gallery_samples, write_gallery
+from experiments.progress import StudyLog
 from seqgym.data import collect
 from seqgym.env import SequenceEnv
 from seqgym.sources.text import Text
@@ -38,13 +56,14 @@ from seqgym.text_metrics import distinct_n, mauve_score, rep_n
 
 
 @dataclasses.dataclass
-class Config:
+class Config(AgentSettings):
     """MLE pre-training, then BC / SequenceMatch fine-tuning, on real text."""
 
-    corpus: Path = Path("../shared/data/austen")
-    """A folder of .txt files (or one file): the training corpus."""
-    heldout: str = "persuasion.txt"
-    """File name (inside ``corpus``) held out for evaluation."""
+    corpus: Path | None = None
+    """A folder of .txt files holding the training files and the held-out one. None: the six Austen novels
+    shipped with the project (``experiments/data/austen``), decompressed into ``out/corpus``."""
+    heldout: str = HELDOUT
+    """File name (inside the corpus) held out for evaluation."""
     vocab_size: int = 1024
     """BPE tokens."""
     prompt_length: int = 16
@@ -52,9 +71,11 @@ class Config:
     completion_length: int = 32
     """Completion tokens per window (then eos)."""
     n_layer: int = 4
-    """Transformer layers."""
+    """Transformer layers (a larger model than on the toy tasks)."""
     n_embd: int = 192
-    """Width (4 heads)."""
+    """Width (a multiple of n_head)."""
+    n_head: int = 4
+    """Attention heads."""
     n_demonstrations: int = 30_000
     """Training windows (demonstrations): 30k windows of 48 tokens cover the ~1.3M training tokens about once."""
     pretrain_budget: int = 4_000_000
@@ -72,9 +93,7 @@ class Config:
     n_eval: int = 500
     """Held-out prompts (and reference continuations) for MAUVE and the diversity metrics."""
     sm_chi2_coef: float = 20.0
-    """SequenceMatch χ² coefficient c."""
-    sm_bc_weight: float = 2.0
-    """SequenceMatch behaviour-cloning anchor weight λ_bc."""
+    """SequenceMatch χ² coefficient c (larger than on the toy tasks: the best of c in {5, 20} here)."""
     sm_bc_warmup_steps: int = 50
     """SequenceMatch updates of BC alone before the full loss (fewer than on toy tasks: it starts from the
     pre-trained model, which only has to learn ``<backspace>``)."""
@@ -84,14 +103,35 @@ class Config:
     """Nucleus sampling (None: plain sampling)."""
     seed: int = 0
     """Seed of the data, the models and the evaluation prompts."""
+    n_gallery: int = 5
+    """Held-out prompts shown in the sample gallery (samples.md; 0: none)."""
     out: Path = Path("results/text")
     """Output folder."""
-    resume: bool = True
-    """Load agents already trained under out/agents, and resume interrupted training from out/checkpoints."""
     checkpoint_every: int = 500
     """Updates between checkpoints of each training run."""
-    progress: bool = True
-    """Progress bars."""
+
+    def check(self) -> None:
+        """Raise :class:`~experiments.common.ConfigError` (naming the flag) for any invalid option, before
+        anything runs."""
+        super().check()
+        if not self.agents:
+            raise ConfigError("--agents is empty; name at least one agent.")
+        for a in self.agents:
+            if a not in IMITATION_AGENTS:
+                raise ConfigError(f"Unknown agent {a!r}; choose from {IMITATION_AGENTS}.")
+        if len(set(self.agents)) != len(self.agents):
+            raise ConfigError(f"--agents lists an agent twice: {list(self.agents)}.")
+        for name in ("vocab_size", "completion_length", "pretrain_budget", "finetune_budget", "n_eval"):
+            check_int(name, getattr(self, name))
+        check_int("checkpoint_every", self.checkpoint_every)
+        check_int("prompt_length", self.prompt_length, low=0)
+        check_int("seed", self.seed, low=0)
+        check_int("n_gallery", self.n_gallery, low=0)
+        check_number("p_noise", self.p_noise, low=0.0, high=1.0)
+        check_number("temperature", self.temperature, low=0.0, low_open=True)
+        if self.top_p is not None:
+            check_number("top_p", self.top_p, low=0.0, high=1.0, low_open=True)
+        _files(self, check_only=True)
 
 
 NOT_IN_TRAINING = (
@@ -103,22 +143,42 @@ NOT_IN_TRAINING = (
     "resume",
     "progress",
     "checkpoint_every",
+    "n_gallery",
 )
 """Config fields that do not change the tokenizer or the trained agents (left out of the run digest)."""
 
 
-def _files(cfg: Config) -> tuple[list[Path], Path]:
-    if cfg.corpus.is_file():
-        raise ValueError("corpus must be a folder holding the training files and the held-out file.")
-    files = sorted(cfg.corpus.glob("*.txt"))
-    held = cfg.corpus / cfg.heldout
+def _files(cfg: Config, *, check_only: bool = False) -> tuple[list[Path], Path]:
+    """The training files and the held-out file of the corpus (the shipped novels, decompressed into
+    ``out/corpus``, when ``cfg.corpus`` is None). ``check_only``: raise :class:`ConfigError` for a missing or
+    unusable corpus without writing anything."""
+    if cfg.corpus is None:
+        names = sorted(checksums()) if (AUSTEN / "SHA256SUMS").exists() else []
+        if cfg.heldout not in names:
+            raise ConfigError(
+                f"--heldout {cfg.heldout!r} is not one of the shipped novels ({', '.join(names) or 'none found'})."
+            )
+        if check_only:
+            return [], AUSTEN / cfg.heldout
+        folder = bundled_corpus(cfg.out / "corpus")
+    else:
+        folder = cfg.corpus
+        if not folder.is_dir():
+            raise ConfigError(
+                f"--corpus {str(folder)!r} is not a folder (of .txt files, the held-out one included)."
+            )
+    files = sorted(folder.glob("*.txt"))
+    held = folder / cfg.heldout
     if not files or held not in files:
-        raise FileNotFoundError(f"Need .txt files in {cfg.corpus} including the held-out {cfg.heldout!r}.")
-    return [f for f in files if f != held], held
+        raise ConfigError(f"Need .txt files in {folder} including the held-out {cfg.heldout!r}.")
+    train = [f for f in files if f != held]
+    if not train:
+        raise ConfigError(f"{folder} holds only the held-out {cfg.heldout!r}; add training .txt files.")
+    return train, held
 
 
 def _trained(
-    cfg: Config, run_dir: Path, name: str, build: Any, budget: int, env: SequenceEnv
+    cfg: Config, run_dir: Path, name: str, build: Any, budget: int, env: SequenceEnv, log: StudyLog
 ) -> tuple[Agent, float]:
     """Load ``run_dir/agents/name`` if it is finished; else resume from its newest checkpoint under
     ``run_dir/checkpoints/name`` (or build it), train it to ``budget`` and save it. Returns the agent and the
@@ -128,20 +188,28 @@ def _trained(
     times_path = run_dir / "train_seconds.json"
     times: dict[str, float] = json.loads(times_path.read_text()) if times_path.exists() else {}
     if cfg.resume and (path / "agent.json").exists():
-        print(f"[text] loading {name} from {path}", flush=True)
+        log.run(f"loading {name} from {path}")
         return Agent.load(path, env=env), float(times.get(name, float("nan")))
     ckpt_dir = run_dir / "checkpoints" / name
     latest = Agent.latest_checkpoint(ckpt_dir) if cfg.resume else None
     if latest is not None:
         agent = Agent.load(latest, env=env)
-        print(f"[text] resuming {name} from {latest} ({agent.num_timesteps} of {budget} steps)", flush=True)
+        log.run(f"resuming {name} from {latest} ({agent.num_timesteps} of {budget} steps)")
     else:
-        print(f"[text] training {name} for {budget} steps", flush=True)
+        log.run(f"training {name} for {budget} steps")
         agent = build(checkpoint_dir=str(ckpt_dir), checkpoint_every=cfg.checkpoint_every)
     start = time.perf_counter()
     remaining = budget - agent.num_timesteps
     if remaining > 0:
-        agent.learn(remaining, progress_bar=cfg.progress, log_interval=0, reset_num_timesteps=latest is None)
+        with log.bar(name, budget) as bar:
+            bar.update(agent.num_timesteps)
+            agent.learn(
+                remaining,
+                progress_bar=False,
+                log_interval=0,
+                reset_num_timesteps=latest is None,
+                callback=bar.callback(),
+            )
     seconds = time.perf_counter() - start
     agent.save(path)
     write_json_atomic(times_path, {**times, name: seconds})
@@ -149,9 +217,20 @@ def _trained(
 
 
 def main(cfg: Config) -> dict[str, Any]:
-    """Run the text study; returns what it writes to ``results.json``."""
+    """Run the text study; returns what it writes to ``results.json``.
+
+    Raises:
+        ConfigError: an invalid option or corpus (before anything is trained or written).
+    """
+    cfg.check()
+    with torch_threads(cfg.threads):
+        return _main(cfg)
+
+
+def _main(cfg: Config) -> dict[str, Any]:
     train_files, held = _files(cfg)
-    run_dir = cfg.out / "runs" / config_digest(cfg, ignore=NOT_IN_TRAINING)
+    run_dir = cfg.out / "runs" / stamp_digest(run_stamp(cfg, ignore=NOT_IN_TRAINING))
+    log = StudyLog("text", 1 + len(cfg.agents), progress=cfg.progress)
     tok_path = run_dir / "tokenizer.json"
     tokenizer: Any = "bpe"
     if cfg.resume and tok_path.exists():
@@ -174,8 +253,7 @@ def main(cfg: Config) -> dict[str, Any]:
     max_length = train.max_sequence_length
     env = SequenceEnv(train, max_length=max_length, max_steps=2 * max_length)
     demos = collect(train, cfg.n_demonstrations, np.random.default_rng(cfg.seed))
-    common: dict[str, Any] = {"batch_size": cfg.batch_size, "seed": cfg.seed}
-    policy_kwargs = {"n_layer": cfg.n_layer, "n_embd": cfg.n_embd, "n_head": 4, "n_positions": max_length + 2}
+    policy_kwargs = {**cfg.policy_kwargs(), "n_positions": max_length + 2}
     base, pre_seconds = _trained(
         cfg,
         run_dir,
@@ -187,31 +265,31 @@ def main(cfg: Config) -> dict[str, Any]:
             learning_rate=cfg.learning_rate,
             lr_schedule="cosine",
             policy_kwargs=policy_kwargs,
-            **common,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
             **ckpt,
         ),
         cfg.pretrain_budget,
         env,
+        log,
     )
     agents: dict[str, Agent] = {}
     seconds: dict[str, float] = {"pretrain": pre_seconds}
     for name in cfg.agents:
-        kw: dict[str, Any] = {"learning_rate": cfg.learning_rate / 3, **common}
-        if name != "mle":
-            kw["p_noise"] = cfg.p_noise
-        if name == "sequencematch":
-            kw.update(
-                chi2_coef=cfg.sm_chi2_coef,
-                bc_weight=cfg.sm_bc_weight,
-                bc_warmup_steps=cfg.sm_bc_warmup_steps,
-            )
+        kw = cfg.agent_kwargs(
+            name,
+            p_noise=None if name == "mle" else cfg.p_noise,
+            learning_rate=cfg.learning_rate / 3,
+            with_policy_kwargs=False,
+        )
+        kw["seed"] = cfg.seed
 
         def build(name: str = name, kw: dict[str, Any] = kw, **ckpt: Any) -> Agent:
             policy = copy.deepcopy(base.policy)
             return make_agent(name, env=env, demonstrations=demos, policy=policy, **kw, **ckpt)
 
         agents[name], seconds[name] = _trained(
-            cfg, run_dir, f"finetuned_{name}", build, cfg.finetune_budget, env
+            cfg, run_dir, f"finetuned_{name}", build, cfg.finetune_budget, env, log
         )
 
     rng = np.random.default_rng(cfg.seed + 1)
@@ -222,6 +300,8 @@ def main(cfg: Config) -> dict[str, Any]:
 
     featurizer = minilm_featurizer()
     records = []
+    gallery: dict[str, list[dict[str, Any]]] = {}
+    k = cfg.n_gallery
     for name, agent in {"pretrained": base, **agents}.items():
         gen = agent.generate(prompts=prompts, seed=cfg.seed + 2, temperature=cfg.temperature, top_p=cfg.top_p)
         texts = [test.decode(s[len(p) :]) for s, p in zip(gen.sequences, prompts)]
@@ -245,7 +325,12 @@ def main(cfg: Config) -> dict[str, Any]:
                 ],
             }
         )
-        print(f"[text] evaluated {name}: MAUVE {records[-1]['mauve']:.3f}", flush=True)
+        gallery[name] = gallery_samples(gen.sequences[:k], gen.actions[:k], env.vocab, decode=test.decode)
+        records[-1]["samples"] = gallery[name]
+        log.note(f"evaluated {name}: MAUVE {records[-1]['mauve']:.3f}")
+    gallery["human (held-out)"] = gallery_samples(
+        [[*p, *c] for p, c in pairs[:k]], [c for _, c in pairs[:k]], env.vocab, decode=test.decode
+    )
     records.append(
         {
             "agent": "human (held-out)",
@@ -272,10 +357,16 @@ def main(cfg: Config) -> dict[str, Any]:
     }
     write_json_atomic(cfg.out / "results.json", results)
     (cfg.out / "table.md").write_text(header + table + "\n")
+    write_gallery(
+        cfg.out / "samples.md",
+        gallery,
+        title=f"Continuations of held-out prompts ({cfg.heldout})",
+        note=f"Temperature {cfg.temperature}, top-p {cfg.top_p}; the last column is the true continuation.",
+    )
     print(header + table)
+    print(f"\nwrote {', '.join(str(cfg.out / n) for n in ('results.json', 'table.md', 'samples.md'))}")
     return results
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
-    main(tyro.cli(Config))
+    run_cli(Config, main, prog="python -m experiments.text")

@@ -11,6 +11,7 @@ from gymnasium import spaces
 from gymnasium.error import ResetNeeded
 
 from seqgym.dynamics import action_mask, apply_action, replay
+from seqgym.render import FrameRenderer
 from seqgym.rewards import Reward, RewardFn, make_reward
 from seqgym.sources.base import Source
 from seqgym.vocab import Vocabulary
@@ -65,12 +66,17 @@ class SequenceEnv(gym.Env[np.ndarray, np.int64]):
 
     ## Reward
 
-    Chosen by ``reward`` (see :mod:`seqgym.rewards`): ``"none"`` (``0.0``; the default, imitation needs no
-    reward), ``"logprob"`` (the source's exact log-probability of each token floored at ``logprob_floor``; a
-    backspace returns minus what the deleted token earned, so an episode's return is the floored
-    log-probability of its final visible generated sequence; a no-op backspace gets ``0.0``), ``"valid"``
-    (``1.0`` at eos if ``source.is_valid`` accepts the final sequence, else ``0.0``), or a callable
-    ``(state, action, next_state, terminated) -> float`` on tuples of ids (e.g. a learned reward).
+    Chosen by ``reward`` (see :mod:`seqgym.rewards`):
+
+    - ``None`` (the default): ``"valid"`` when the source can judge a sequence (it has ``is_valid``: Markov,
+      Dyck, Arithmetic), so that an evaluation by return (SB3's ``evaluate_policy``) gives the fraction of
+      valid sequences; ``"none"`` otherwise (Text: no judge; pass a callable to score text);
+    - ``"none"``: ``0.0`` (imitation learning needs no reward);
+    - ``"logprob"``: the source's exact log-probability of each token floored at ``logprob_floor``; a
+      backspace returns minus what the deleted token earned, so an episode's return is the floored
+      log-probability of its final visible generated sequence; a no-op backspace gets ``0.0``;
+    - ``"valid"``: ``1.0`` at eos if ``source.is_valid`` accepts the final sequence, else ``0.0``;
+    - a callable ``(state, action, next_state, terminated) -> float`` on tuples of ids (e.g. a learned reward).
 
     ## Episode End
 
@@ -87,7 +93,10 @@ class SequenceEnv(gym.Env[np.ndarray, np.int64]):
     - ``length`` (int): visible length (prompt + generated);
     - ``prompt_length`` (int);
     - ``action_mask`` (``int8``, shape ``(n_actions,)``): ``1`` for allowed actions (all but ``<backspace>``
-      at the prompt boundary);
+      at the prompt boundary), the mask *of the state this info comes with*, in Gymnasium's type
+      (``env.action_space.sample(mask=info["action_mask"])`` needs ``int8``). :meth:`action_masks` returns the
+      same values as ``bool`` for the env's *current* state (sb3-contrib's MaskablePPO calls it); an
+      ``info`` kept from an earlier step is stale, ``action_masks()`` never is;
     - ``generated`` (``list[int]``): the visible generated ids (eos included once taken).
 
     ## Arguments
@@ -104,15 +113,25 @@ class SequenceEnv(gym.Env[np.ndarray, np.int64]):
         source: a :class:`~seqgym.sources.base.Source` (its ``vocab`` fixes the action space).
         max_length: number of ids an observation holds (positive int, larger than any prompt).
         max_steps: steps per episode before truncation (positive int).
-        reward: ``"none"``, ``"logprob"``, ``"valid"``, or a callable; see *Reward*.
+        reward: ``None`` (the default: ``"valid"`` if the source has ``is_valid``, else ``"none"``),
+            ``"none"``, ``"logprob"``, ``"valid"``, or a callable; see *Reward*.
         logprob_floor: floor of the ``"logprob"`` reward (finite; default ``-20.0``).
-        render_mode: ``None`` or ``"ansi"``. ``render()`` then returns one line of text: the prompt, ``|``,
-            then every generated action in order with a backspace drawn as ``⌫``; if the episode used a
-            backspace, ``  =>  `` and the visible sequence follow. Example: ``|(]⌫)<eos>  =>  |()<eos>``.
+        render_mode: ``None``, ``"ansi"`` or ``"rgb_array"``. With ``"ansi"``, ``render()`` returns one line
+            of text: the prompt, ``|``, then every generated action in order with a backspace drawn as ``⌫``;
+            if the episode used a backspace, ``  =>  `` and the visible sequence follow. Example:
+            ``|(]⌫)<eos>  =>  |()<eos>``. With ``"rgb_array"``, ``render()`` returns an ``(H, W, 3)`` uint8
+            image of the same size at every step (see :mod:`seqgym.render`): prompt cells grey, the
+            deletable generated tokens blue, eos green, the tokens deleted by the latest backspaces red and
+            struck through, and a status line. Gymnasium's ``RenderCollection`` (``render_mode=
+            "rgb_array_list"`` in ``gym.make``), ``HumanRendering`` (needs pygame) and ``RecordVideo`` (needs
+            moviepy) work on it, and so does SB3's ``make_vec_env``, which asks for ``"rgb_array"``.
+            ``metadata["render_fps"]`` is 4.
 
     ## Version History
 
-    - v0: initial version.
+    - v0: initial version. Before the first release, the default reward changed from ``"none"`` to the
+      source's validity (``"valid"`` where the source has ``is_valid``) and ``render_mode="rgb_array"`` was
+      added; the ids kept ``v0`` because no released version ever had the old default.
 
     Example:
         >>> from seqgym.sources.dyck import Dyck
@@ -129,7 +148,7 @@ class SequenceEnv(gym.Env[np.ndarray, np.int64]):
         (True, False, '|(]⌫)<eos>  =>  |()<eos>')
     """
 
-    metadata = {"render_modes": ["ansi"], "render_fps": 4}  # noqa: RUF012 (Gymnasium convention)
+    metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}  # noqa: RUF012 (Gymnasium convention)
 
     def __init__(
         self,
@@ -137,7 +156,7 @@ class SequenceEnv(gym.Env[np.ndarray, np.int64]):
         *,
         max_length: int,
         max_steps: int,
-        reward: str | RewardFn | Reward = "none",
+        reward: str | RewardFn | Reward | None = None,
         logprob_floor: float = -20.0,
         render_mode: str | None = None,
     ) -> None:
@@ -152,6 +171,11 @@ class SequenceEnv(gym.Env[np.ndarray, np.int64]):
             )
         self.render_mode = render_mode
         self.reward_fn: Reward = make_reward(reward, source, logprob_floor=logprob_floor)
+        self._renderer = (
+            FrameRenderer(self.vocab, max_length=self.max_length, max_steps=self.max_steps)
+            if render_mode == "rgb_array"
+            else None
+        )
 
         v = self.vocab
         self.action_space = spaces.Discrete(v.n_actions)
@@ -258,19 +282,30 @@ class SequenceEnv(gym.Env[np.ndarray, np.int64]):
         return self._obs.copy(), reward, terminated, truncated, self._info()
 
     def action_masks(self) -> np.ndarray:
-        """Allowed actions, bool ``(n_actions,)`` (sb3-contrib's MaskablePPO convention)."""
+        """Allowed actions in the current state, bool ``(n_actions,)`` (sb3-contrib's MaskablePPO convention).
+
+        The same values as the latest ``info["action_mask"]`` (which is ``int8``, Gymnasium's convention).
+        """
         free = len(self._state) > self._prompt_length
         return (self._mask_free if free else self._mask_boundary).copy()
 
-    def render(self) -> str | None:
-        """With ``render_mode="ansi"``: the episode as one line of text (see *Arguments*); else ``None``."""
+    def render(self) -> str | np.ndarray | None:
+        """The episode so far (see *Arguments*).
+
+        Returns:
+            ``render_mode="ansi"``: one line of text; ``"rgb_array"``: an ``(H, W, 3)`` uint8 image; ``None``
+            without a render mode.
+        """
         if self.render_mode is None:
             gym.logger.warn(
                 "SequenceEnv.render() was called without a render_mode; "
-                "create the env with render_mode='ansi'."
+                "create the env with render_mode='ansi' or 'rgb_array'."
             )
             return None
-        return render_history(self.vocab, self._state[: self._prompt_length], self._history)
+        prompt = self._state[: self._prompt_length]
+        if self._renderer is not None:
+            return self._renderer(prompt, self._history)
+        return render_history(self.vocab, prompt, self._history)
 
     # ----------------------------------------------------------------------------------------------------
     def _info(self) -> dict[str, Any]:

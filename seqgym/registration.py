@@ -20,8 +20,10 @@ Toy defaults (small enough to train on a laptop CPU):
 
 By default ``max_length = source.max_sequence_length`` (the longest prompt + completion, eos included, that
 the source emits, so an expert never hits the length limit) and ``max_steps = 3 * max_length`` (room for
-backspaces: an augmented demonstration inserts two actions per mistake). Every id uses ``reward="none"`` by
-default, as imitation learning needs no reward; pass ``reward="logprob"`` or ``"valid"`` for RL baselines.
+backspaces: an augmented demonstration inserts two actions per mistake). The default reward is the source's
+validity (``reward="valid"``: ``1.0`` at eos for a valid sequence) for Markov, Dyck and Arithmetic, so an
+episode's return says whether the sequence is right, and ``"none"`` for Text (no judge of text); pass
+``reward="logprob"`` for a dense reward, ``"none"`` to drop it, or a callable.
 
 Example:
     >>> import gymnasium as gym
@@ -127,6 +129,11 @@ def make_env(source: str | Source = "dyck", **kwargs: Any) -> SequenceEnv:
     """
     src, env_kwargs = _split(source, kwargs)
     return SequenceEnv(src, **env_kwargs)
+
+
+# ``gym.make`` reads the entry point's ``metadata``: with it, ``render_mode="rgb_array_list"`` gets Gymnasium's
+# RenderCollection and ``render_mode="human"`` its HumanRendering (pygame) over ``"rgb_array"``.
+make_env.metadata = SequenceEnv.metadata  # type: ignore[attr-defined]
 
 
 def make_vector_env(

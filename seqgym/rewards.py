@@ -7,7 +7,10 @@ by a trained critic, ``r = Q - gamma * V'``) plugs in as a plain callable or as 
 
 Built-in rewards, chosen by name (``SequenceEnv(..., reward="logprob")``):
 
-- ``"none"``: always ``0.0`` (the default).
+- ``None`` (the environments' default): ``"valid"`` when the source can judge a sequence (``is_valid``: Markov,
+  Dyck, Arithmetic), else ``"none"`` (Text). So evaluating a policy by its return (SB3's ``evaluate_policy``)
+  measures the fraction of valid sequences wherever validity is defined, and is ``0.0`` for text.
+- ``"none"``: always ``0.0`` (imitation learning needs no reward).
 - ``"logprob"``: the source's exact log-probability of the appended token (eos included) given the state,
   floored at ``logprob_floor`` (so impossible tokens cost a finite amount). A backspace that deletes a token
   returns minus the reward that token earned, so the return of an episode is
@@ -32,6 +35,8 @@ Example:
     -20.0
     >>> make_reward("valid", src)((o, c), eos, (o, c, eos), True)
     1.0
+    >>> make_reward(None, src).name                 # the default: Dyck can judge validity
+    'valid'
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ __all__ = [
     "Reward",
     "RewardFn",
     "ValidReward",
+    "default_reward_name",
     "make_reward",
 ]
 
@@ -249,12 +255,20 @@ def _check_floor(logprob_floor: float) -> float:
     return value
 
 
-def make_reward(reward: str | RewardFn | Reward, source: object, *, logprob_floor: float = -20.0) -> Reward:
+def default_reward_name(source: object) -> str:
+    """The reward an environment uses when none is given: ``"valid"`` if ``source`` has ``is_valid``, else
+    ``"none"``."""
+    return "valid" if has_validity(source) else "none"
+
+
+def make_reward(
+    reward: str | RewardFn | Reward | None, source: object, *, logprob_floor: float = -20.0
+) -> Reward:
     """Build the :class:`Reward` that ``reward`` names.
 
     Args:
-        reward: ``"none"``, ``"logprob"``, ``"valid"``, a :class:`Reward`, or a callable
-            ``(state, action, next_state, terminated) -> float``.
+        reward: ``None`` (:func:`default_reward_name` of the source), ``"none"``, ``"logprob"``, ``"valid"``,
+            a :class:`Reward`, or a callable ``(state, action, next_state, terminated) -> float``.
         source: the environment's source (needed by ``"logprob"`` and ``"valid"``).
         logprob_floor: floor of the ``"logprob"`` reward (ignored by the others).
 
@@ -264,6 +278,8 @@ def make_reward(reward: str | RewardFn | Reward, source: object, *, logprob_floo
     """
     if isinstance(reward, Reward):
         return reward
+    if reward is None:
+        reward = default_reward_name(source)
     if isinstance(reward, str):
         if reward == "none":
             return NoReward()

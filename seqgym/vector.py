@@ -13,7 +13,8 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from seqgym.dynamics import action_mask
-from seqgym.env import _check_source, check_limit, check_prompt, render_history, sample_prompt
+from seqgym.env import SequenceEnv, _check_source, check_limit, check_prompt, render_history, sample_prompt
+from seqgym.render import FrameRenderer
 from seqgym.rewards import Reward, RewardFn, make_reward
 from seqgym.sources.base import Source
 from seqgym.vocab import Vocabulary
@@ -21,6 +22,7 @@ from seqgym.vocab import Vocabulary
 __all__ = ["SequenceVectorEnv"]
 
 _OPTION_KEYS = ("prompt", "prompts", "reset_mask")
+_RENDER_MODES = ("ansi", "rgb_array")
 
 
 class SequenceVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
@@ -68,7 +70,9 @@ class SequenceVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
         max_length, max_steps, reward, logprob_floor: as in :class:`~seqgym.env.SequenceEnv`.
         autoreset_mode: an :class:`gymnasium.vector.AutoresetMode` or its value (``"NextStep"``,
             ``"SameStep"``, ``"Disabled"``).
-        render_mode: ``None`` or ``"ansi"`` (``render()`` returns one line per sub-env, as ``SequenceEnv``).
+        render_mode: ``None``, ``"ansi"`` or ``"rgb_array"``: ``render()`` returns a tuple with one line of
+            text, or one ``(H, W, 3)`` uint8 image, per sub-env, as ``SequenceEnv.render`` (and as
+            ``SyncVectorEnv.render``).
 
     Example:
         >>> from seqgym.sources.dyck import Dyck
@@ -95,7 +99,7 @@ class SequenceVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
         *,
         max_length: int,
         max_steps: int,
-        reward: str | RewardFn | Reward = "none",
+        reward: str | RewardFn | Reward | None = None,
         logprob_floor: float = -20.0,
         autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
         render_mode: str | None = None,
@@ -107,11 +111,22 @@ class SequenceVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
         self.max_length = check_limit("max_length", max_length)
         self.max_steps = check_limit("max_steps", max_steps)
         self.autoreset_mode = _autoreset_mode(autoreset_mode)
-        if render_mode is not None and render_mode != "ansi":
-            raise ValueError(f"Unknown render_mode {render_mode!r}; choose 'ansi' or None.")
+        if render_mode is not None and render_mode not in _RENDER_MODES:
+            raise ValueError(
+                f"Unknown render_mode {render_mode!r}; choose one of {list(_RENDER_MODES)} or None."
+            )
         self.render_mode = render_mode
-        self.metadata = {"render_modes": ["ansi"], "autoreset_mode": self.autoreset_mode}
+        self.metadata = {
+            "render_modes": list(_RENDER_MODES),
+            "render_fps": SequenceEnv.metadata["render_fps"],
+            "autoreset_mode": self.autoreset_mode,
+        }
         self.reward_fn: Reward = make_reward(reward, source, logprob_floor=logprob_floor)
+        self._renderer = (
+            FrameRenderer(self.vocab, max_length=self.max_length, max_steps=self.max_steps)
+            if render_mode == "rgb_array"
+            else None
+        )
 
         v = self.vocab
         n, length = self.num_envs, self.max_length
@@ -281,18 +296,18 @@ class SequenceVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
         masks[:, self.vocab.backspace_id] = self._length > self._prompt_length
         return masks
 
-    def render(self) -> tuple[str, ...] | None:
-        """With ``render_mode="ansi"``: one line per sub-env, as :meth:`SequenceEnv.render`; else ``None``."""
+    def render(self) -> tuple[str, ...] | tuple[np.ndarray, ...] | None:
+        """One line of text (``"ansi"``) or one ``(H, W, 3)`` uint8 image (``"rgb_array"``) per sub-env, as
+        :meth:`SequenceEnv.render`; ``None`` without a render mode."""
         if self.render_mode is None:
             return None
-        return tuple(
-            render_history(
-                self.vocab,
-                self._obs[i, : self._prompt_length[i]].tolist(),
-                self._history[i, : self._steps[i]].tolist(),
-            )
+        episodes = [
+            (self._obs[i, : self._prompt_length[i]].tolist(), self._history[i, : self._steps[i]].tolist())
             for i in range(self.num_envs)
-        )
+        ]
+        if self._renderer is not None:
+            return tuple(self._renderer(prompt, actions) for prompt, actions in episodes)
+        return tuple(render_history(self.vocab, prompt, actions) for prompt, actions in episodes)
 
     # ----------------------------------------------------------------------------------------------------
     def _reset_rows(self, idx: np.ndarray, prompts: list[Any] | None) -> None:

@@ -18,7 +18,8 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.monitor import Monitor
 
-from agents.base import (
+from agents.bc import BC
+from agents.common import (
     FORMAT_VERSION,
     Agent,
     AgentConfig,
@@ -28,7 +29,6 @@ from agents.base import (
     make_agent,
     register_agent,
 )
-from agents.bc import BC
 from agents.mle import MLE
 from agents.policy import LMPolicy
 from seqgym.data import augment, collect, save_demonstrations

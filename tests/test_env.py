@@ -136,7 +136,7 @@ def test_observation_equals_reference_replay(
         assert np.array_equal(env.action_masks(), action_mask(len(expected), len(prompt), V))
         assert terminated == (a == EOS)
         assert truncated == (not terminated and (len(expected) >= max_length or t + 1 >= max_steps))
-        assert reward == 0.0
+        assert reward == (1.0 if terminated and Echo().is_valid(expected) else 0.0)  # the default: "valid"
         if terminated or truncated:
             with pytest.raises(ResetNeeded, match="reset"):
                 env.step(0)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from agents.base import make_agent
+from agents import make_agent
 from agents.bc import BC
 from agents.mle import MLE
 from agents.policy import LMPolicy

@@ -45,7 +45,7 @@ def env() -> gym.Env:
 @pytest.fixture(scope="module")
 def critic() -> Any:
     """A briefly trained SequenceMatch agent on Dyck (a real critic, not a good one)."""
-    from agents.base import make_agent
+    from agents import make_agent
 
     agent = make_agent(
         "sequencematch",
@@ -190,7 +190,8 @@ def test_reward_wrapper_gives_the_critics_reward(env: gym.Env) -> None:
     expected = 0.1 * (np.array(actions) + 1) + np.arange(len(actions))
     np.testing.assert_allclose(rewards, expected)
     assert critic.calls == len(actions)
-    assert all(info["env_reward"] == 0.0 for info in infos)  # the base env has reward "none"
+    # The base env keeps its default reward (validity: "()" at eos is valid), reported beside the critic's.
+    assert [info["env_reward"] for info in infos] == [0.0, 0.0, 0.0, 0.0, 1.0]
 
     terminal = make_env(env, reward=StubCritic(), critic_mode="terminal")
     terminal.reset(seed=0)

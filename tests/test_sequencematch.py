@@ -17,13 +17,13 @@ pytest.importorskip("transformers")
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from agents.base import make_agent
+from agents import make_agent
 from agents.bc import BC
+from agents.common.noise import ModelNoise
 from agents.policy import LMPolicy
 from agents.sequencematch import (
     DIVERGENCES,
     PHI_WEIGHT_MAX,
-    ModelNoise,
     SequenceMatch,
     bc_term,
     chi2_term,
@@ -660,9 +660,39 @@ def test_offline_mix_needs_no_generation_and_every_term_is_logged():
     agent.train(n_batches=3, callback=grab)
     assert agent.n_replay == 0 and len(agent.replay_buffer) == 0
     for terms in seen:
-        assert {"expert", "value", "chi2", "bc", "reward_expert", "reward_mixture", "warmup"} <= set(terms)
         assert all(math.isfinite(x) for x in terms.values())
     assert [t["warmup"] for t in seen] == [1.0, 0.0, 0.0]
+    assert {"expert", "value", "chi2", "reward_expert"}.isdisjoint(seen[0])  # the warm-up computes L_BC alone
+    assert "bc" in seen[0]
+    for terms in seen[1:]:
+        assert {"expert", "value", "chi2", "bc", "reward_expert", "reward_mixture", "warmup"} <= set(terms)
+
+
+def test_bc_only_loss_is_the_bc_term_of_the_full_loss(model, batch):
+    """The warm-up's loss (bc_only) is exactly the BC term the full loss computes, and nothing else."""
+    prompts, actions, expert = batch
+    out = LMPolicy(model=model, vocab=VOCAB).trajectory_logits(prompts, actions)
+    args = (out.logits, out.actions, out.action_mask, torch.tensor([a[-1] == EOS for a in actions]))
+    rows = torch.ones(len(actions), dtype=torch.bool)
+    kw = {"in_expert": rows, "in_mixture": rows, "alpha": 0.5, "gamma": 0.9}
+    with torch.no_grad():
+        _, full = sequencematch_loss(*args, padded(expert, torch.bool), **kw)
+        loss, terms = sequencematch_loss(*args, padded(expert, torch.bool), bc_only=True, **kw)
+    assert set(terms) == {"bc"}
+    torch.testing.assert_close(loss, full["bc"])
+
+
+def test_train_step_is_the_update_learn_takes():
+    """``sample_batch`` + ``train_step`` reproduce ``train(n_batches=...)`` exactly (same seed), warm-up and
+    replay refresh included."""
+    a = tiny_agent(bc_warmup_steps=1, replay_size=8)
+    b = tiny_agent(bc_warmup_steps=1, replay_size=8)
+    a.train(n_batches=3)
+    steps = [b.train_step(b.sample_batch()) for _ in range(3)]
+    assert b.n_updates == 3 and b.num_timesteps == a.num_timesteps == sum(s.n_timesteps for s in steps)
+    for p, q in zip(a.policy.parameters(), b.policy.parameters()):
+        torch.testing.assert_close(p, q, atol=0.0, rtol=0.0)
+    assert float(steps[0].terms["warmup"]) == 1.0 and float(steps[-1].terms["warmup"]) == 0.0
 
 
 @pytest.mark.parametrize("divergence", DIVERGENCES)
