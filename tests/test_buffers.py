@@ -32,7 +32,7 @@ def test_one_add_larger_than_capacity_keeps_its_tail():
 
 def test_memory_is_allocated_once_and_bounded():
     buf = ReplayBuffer(16, max_prompt_length=5, max_steps=9)
-    expected = 16 * (5 + 9) * 8 + 16 * (8 + 8 + 1)
+    expected = 16 * (5 + 9) * 8 + 16 * (8 + 8 + 8 + 1)  # ids; lengths, birth update, flag
     assert buf.nbytes == expected
     _fill(buf, 1000)
     assert buf.nbytes == expected and len(buf) == 16

@@ -1,7 +1,8 @@
 """Acting: SB3's ``predict`` (one step of an env) and batched ``generate`` with ``<backspace>``.
 
-Both sample from the agent's policy ``softmax(logits)`` (every agent's policy; SequenceMatch reads the logits as
-``Q/α``) through the one sampling function of generation, :func:`agents.policy.sample_actions`, and mask ``<backspace>`` at the prompt boundary (everywhere for agents with ``allow_backspace = False``).
+Both sample from the agent's policy ``softmax(logits)`` (every agent's policy; SequenceMatch reads the logits
+as ``Q/α``) through the one sampling function of generation, :func:`agents.policy.sample_actions`, and mask
+``<backspace>`` at the prompt boundary (everywhere for agents with ``allow_backspace = False``).
 """
 
 from __future__ import annotations
