@@ -543,21 +543,23 @@ class SequenceMatchConfig(AugmentationConfig):
     Attributes:
         gamma: discount γ in (0, 1] of the occupancy weights ``γ^i`` and of ``V'`` (default 0.998).
         alpha: the scale α > 0 of ``Q = α·l`` and ``V = α·logsumexp(l)`` (IQ-Learn's entropy temperature);
-            ``π = softmax(l)`` whatever α is (default 1.0).
+            ``π = softmax(l)`` whatever α is (default 0.1: ``c/α = 5``, the only ratio that shapes the optimum
+            of the SequenceMatch terms).
         chi2_coef: ``c`` > 0 of the χ² term ``1/(4c)·r²`` (default 0.5, IQ-Learn's).
         bc_weight: ``λ_bc`` >= 0 of the BC anchor after the warm-up (default 1.0; 0 turns the anchor off).
         bc_warmup_steps: ``k``: the first ``k`` updates train on ``L_BC`` alone (default 100).
         replay_refresh_interval: ``n``: the replay buffer gets fresh samples of the current model every ``n``
-            updates after the warm-up (default 20).
-        replay_size: trajectories the replay buffer holds (default 1024; memory ``replay_size ·
-            (max_length + max_steps) · 8`` bytes plus 25 bytes a record, allocated once).
+            updates after the warm-up (default 4: the samples an update uses are a few updates old at most).
+        replay_size: trajectories the replay buffer holds; ``None`` (default) sizes it to one refresh,
+            ``n_replay · replay_refresh_interval``, so every update draws from the latest samples only (memory
+            ``replay_size · (max_length + max_steps) · 8`` bytes plus 25 bytes a record, allocated once).
         expert_fraction: share of expert trajectories in the mixture ``M``, in [0, 1] (default 0.5; 1 is
             IQ-Learn's offline variant, with no generation at all).
         divergence: ``"chi2"`` (default), ``"kl"``, ``"js"`` or ``"hellinger"`` (:func:`phi_weights`).
         max_phi_weight: cap on the expert-term weight ``φ'(r)`` (> 0, default 100; unused by ``"chi2"``).
-        terminal: ``"iq"`` (``V' = 0`` after eos) or ``"absorbing"`` (eos enters an absorbing state with its
-            own value, :class:`SoftQ`).
-        inserted_steps: ``"bc_only"`` (the inserted (mistake, ``<backspace>``) pairs train the BC anchor only;
+        terminal: ``"absorbing"`` (default: eos enters an absorbing state with its own value, :class:`SoftQ`)
+            or ``"iq"`` (``V' = 0`` after eos).
+        inserted_steps: ``"bc_only"`` (default: the inserted (mistake, ``<backspace>``) pairs train the BC anchor only;
             in the other terms each expert row weighs as its clean trajectory) or ``"all"`` (the pairs are
             steps of the expert rows in every term; the mistake token itself never in the expert or BC terms).
         grad_norm_interval: every this many updates after the warm-up, log the gradient norm of the
@@ -566,17 +568,17 @@ class SequenceMatchConfig(AugmentationConfig):
     """
 
     gamma: float = 0.998
-    alpha: float = 1.0
+    alpha: float = 0.1
     chi2_coef: float = 0.5
     bc_weight: float = 1.0
     bc_warmup_steps: int = 100
-    replay_refresh_interval: int = 20
-    replay_size: int = 1024
+    replay_refresh_interval: int = 4
+    replay_size: int | None = None
     expert_fraction: float = 0.5
     divergence: Divergence = "chi2"
     max_phi_weight: float = PHI_WEIGHT_MAX
-    terminal: TerminalMode = "iq"
-    inserted_steps: InsertedSteps = "all"
+    terminal: TerminalMode = "absorbing"
+    inserted_steps: InsertedSteps = "bc_only"
     grad_norm_interval: int = 50
 
     def __post_init__(self) -> None:
@@ -608,7 +610,8 @@ class SequenceMatchConfig(AugmentationConfig):
             raise ValueError(f"expert_fraction (the mix) must be in [0, 1], got {self.expert_fraction!r}.")
         integer("bc_warmup_steps", 0)
         integer("replay_refresh_interval", 1)
-        integer("replay_size", 1)
+        if self.replay_size is not None:
+            integer("replay_size", 1)
         integer("grad_norm_interval", 0)
 
 
@@ -722,7 +725,17 @@ class SequenceMatch(Agent[SequenceMatchBatch]):
         self.model_noise = self.augmentation.model_noise
         max_prompt = max([t.prompt_length for t in self.demonstrations], default=0)
         self.replay_buffer = ReplayBuffer(
-            c.replay_size, max_prompt_length=max(max_prompt, self.max_length - 1), max_steps=self.max_steps
+            self.replay_capacity,
+            max_prompt_length=max(max_prompt, self.max_length - 1),
+            max_steps=self.max_steps,
+        )
+
+    @property
+    def replay_capacity(self) -> int:
+        """Trajectories the replay buffer holds: ``replay_size``, or one refresh's worth when it is ``None``."""
+        c = self.config
+        return (
+            c.replay_size if c.replay_size is not None else max(1, self.n_replay * c.replay_refresh_interval)
         )
 
     @property
@@ -747,7 +760,7 @@ class SequenceMatch(Agent[SequenceMatchBatch]):
         replay = None
         if not warmup and n_replay > 0:
             if len(self.replay_buffer) == 0 or (step - c.bc_warmup_steps) % c.replay_refresh_interval == 0:
-                self._refresh_replay(min(c.replay_size, n_replay * c.replay_refresh_interval), rng)
+                self._refresh_replay(min(self.replay_capacity, n_replay * c.replay_refresh_interval), rng)
             replay = self.replay_buffer.sample(n_replay, rng)
         return SequenceMatchBatch(expert=expert, replay=replay, n_mixed_expert=n_mixed, warmup=warmup)
 

@@ -703,8 +703,9 @@ def test_every_divergence_trains(divergence: str):
     assert any(not torch.equal(p, q) for p, q in zip(agent.policy.parameters(), before))
 
 
-def test_reward_is_q_minus_gamma_v_next_state_by_state():
-    agent = tiny_agent(gamma=0.9)
+@pytest.mark.parametrize("terminal", ["iq", "absorbing"])
+def test_reward_is_q_minus_gamma_v_next_state_by_state(terminal: str):
+    agent = tiny_agent(gamma=0.9, alpha=0.3, terminal=terminal)
     v = agent.vocab
     bk, eos, pol = v.backspace_id, v.eos_id, agent.policy
     histories = [[0, 1, bk, 2, 3, eos], [0, 0, 1], [2]]
@@ -714,10 +715,11 @@ def test_reward_is_q_minus_gamma_v_next_state_by_state():
         visited = states([], hist, v)
         with torch.no_grad():
             lg = pol.state_logits(visited, [0] * len(visited))  # (T+1, A) one plain forward per state
-        values = torch.logsumexp(lg, dim=-1)
+        values = 0.3 * torch.logsumexp(lg, dim=-1)  # V = α·LSE(l)
         for i, a in enumerate(hist):
-            v_next = 0.0 if (a == eos and i == len(hist) - 1) else float(values[i + 1])
-            assert r[i] == pytest.approx(float(lg[i, a]) - 0.9 * v_next, abs=1e-5)
+            after_eos = a == eos and i == len(hist) - 1
+            v_next = 0.0 if (after_eos and terminal == "iq") else float(values[i + 1])
+            assert r[i] == pytest.approx(0.3 * float(lg[i, a]) - 0.9 * v_next, abs=1e-5)  # Q = α·l
     assert agent.reward([[]], [[]])[0].shape == (0,)
     # a backspace at the prompt boundary (masked for agents, a no-op in the env) gets a finite reward
     noop = agent.reward([[]], [[bk, 0]], masked_reward=-7.0)[0]
