@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from agents.common.agent import Agent
+from agents.common.distributed import ProcessGroup
 from agents.common.registry import register_agent
 
 __all__ = ["MLE", "MLEBatch"]
@@ -92,6 +93,14 @@ class MLE(Agent[MLEBatch]):
     def _n_timesteps(self, batch: MLEBatch) -> int:
         return batch.n_tokens
 
+    def _shard_batch(self, batch: MLEBatch, group: ProcessGroup) -> MLEBatch:
+        idx = batch.indices[group.shard(len(batch.indices))]
+        return MLEBatch(
+            indices=idx,
+            width=int(self._row_lengths[idx].max()),
+            n_tokens=int(self._completion_lengths[idx].sum()),
+        )
+
     def _loss(self, batch: MLEBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         dev = self._rows.device
         idx = torch.from_numpy(batch.indices).to(dev)  # (B,)
@@ -102,7 +111,7 @@ class MLE(Agent[MLEBatch]):
         attend = pos < n_in  # (B, W-1)
         trained = attend & (pos >= self._rows_prompt[idx][:, None])  # (B, W-1) completion targets only
         tm = self.policy.token_map
-        out = self.policy.model(
+        out = self.policy.call_model(
             input_ids=tm.to_model(inp),
             attention_mask=attend.long(),
             position_ids=pos.expand(x.shape[0], -1),

@@ -637,6 +637,25 @@ class LMPolicy(torch.nn.Module):
 
     # -- helpers ----------------------------------------------------------------------------------------
     @property
+    def engine_model(self) -> torch.nn.Module | None:
+        """The training engine's wrapper of :attr:`model` (``DistributedDataParallel`` in a multi-process run),
+        through which forwards that carry gradients run; ``None`` when training runs on one process."""
+        return self.__dict__.get("_engine_model")
+
+    def set_engine_model(self, module: torch.nn.Module | None) -> None:
+        """Run gradient-carrying forwards through ``module`` (a wrapper of :attr:`model`, not registered as a
+        submodule, so ``state_dict`` and saving are unchanged); ``None`` removes it."""
+        object.__setattr__(self, "_engine_model", module)
+
+    def call_model(self, **kwargs: Any) -> Any:
+        """``model(**kwargs)``, through :attr:`engine_model` when one is set and gradients are enabled (so a
+        no-grad forward, e.g. generation, never runs the engine's collectives)."""
+        engine = self.engine_model
+        if engine is not None and torch.is_grad_enabled():
+            return engine(**kwargs)
+        return self.model(**kwargs)
+
+    @property
     def device(self) -> torch.device:
         """Device of the model's parameters."""
         return next(self.model.parameters()).device
@@ -666,7 +685,7 @@ class LMPolicy(torch.nn.Module):
             kwargs["use_cache"] = False
         if keep is not None and self._keep_kw is not None:
             kwargs[self._keep_kw] = keep
-        logits = self.model(**kwargs).logits  # (B, S' , V)
+        logits = self.call_model(**kwargs).logits  # (B, S' , V)
         if keep is not None:
             logits = logits[:, -keep:]
         return self.token_map.action_logits(logits)

@@ -51,6 +51,7 @@ import torch
 from agents.buffers import ReplayBuffer, Rollouts
 from agents.common.agent import Agent
 from agents.common.config import check_choice
+from agents.common.distributed import ProcessGroup
 from agents.common.noise import Augmentation, AugmentationConfig
 from agents.common.registry import register_agent
 from seqgym.data import Trajectory
@@ -766,27 +767,64 @@ class SequenceMatch(Agent[SequenceMatchBatch]):
 
     @torch.no_grad()
     def _refresh_replay(self, n: int, rng: np.random.Generator, *, chunk: int = 256) -> None:
-        """Add ``n`` fresh samples of the current policy (with backspace) to the replay buffer."""
+        """Add ``n`` fresh samples of the current policy (with backspace) to the replay buffer.
+
+        In a multi-process run every rank draws the same ``n`` prompts, generates its contiguous share of them
+        (rank ``r`` from its own generator), and the samples are gathered in rank order, so every rank's buffer
+        holds the same ``n`` samples."""
         prompts = [
             self.train_trajectories[int(i)].prompt.tolist()
             for i in rng.integers(0, len(self.train_trajectories), n)
         ]
+        seed = int(rng.integers(0, 2**62))
+        group = self.process_group
+        if group.rank:
+            seed = int(np.random.SeedSequence([seed, group.rank]).generate_state(1, np.uint64)[0]) >> 2
         generator = torch.Generator(device=self.device)
-        generator.manual_seed(int(rng.integers(0, 2**62)))
+        generator.manual_seed(seed)
+        mine = prompts[group.split(n)]
+        samples: list[tuple[list[list[int]], list[list[int]], list[bool]]] = []
         was_training = self.policy.training
         self.policy.eval()
         try:
-            for start in range(0, n, chunk):
-                part = prompts[start : start + chunk]
-                out = self.policy.generate(
-                    part,
-                    max_steps=self.max_steps,
-                    max_length=self.max_length,
-                    generator=generator,
-                )
-                self.replay_buffer.add(part, out.actions, out.terminated, born=self._n_updates)
+            with self.autocast():
+                for start in range(0, len(mine), chunk):
+                    part = mine[start : start + chunk]
+                    out = self.policy.generate(
+                        part,
+                        max_steps=self.max_steps,
+                        max_length=self.max_length,
+                        generator=generator,
+                    )
+                    samples.append((part, out.actions, out.terminated))
         finally:
             self.policy.train(was_training)
+        for rank_samples in group.all_gather_object(samples):
+            for part, actions, terminated in rank_samples:
+                self.replay_buffer.add(part, actions, terminated, born=self._n_updates)
+
+    def _shard_batch(self, batch: SequenceMatchBatch, group: ProcessGroup) -> SequenceMatchBatch:
+        """This rank's share of each part of the batch: the mixed expert rows, the other expert rows and the
+        replay rows (each split evenly when its size is a multiple of the number of processes, which makes the
+        mean of the ranks' losses the global loss)."""
+        m = batch.n_mixed_expert
+        mixed, rest = batch.expert[:m], batch.expert[m:]
+        mixed = mixed[group.split(len(mixed))]
+        replay = batch.replay
+        if replay is not None:
+            k = group.split(len(replay))
+            replay = Rollouts(
+                prompts=replay.prompts[k],
+                actions=replay.actions[k],
+                terminal=replay.terminal[k],
+                born=replay.born[k] if len(replay.born) else replay.born,
+            )
+        return SequenceMatchBatch(
+            expert=mixed + rest[group.split(len(rest))],
+            replay=replay,
+            n_mixed_expert=len(mixed),
+            warmup=batch.warmup,
+        )
 
     def _n_timesteps(self, batch: SequenceMatchBatch) -> int:
         return int(sum(int(np.count_nonzero(t.expert)) for t in batch.expert))

@@ -7,6 +7,7 @@ as ``Q/α``) through the one sampling function of generation, :func:`agents.poli
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -176,13 +177,19 @@ class ActingMixin(AgentHooks[BatchT]):
         else:
             generator = self._generator
         self.policy.eval()
-        return self.policy.generate(
-            prompt_list,
-            max_steps=self.max_steps if max_steps is None else max_steps,
-            max_length=self.max_length if max_length is None else max_length,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            generator=generator,
-            allow_backspace=self.allow_backspace,
+        precision = (
+            torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+            if self.config.mixed_precision == "bf16"
+            else contextlib.nullcontext()
         )
+        with precision:
+            return self.policy.generate(
+                prompt_list,
+                max_steps=self.max_steps if max_steps is None else max_steps,
+                max_length=self.max_length if max_length is None else max_length,
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                generator=generator,
+                allow_backspace=self.allow_backspace,
+            )

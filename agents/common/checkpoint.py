@@ -144,9 +144,15 @@ class CheckpointMixin(AgentHooks[BatchT]):
         existing save at ``path`` is first renamed aside and deleted only after the new one is in place, so an
         interruption never loses the previous save (at worst it waits at ``.<name>.old-*`` beside ``path``).
 
+        In a multi-process run only rank 0 writes (every rank holds the same state); on the other ranks this
+        returns at once.
+
         Raises:
             ValueError: ``path`` exists and is not an agent directory (nothing is overwritten).
         """
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+            return
         target = Path(path)
         if target.exists() and not (
             target.is_dir() and ((target / _AGENT_FILE).is_file() or not any(target.iterdir()))

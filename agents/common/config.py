@@ -29,7 +29,18 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 import torch
 
-__all__ = ["LR_SCHEDULES", "AgentConfig", "LRSchedule", "check_choice", "is_int", "is_number"]
+__all__ = [
+    "LR_SCHEDULES",
+    "AgentConfig",
+    "LRSchedule",
+    "MixedPrecision",
+    "check_choice",
+    "is_int",
+    "is_number",
+]
+
+#: Mixed precision of the agent's forwards (Accelerate's names): ``"no"`` (float32) or ``"bf16"`` (autocast).
+MixedPrecision = Literal["no", "bf16"]
 
 #: Learning-rate schedules over the budget of one ``learn`` / ``train`` call.
 LRSchedule = Literal["constant", "linear", "cosine"]
@@ -121,8 +132,14 @@ class AgentConfig:
         checkpoint_dir: where checkpoints go (required with ``checkpoint_every``).
         device: ``"auto"`` (cuda if available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (a ``torch.device`` is
             turned into its string; an open set, so a ``str`` rather than a ``Literal``).
+        mixed_precision: ``"no"`` (float32) or ``"bf16"``: the training forwards and the agent's generation
+            run under ``torch.autocast`` to bfloat16 (parameters, gradients and AdamW stay float32).
         verbose: 0 silent, 1 the SB3 logger prints its table to stdout every ``log_interval`` updates.
         tensorboard_log: folder for tensorboard event files (``None``: no tensorboard).
+
+    In a multi-process run (``torchrun`` / ``accelerate launch``, :mod:`agents.common.distributed`),
+    ``batch_size`` is the global batch, split evenly over the processes (it must be a multiple of their number),
+    and ``device="auto"`` / ``"cuda"`` is the process's own GPU (``cuda:LOCAL_RANK``).
     """
 
     learning_rate: float = 1e-3
@@ -138,6 +155,7 @@ class AgentConfig:
     checkpoint_every: int | None = None
     checkpoint_dir: str | None = None
     device: str = "auto"
+    mixed_precision: MixedPrecision = "no"
     verbose: int = 0
     tensorboard_log: str | None = None
 

@@ -21,6 +21,7 @@ from seqgym.data import Trajectory
 if TYPE_CHECKING:
     import gymnasium as gym
 
+    from agents.common.distributed import ProcessGroup
     from agents.policy import LMPolicy
     from seqgym.env import SequenceEnv
     from seqgym.vocab import Vocabulary
@@ -125,6 +126,17 @@ class AgentHooks(Generic[BatchT]):
             return int(sum(int(np.count_nonzero(t.expert)) for t in batch))
         raise NotImplementedError(
             f"{type(self).__name__}._sample_batch returns {type(batch).__name__}; implement _n_timesteps(batch)."
+        )
+
+    def _shard_batch(self, batch: BatchT, group: ProcessGroup) -> BatchT:
+        """This rank's part of the global ``batch`` in a multi-process run (default: a contiguous slice of a list
+        of trajectories, :meth:`ProcessGroup.shard`). The loss of a shard must be the mean over its items of
+        what the global loss averages, so that DDP's mean of the shards' gradients is the global gradient."""
+        if isinstance(batch, list):
+            return cast(BatchT, batch[group.shard(len(batch))])
+        raise NotImplementedError(
+            f"{type(self).__name__}._sample_batch returns {type(batch).__name__}; implement "
+            "_shard_batch(batch, group) to train on several processes."
         )
 
     def _on_update_end(self, step: int) -> None:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from agents.common.config import is_int
+from agents.common.distributed import launched_world_size, local_rank
 from seqgym.data import Trajectory
 from seqgym.vocab import Vocabulary
 
@@ -43,15 +44,22 @@ def resolve_seed(seed: int | None) -> int:
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` (cuda when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` as a ``torch.device``."""
+    """``"auto"`` (cuda when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` as a ``torch.device``.
+
+    In a process started by a multi-process launcher (``WORLD_SIZE > 1``), ``"auto"`` and ``"cuda"`` are the
+    process's own GPU, ``cuda:LOCAL_RANK`` (as Accelerate places it), which also becomes the current device.
+    """
     if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
         raise ValueError(f"Unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'.") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} but CUDA is not available; use device='cpu' or 'auto'.")
+    if dev.type == "cuda" and dev.index is None and launched_world_size() > 1:
+        dev = torch.device("cuda", local_rank())
+        torch.cuda.set_device(dev)
     return dev
 
 

@@ -29,6 +29,7 @@ import torch
 
 from agents.callbacks import CallbackLike, convert_callback
 from agents.common.config import is_int, is_number
+from agents.common.distributed import ProcessGroup, process_group
 from agents.common.hooks import AgentHooks, BatchT
 
 if TYPE_CHECKING:
@@ -141,6 +142,26 @@ class TrainingMixin(AgentHooks[BatchT]):
     def n_updates(self) -> int:
         """Optimiser steps taken over the agent's life."""
         return self._n_updates
+
+    @property
+    def process_group(self) -> ProcessGroup:
+        """The processes training this agent (:mod:`agents.common.distributed`): a group of one unless the script
+        was launched on several processes (``torchrun`` / ``accelerate launch``), in which case the first call,
+        on every rank, initialises it."""
+        return process_group(self.device)
+
+    @property
+    def is_main_process(self) -> bool:
+        """False only on the ranks other than 0 of an initialised process group (rank 0 logs and saves)."""
+        dist = torch.distributed
+        return not (dist.is_available() and dist.is_initialized() and dist.get_rank() != 0)
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """The mixed-precision context of the agent's forwards: ``torch.autocast`` to bfloat16 on the agent's
+        device with ``mixed_precision="bf16"``, else a no-op (parameters and optimiser stay float32)."""
+        if self.config.mixed_precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     # -- training ---------------------------------------------------------------------------------------------
     def learn(
@@ -280,11 +301,17 @@ class TrainingMixin(AgentHooks[BatchT]):
     def _step(self, batch: BatchT) -> TrainStep:
         step = self._n_updates + 1
         lr = self._learning_rate_now()
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        n = int(self._n_timesteps(batch))
+        for param_group in self.optimizer.param_groups:
+            param_group["lr"] = lr
+        n = int(self._n_timesteps(batch))  # the global batch's pairs: the same count on every rank
+        group = self.process_group
+        if group.distributed:  # this rank's shard; DDP averages the gradients over the ranks in backward
+            if self.policy.engine_model is None:
+                self.policy.set_engine_model(group.wrap(self.policy.model, self.device))
+            batch = self._shard_batch(batch, group)
         self.policy.train()
-        loss, terms = self._loss(batch)
+        with self.autocast():
+            loss, terms = self._loss(batch)
         if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
             raise TypeError(f"{type(self).__name__}._loss must return a scalar tensor first, got {loss!r}.")
         self.optimizer.zero_grad(set_to_none=True)
@@ -294,8 +321,9 @@ class TrainingMixin(AgentHooks[BatchT]):
             gn = torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
         else:
             gn = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-        loss_value, grad_norm = torch.stack(
-            [loss.detach().float(), gn.detach().float().to(loss.device)]
+        # the loss of the global batch (the mean of equal shards' losses); the gradient is already the same
+        loss_value, grad_norm = group.all_reduce_mean(
+            torch.stack([loss.detach().float(), gn.detach().float().to(loss.device)])
         ).tolist()
         if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
             self.optimizer.zero_grad(set_to_none=True)
@@ -328,16 +356,18 @@ class TrainingMixin(AgentHooks[BatchT]):
         """The one training loop behind ``learn`` and ``train``."""
         if not is_int(log_interval) or log_interval < 0:
             raise ValueError(f"log_interval must be an int >= 0, got {log_interval!r}.")
+        group = self.process_group  # initialised here on every rank of a multi-process launch
+        main = group.is_main
         if not self._custom_logger:
             from stable_baselines3.common.utils import configure_logger
 
-            self._logger = configure_logger(
-                self.config.verbose,
-                self.config.tensorboard_log,
+            self._logger = configure_logger(  # ranks other than 0 log nothing
+                self.config.verbose if main else 0,
+                self.config.tensorboard_log if main else None,
                 tb_log_name or self.name,
                 reset_num_timesteps,
             )
-        cb = convert_callback(callback, progress_bar=progress_bar)
+        cb = convert_callback(callback, progress_bar=progress_bar and main)
         cb.init_callback(self)  # type: ignore[arg-type]
         start_time = time.perf_counter()
         cb.on_training_start({"total_timesteps": total_timesteps, "self": self}, globals())
@@ -353,7 +383,9 @@ class TrainingMixin(AgentHooks[BatchT]):
                         interval = _Interval()
                     every = self.config.checkpoint_every
                     if every and self._n_updates % every == 0:
-                        self.save(self.checkpoint_path(self._n_updates))
+                        if main:  # every rank holds the same state; rank 0 writes it
+                            self.save(self.checkpoint_path(self._n_updates))
+                        group.barrier()
                     cb.update_locals(
                         {
                             "loss": step.loss,
@@ -388,8 +420,16 @@ class TrainingMixin(AgentHooks[BatchT]):
         k = max(interval.n_updates, 1)
         log = self.logger
         log.record("train/loss", interval.loss / k)
-        for name, total in interval.terms.items():
-            log.record(f"train/{name}", float(total) / interval.counts[name])
+        terms = {name: float(total) / interval.counts[name] for name, total in interval.terms.items()}
+        group = self.process_group
+        if group.distributed:  # the terms of each rank's shard, averaged over the ranks that logged them
+            gathered = group.all_gather_object(terms)
+            terms = {
+                name: sum(g[name] for g in gathered if name in g) / sum(name in g for g in gathered)
+                for name in dict.fromkeys(name for g in gathered for name in g)
+            }
+        for name, value in terms.items():
+            log.record(f"train/{name}", value)
         log.record("train/learning_rate", self.optimizer.param_groups[0]["lr"])
         log.record("train/grad_norm", interval.grad_norm / k)
         log.record("train/n_updates", self._n_updates)
