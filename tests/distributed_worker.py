@@ -66,10 +66,12 @@ def sequencematch(checkpoint_dir: str) -> Any:
 
 def main(out: Path) -> None:
     from agents import Agent
+    from agents.common.distributed import process_group
 
+    rank = process_group("cpu").rank  # initialises the group on every rank (as Agent.learn would)
     for name in ("mle", "bc"):
         result = first_update(name)
-        if torch.distributed.get_rank() == 0:
+        if rank == 0:
             torch.save(result, out / f"first_{name}.pt")
 
     run = out / "run"
@@ -79,7 +81,6 @@ def main(out: Path) -> None:
     agent.save(out / "final_agent")  # rank 0 writes; the others return at once
     resumed = Agent.load(run / "step_00000002", device="cpu")
     resumed.train(n_batches=2)
-    rank = torch.distributed.get_rank()
     if rank == 0:
         torch.save(final, out / "final.pt")
         torch.save(
