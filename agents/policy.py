@@ -65,6 +65,8 @@ _LOGIT_STACK_BYTES = 256 * 2**20
 
 #: File written next to the model by :meth:`LMPolicy.save_pretrained` (vocabulary and token map).
 POLICY_CONFIG_NAME = "seqgym_policy.json"
+#: Folder (inside a saved LoRA policy) holding the frozen base model when it has no name or path to load from.
+_LORA_BASE_DIR = "base"
 _FORMAT = "seqgym-lm-policy"
 _FORMAT_VERSION = 1
 
@@ -446,7 +448,13 @@ class LMPolicy(torch.nn.Module):
         cfg = model.config
         n_pos = getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
         self.n_positions: int = int(n_pos) if n_pos else 1 << 30
-        params = inspect.signature(model.forward).parameters
+        self.pretrained_name: str | None = None
+        self._read_forward_signature()
+
+    def _read_forward_signature(self) -> None:
+        """The keyword names of the (base) model's forward for the cache and for keeping the last logits."""
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        params = inspect.signature(base.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self._keep_kw = "logits_to_keep" if "logits_to_keep" in params else None
 
@@ -523,6 +531,8 @@ class LMPolicy(torch.nn.Module):
         *,
         vocab: Vocabulary | None = None,
         tokenizer: Any = None,
+        lora: dict[str, Any] | Any | None = None,
+        torch_dtype: torch.dtype | None = None,
     ) -> LMPolicy:
         """Wrap a pretrained causal LM (hub name or local directory).
 
@@ -536,7 +546,15 @@ class LMPolicy(torch.nn.Module):
 
         ``<backspace>`` (and eos, when the tokenizer has none) are added to the tokenizer when missing, and
         the model's embeddings are resized. Without any tokenizer, a ``vocab`` of exactly the model's
-        vocabulary size gives the identity map.
+        vocabulary size gives the identity map. The tokenizer gets a pad token (its eos) when it has none.
+
+        Args:
+            name_or_path: hub name or local directory of a causal LM (or of a saved policy).
+            vocab: the env vocabulary to follow (see above); ``None``: the tokenizer's.
+            tokenizer: a Hugging Face tokenizer (default: the one stored with the model).
+            lora: LoRA adapters through ``peft`` (``pip install "seqgym[scale]"``): a ``peft.LoraConfig`` or
+                the keyword arguments of one (see :meth:`add_lora`); ``None``: train every weight.
+            torch_dtype: dtype of the loaded weights (default: as stored / float32).
 
         Raises:
             ValueError: no tokenizer and no matching ``vocab``, or a token map that is not one-to-one.
@@ -551,7 +569,8 @@ class LMPolicy(torch.nn.Module):
             return policy
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        model = AutoModelForCausalLM.from_pretrained(str(name_or_path))
+        load_kw: dict[str, Any] = {} if torch_dtype is None else {"dtype": torch_dtype}
+        model = AutoModelForCausalLM.from_pretrained(str(name_or_path), **load_kw)
         if tokenizer is None and (not path.is_dir() or _has_tokenizer_files(path)):
             try:
                 tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
@@ -565,29 +584,99 @@ class LMPolicy(torch.nn.Module):
                     f"No tokenizer found for {name_or_path!s} and {have} for a model of {model_vocab} token "
                     "ids: pass tokenizer=..., or a vocab of exactly the model's size (identity map)."
                 )
-            return cls(
+            policy = cls(
                 model=model, vocab=vocab, token_map=TokenMap.identity(vocab, model_vocab_size=model_vocab)
             )
-        vocab, token_map = _map_tokenizer(tokenizer, vocab)
-        if len(tokenizer) > model_vocab:
-            model.resize_token_embeddings(len(tokenizer))
-        token_map = TokenMap(token_map.env_to_model, model_vocab_size=_embedding_rows(model))
-        return cls(model=model, vocab=vocab, token_map=token_map, tokenizer=tokenizer)
+        else:
+            vocab, token_map = _map_tokenizer(tokenizer, vocab)
+            if tokenizer.pad_token is None:
+                tokenizer.pad_token = tokenizer.eos_token
+            if len(tokenizer) > model_vocab:
+                model.resize_token_embeddings(len(tokenizer))
+            token_map = TokenMap(token_map.env_to_model, model_vocab_size=_embedding_rows(model))
+            policy = cls(model=model, vocab=vocab, token_map=token_map, tokenizer=tokenizer)
+        policy.pretrained_name = str(name_or_path)
+        policy._pretrained_rows = model_vocab
+        if lora is not None:
+            policy.add_lora(lora)
+        return policy
+
+    # -- LoRA -------------------------------------------------------------------------------------------
+    @property
+    def is_lora(self) -> bool:
+        """Whether the model is wrapped with ``peft`` LoRA adapters (:meth:`add_lora`)."""
+        return hasattr(self.model, "peft_config")
+
+    def add_lora(self, config: dict[str, Any] | Any | None = None, **kwargs: Any) -> LMPolicy:
+        """Wrap the model with LoRA adapters (``peft``): only the adapters and the embedding rows of the tokens
+        the pretrained model did not know (``<backspace>``, and any token added to it) are trained.
+
+        Args:
+            config: a ``peft.LoraConfig``, or a dict of its fields. Defaults: ``r=8``, ``lora_alpha=16``,
+                ``lora_dropout=0``, ``target_modules="all-linear"``, ``task_type="CAUSAL_LM"``, and
+                ``trainable_token_indices`` = the model ids of ``<backspace>``, eos and of every embedding row
+                added to the pretrained model (so they are learnt, and saved with the adapters).
+            **kwargs: more LoRA fields (with a dict ``config``).
+
+        Returns:
+            ``self`` (modified in place; its parameters change, so build the optimiser afterwards).
+
+        Raises:
+            ImportError: ``peft`` is not installed.
+            ValueError: the model already has adapters.
+        """
+        try:
+            import peft
+        except ImportError:
+            raise ImportError('LoRA needs peft: pip install "seqgym[scale]".') from None
+        if self.is_lora:
+            raise ValueError("The policy's model already has LoRA adapters.")
+        if isinstance(config, peft.LoraConfig):
+            if kwargs:
+                raise ValueError("Pass LoRA fields either in a LoraConfig or as keyword arguments, not both.")
+            lora_config = config
+        else:
+            if config is not None and not isinstance(config, dict):
+                raise TypeError(f"lora must be a peft.LoraConfig or a dict, got {type(config).__name__}.")
+            tm = self.token_map
+            rows = _embedding_rows(self.model)
+            base_rows = int(self.__dict__.get("_pretrained_rows", rows))
+            new = {tm.env_to_model[self.vocab.backspace_id], tm.env_to_model[self.vocab.eos_id]}
+            fields: dict[str, Any] = {
+                "r": 8,
+                "lora_alpha": 16,
+                "lora_dropout": 0.0,
+                "target_modules": "all-linear",
+                "task_type": "CAUSAL_LM",
+                "trainable_token_indices": sorted(new | set(range(base_rows, rows))),
+                **(config or {}),
+                **kwargs,
+            }
+            lora_config = peft.LoraConfig(**fields)
+        self.model = peft.get_peft_model(self.model, lora_config)
+        self._read_forward_signature()
+        return self
 
     def save_pretrained(self, directory: str | os.PathLike[str]) -> None:
         """Write the model (``save_pretrained`` format, safetensors), the tokenizer if any, and
         ``seqgym_policy.json`` (vocabulary and token map) into ``directory`` (created if needed)."""
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(str(path))
+        self.model.save_pretrained(str(path))  # with LoRA: the adapters (and trained embedding rows) only
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(str(path))
-        meta = {
+        meta: dict[str, Any] = {
             "format": _FORMAT,
             "version": _FORMAT_VERSION,
             "vocab": self.vocab.to_dict(),
             "token_map": self.token_map.to_dict(),
         }
+        if self.is_lora:  # the frozen base: the pretrained model's name or path, else its weights beside
+            base = self.pretrained_name
+            if base is None:
+                base = _LORA_BASE_DIR
+                _frozen_base(self.model).save_pretrained(str(path / _LORA_BASE_DIR))
+            meta["lora"] = {"base_model": base}
         tmp = path / (POLICY_CONFIG_NAME + ".tmp")
         tmp.write_text(json.dumps(meta, indent=2))
         os.replace(tmp, path / POLICY_CONFIG_NAME)
@@ -626,13 +715,19 @@ class LMPolicy(torch.nn.Module):
             )
         vocab = Vocabulary.from_dict(meta["vocab"])
         token_map = TokenMap.from_dict(meta["token_map"])
-        model = AutoModelForCausalLM.from_pretrained(str(path))
+        lora = meta.get("lora")
+        if lora:
+            model = _load_lora(path, str(lora["base_model"]), token_map.model_vocab_size)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(str(path))
         tokenizer = None
         if _has_tokenizer_files(path):
             tokenizer = AutoTokenizer.from_pretrained(str(path))
         if str(device) == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         policy = cls(model=model, vocab=vocab, token_map=token_map, tokenizer=tokenizer)
+        if lora:
+            policy.pretrained_name = None if lora["base_model"] == _LORA_BASE_DIR else str(lora["base_model"])
         return policy.to(device)
 
     # -- helpers ----------------------------------------------------------------------------------------
@@ -1057,6 +1152,43 @@ def _has_tokenizer_files(directory: Path) -> bool:
     return any((directory / f).is_file() for f in _TOKENIZER_FILES)
 
 
+def _frozen_base(model: Any) -> Any:
+    """A plain copy of the frozen base model inside a ``peft`` model (the adapters left out), to save."""
+    from transformers import AutoModelForCausalLM
+
+    inner = model.get_base_model()
+    state = {}
+    for key, value in inner.state_dict().items():
+        if "lora_" in key or "trainable_tokens" in key:
+            continue
+        state[key.replace(".token_adapter.base_layer.", ".").replace(".base_layer.", ".")] = value
+    with torch.random.fork_rng(devices=[]):
+        plain = AutoModelForCausalLM.from_config(inner.config)
+    missing, unexpected = plain.load_state_dict(state, strict=False)
+    tied = set(getattr(plain, "_tied_weights_keys", None) or [])
+    if unexpected or any(k not in tied for k in missing):
+        raise RuntimeError(f"Cannot separate the base model from its adapters: {missing=}, {unexpected=}.")
+    return plain
+
+
+def _load_lora(path: Path, base: str, rows: int) -> Any:
+    """The model of a LoRA policy saved in ``path``: the frozen base (a name / path, or ``path/base``) with its
+    embeddings resized to ``rows``, and the adapters of ``path`` (trainable, as saved)."""
+    try:
+        import peft
+    except ImportError:
+        raise ImportError(
+            f'{path} holds LoRA adapters; loading them needs peft: pip install "seqgym[scale]".'
+        ) from None
+    from transformers import AutoModelForCausalLM
+
+    where = path / base if base == _LORA_BASE_DIR else base
+    model = AutoModelForCausalLM.from_pretrained(str(where))
+    if _embedding_rows(model) != rows:
+        model.resize_token_embeddings(rows, mean_resizing=False)  # added rows come back from the adapters
+    return peft.PeftModel.from_pretrained(model, str(path), is_trainable=True)
+
+
 def _embedding_rows(model: Any) -> int:
     """Number of token ids the model embeds."""
     return int(model.get_input_embeddings().weight.shape[0])
@@ -1069,6 +1201,12 @@ def _map_tokenizer(tokenizer: Any, vocab: Vocabulary | None) -> tuple[Vocabulary
         eos_str = vocab.eos if vocab is not None else "<eos>"
         tokenizer.add_special_tokens({"eos_token": eos_str})
     eos_id = int(tokenizer.eos_token_id)
+    if vocab is not None and tokenizer.eos_token in vocab.tokens[: vocab.n_tokens]:
+        # the env keeps the tokenizer's eos string as an ordinary token (a text source over every token of the
+        # tokenizer): the env's eos is a token of its own, added to the tokenizer
+        if vocab.eos not in tokenizer.get_vocab():
+            tokenizer.add_tokens([vocab.eos], special_tokens=True)
+        eos_id = int(tokenizer.convert_tokens_to_ids(vocab.eos))
     bksp_str = vocab.backspace if vocab is not None else "<bksp>"
     if bksp_str not in tokenizer.get_vocab():
         tokenizer.add_tokens([bksp_str], special_tokens=True)
