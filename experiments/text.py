@@ -9,6 +9,10 @@
    the perplexity of held-out windows (the direct, backspace-free path). Prompts and generation settings are
    written into ``results.json``.
 
+With ``--pretrained NAME_OR_PATH`` step 1 starts from a pretrained Hugging Face causal LM instead (its tokenizer
+replaces the BPE one; ``<backspace>`` and the env's eos are added to it), optionally with LoRA adapters
+(``--lora-r 8``): MLE then fine-tunes it on the windows for ``pretrain_budget`` pairs before the three agents.
+
 Default corpus: the six Austen novels shipped with the project (``experiments/data/austen``, xz-compressed;
 ``persuasion.txt`` held out); ``--corpus FOLDER`` trains on another folder of ``.txt`` files.
 The tokenizer and the trained agents are saved under ``--out/runs/<digest>/`` (``digest``: a hash of the settings
@@ -101,6 +105,12 @@ class Config(AgentSettings):
     """Sampling temperature."""
     top_p: float | None = None
     """Nucleus sampling (None: plain sampling)."""
+    pretrained: str | None = None
+    """A Hugging Face causal LM (hub name or local folder) to fine-tune instead of training a GPT-2 from scratch
+    (e.g. ``gpt2``); its tokenizer replaces the BPE one, and the n_layer / n_embd / n_head / vocab_size options
+    are unused."""
+    lora_r: int = 0
+    """LoRA rank of the adapters put on the pretrained model (``peft``; 0: every weight is trained)."""
     seed: int = 0
     """Seed of the data, the models and the evaluation prompts."""
     n_gallery: int = 5
@@ -127,6 +137,9 @@ class Config(AgentSettings):
         check_int("prompt_length", self.prompt_length, low=0)
         check_int("seed", self.seed, low=0)
         check_int("n_gallery", self.n_gallery, low=0)
+        check_int("lora_r", self.lora_r, low=0)
+        if self.lora_r and self.pretrained is None:
+            raise ConfigError("--lora-r needs --pretrained (LoRA adapts a pretrained model).")
         check_number("p_noise", self.p_noise, low=0.0, high=1.0)
         check_number("temperature", self.temperature, low=0.0, low_open=True)
         if self.top_p is not None:
@@ -233,7 +246,11 @@ def _main(cfg: Config) -> dict[str, Any]:
     log = StudyLog("text", 1 + len(cfg.agents), progress=cfg.progress)
     tok_path = run_dir / "tokenizer.json"
     tokenizer: Any = "bpe"
-    if cfg.resume and tok_path.exists():
+    if cfg.pretrained is not None:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(cfg.pretrained)
+    elif cfg.resume and tok_path.exists():
         tokenizer = tokenizer_from_json(tok_path.read_text())
     train = Text(
         train_files,
@@ -253,7 +270,18 @@ def _main(cfg: Config) -> dict[str, Any]:
     max_length = train.max_sequence_length
     env = SequenceEnv(train, max_length=max_length, max_steps=2 * max_length)
     demos = collect(train, cfg.n_demonstrations, np.random.default_rng(cfg.seed))
-    policy_kwargs = {**cfg.policy_kwargs(), "n_positions": max_length + 2}
+    model: dict[str, Any] = {"policy_kwargs": {**cfg.policy_kwargs(), "n_positions": max_length + 2}}
+    if cfg.pretrained is not None:
+        from agents.policy import LMPolicy
+
+        model = {
+            "policy": LMPolicy.from_pretrained(
+                cfg.pretrained,
+                vocab=env.vocab,
+                tokenizer=copy.deepcopy(tokenizer),  # the policy adds <bksp> and eos to its own copy
+                lora={"r": cfg.lora_r, "lora_alpha": 2 * cfg.lora_r} if cfg.lora_r else None,
+            )
+        }
     base, pre_seconds = _trained(
         cfg,
         run_dir,
@@ -264,9 +292,9 @@ def _main(cfg: Config) -> dict[str, Any]:
             demonstrations=demos,
             learning_rate=cfg.learning_rate,
             lr_schedule="cosine",
-            policy_kwargs=policy_kwargs,
             batch_size=cfg.batch_size,
             seed=cfg.seed,
+            **model,
             **ckpt,
         ),
         cfg.pretrain_budget,

@@ -190,3 +190,53 @@ def test_cuda_masked_forward_and_generation_match_the_reference() -> None:
         output_logits=True,
     )
     assert gen.logits is not None and gen.logits[0].device.type == "cuda"
+
+
+def test_text_study_fine_tunes_a_pretrained_model_with_lora(tmp_path: Path) -> None:
+    pytest.importorskip("peft")
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    from experiments import text
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    words = "the cat sat on the mat while a dog ran in the park and birds sang over the old house".split()
+    for k, name in enumerate(["a.txt", "b.txt", "held.txt"]):
+        (corpus / name).write_text(" ".join(words[(i * 7 + k) % len(words)] for i in range(2000)) + "\n")
+    ids = {w: i for i, w in enumerate(["<unk>", "<|endoftext|>", *dict.fromkeys(words)])}
+    backend = Tokenizer(models.WordLevel(vocab=ids, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="<|endoftext|>")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        GPT2LMHeadModel(
+            GPT2Config(vocab_size=len(ids), n_positions=64, n_embd=16, n_layer=1, n_head=2)
+        ).save_pretrained(tmp_path / "lm")
+    tok.save_pretrained(tmp_path / "lm")
+    cfg = text.Config(
+        corpus=corpus,
+        heldout="held.txt",
+        pretrained=str(tmp_path / "lm"),
+        lora_r=2,
+        prompt_length=4,
+        completion_length=6,
+        n_demonstrations=16,
+        pretrain_budget=48,
+        finetune_budget=96,
+        batch_size=8,
+        n_eval=8,
+        agents=("mle", "bc"),
+        out=tmp_path / "out",
+        progress=False,
+        checkpoint_every=100,
+        n_gallery=0,
+    )
+    results = text.main(cfg)
+    assert {r["agent"] for r in results["runs"]} == {"pretrained", "mle", "bc", "human (held-out)"}
+    (run_dir,) = (tmp_path / "out" / "runs").iterdir()
+    saved = run_dir / "agents" / "finetuned_bc"
+    assert (saved / "policy" / "adapter_model.safetensors").exists()
+    assert Agent.load(saved).policy.is_lora
+    with pytest.raises(text.ConfigError, match="--lora-r needs --pretrained"):
+        text.main(text.Config(lora_r=2, out=tmp_path / "x"))
