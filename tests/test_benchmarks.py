@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import torch
 
-from benchmarks import env_throughput, policy_bench, sequencematch_bench, train_throughput
+from benchmarks import env_throughput, policy_bench, scale_bench, sequencematch_bench, train_throughput
 from benchmarks._common import cli
 
 
@@ -136,3 +136,25 @@ def test_cli_parses_flags_and_needs_tyro_only_for_them(monkeypatch: pytest.Monke
     assert cli(env_throughput.Config, args=[]) == env_throughput.Config()
     with pytest.raises(SystemExit, match="need tyro"):
         cli(env_throughput.Config, args=["--seed", "1"])
+
+
+def test_scale_bench(tmp_path: Path) -> None:
+    out = tmp_path / "scale.json"
+    cfg = scale_bench.Config(
+        device="cpu",
+        agents=("mle",),
+        precisions=("no", "bf16"),
+        n_layer=1,
+        n_embd=16,
+        n_head=1,
+        batch_size=4,
+        n_demonstrations=16,
+        updates=2,
+        gen_batch=4,
+        repeats=1,
+        out=str(out),
+    )
+    result = saved(out, scale_bench.main(cfg))
+    assert [(r["agent"], r["mixed_precision"]) for r in result["results"]] == [("mle", "no"), ("mle", "bf16")]
+    for r in result["results"]:
+        assert positive(r["train_pairs_per_s"]) and positive(r["generate_final_tokens_per_s"])
