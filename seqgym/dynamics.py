@@ -125,29 +125,54 @@ def action_mask(length: int, prompt_length: int, vocab: Vocabulary) -> BoolArray
 
 def _as_batch(
     actions: npt.ArrayLike, prompt_lengths: npt.ArrayLike, n_steps: npt.ArrayLike | None
-) -> tuple[IntArray, IntArray, BoolArray | None, bool]:
-    """``(actions (B, T), prompt_lengths (B,), real (B, T) or None, squeeze)`` from 1-D or 2-D input."""
-    a = np.asarray(actions)
-    squeeze = a.ndim == 1
-    if squeeze:
-        a = a[None, :]
-    if a.ndim != 2:
+) -> tuple[IntArray, IntArray | int, BoolArray | None]:
+    """``(actions, prompt lengths, real)`` ready to broadcast along the last (step) axis.
+
+    ``actions`` comes back as given, 1-D ``(T,)`` or 2-D ``(B, T)``; the prompt lengths as an int (1-D) or an
+    ``(B, 1)`` array; ``real`` is None (every step real) or bool of the shape of ``actions``.
+    """
+    a = actions if isinstance(actions, np.ndarray) else np.asarray(actions, dtype=np.int64)
+    if a.ndim not in (1, 2):
         raise ValueError(f"actions must have shape (T,) or (B, T), got shape {a.shape}.")
-    if a.size and not np.issubdtype(a.dtype, np.integer):
-        raise ValueError(f"actions must hold integer ids, got dtype {a.dtype}.")
-    B, T = a.shape
-    p = np.asarray(prompt_lengths, dtype=np.int64)
-    if p.ndim == 0:
-        p = np.full(B, int(p), dtype=np.int64)
-    if p.shape != (B,):
-        raise ValueError(f"prompt_lengths must be an int or have shape ({B},), got shape {p.shape}.")
+    if a.dtype != np.int64:
+        if a.size and not np.issubdtype(a.dtype, np.integer):
+            raise ValueError(f"actions must hold integer ids, got dtype {a.dtype}.")
+        a = a.astype(np.int64)
+    T = a.shape[-1]
+    p: IntArray | int
+    if a.ndim == 1:
+        if not isinstance(prompt_lengths, (int, np.integer)):
+            raise ValueError(f"prompt_lengths must be an int for one history, got {prompt_lengths!r}.")
+        p = int(prompt_lengths)
+    else:
+        B = a.shape[0]
+        pa = np.asarray(prompt_lengths, dtype=np.int64)
+        if pa.ndim == 0:
+            pa = np.full(B, int(pa), dtype=np.int64)
+        if pa.shape != (B,):
+            raise ValueError(f"prompt_lengths must be an int or have shape ({B},), got shape {pa.shape}.")
+        p = pa[:, None]
     if n_steps is None:
-        return a.astype(np.int64, copy=False), p, None, squeeze
-    n = np.asarray(n_steps, dtype=np.int64).reshape(-1) if squeeze else np.asarray(n_steps, dtype=np.int64)
-    if n.shape != (B,) or (n < 0).any() or (n > T).any():
-        raise ValueError(f"n_steps must have shape ({B},) with values in 0..{T}, got {n_steps!r}.")
-    real = np.arange(T)[None, :] < n[:, None]  # (B, T)
-    return a.astype(np.int64, copy=False), p, real, squeeze
+        return a, p, None
+    n = np.asarray(n_steps, dtype=np.int64)
+    if n.shape != a.shape[:-1] or (n < 0).any() or (n > T).any():
+        raise ValueError(f"n_steps must have shape {a.shape[:-1]} with values in 0..{T}, got {n_steps!r}.")
+    real = np.arange(T) < n[..., None]  # shape of a
+    return a, p, real
+
+
+def _visible(a: IntArray, p: IntArray | int, real: BoolArray | None, backspace_id: int) -> IntArray:
+    """:func:`visible_lengths` on normalised input: shape of ``a`` with one more step."""
+    step = np.where(a == backspace_id, -1, 1)  # (..., T)
+    if real is not None:
+        step *= real  # padding: 0
+    cum = np.empty((*a.shape[:-1], a.shape[-1] + 1), dtype=np.int64)  # (..., T+1)
+    cum[..., 0] = 0
+    np.cumsum(step, axis=-1, out=cum[..., 1:])
+    # Reflection at the boundary: subtract how far the free running sum has gone below 0 so far.
+    cum -= np.minimum.accumulate(cum, axis=-1)
+    cum += p
+    return cum
 
 
 def pad_histories(histories: Sequence[Sequence[int]], fill: int) -> tuple[IntArray, IntArray]:
@@ -215,15 +240,8 @@ def visible_lengths(
     >>> visible_lengths([1, 3, 3, 0, 2], 1, v).tolist()
     [1, 2, 1, 1, 2, 3]
     """
-    a, p, real, squeeze = _as_batch(actions, prompt_lengths, n_steps)
-    step = np.where(a == vocab.backspace_id, -1, 1)  # (B, T)
-    if real is not None:
-        step = np.where(real, step, 0)
-    cum = np.zeros((a.shape[0], a.shape[1] + 1), dtype=np.int64)  # (B, T+1)
-    np.cumsum(step, axis=1, out=cum[:, 1:])
-    # Reflection at the boundary: subtract how far the free running sum has gone below 0 so far.
-    vis = p[:, None] + cum - np.minimum.accumulate(cum, axis=1)  # (B, T+1)
-    return vis[0] if squeeze else vis
+    a, p, real = _as_batch(actions, prompt_lengths, n_steps)
+    return _visible(a, p, real, vocab.backspace_id)
 
 
 def noop_backspaces(
@@ -240,12 +258,13 @@ def noop_backspaces(
     >>> noop_backspaces([1, 3, 3, 0], 1, v).tolist()
     [False, False, True, False]
     """
-    a, p, real, squeeze = _as_batch(actions, prompt_lengths, n_steps)
-    vis = visible_lengths(a, p, vocab)  # (B, T+1)
-    out = (a == vocab.backspace_id) & ~backspace_allowed(vis[:, :-1], p[:, None])  # (B, T)
+    a, p, real = _as_batch(actions, prompt_lengths, n_steps)
+    vis = _visible(a, p, real, vocab.backspace_id)  # (..., T+1)
+    # Every other real step changes the length by one (a token +1, a backspace off the boundary -1).
+    out = vis[..., 1:] == vis[..., :-1]  # (..., T)
     if real is not None:
         out &= real
-    return out[0] if squeeze else out
+    return out
 
 
 def surviving_actions(
@@ -266,13 +285,13 @@ def surviving_actions(
     >>> surviving_actions([1, 3, 3, 0, 2], 1, v).tolist()
     [False, False, False, True, True]
     """
-    a, p, real, squeeze = _as_batch(actions, prompt_lengths, n_steps)
-    vis = visible_lengths(a, p, vocab, n_steps=None if real is None else real.sum(axis=1))  # (B, T+1)
-    later_min = np.minimum.accumulate(vis[:, ::-1], axis=1)[:, ::-1]  # (B, T+1) min over states i..T
-    out = (a != vocab.backspace_id) & (later_min[:, 1:] >= vis[:, 1:])  # (B, T)
+    a, p, real = _as_batch(actions, prompt_lengths, n_steps)
+    vis = _visible(a, p, real, vocab.backspace_id)[..., 1:]  # (..., T) length after each step
+    later_min = np.minimum.accumulate(vis[..., ::-1], axis=-1)[..., ::-1]  # (..., T) min over steps t..T-1
+    out = (a != vocab.backspace_id) & (later_min >= vis)  # (..., T)
     if real is not None:
         out &= real
-    return out[0] if squeeze else out
+    return out
 
 
 def state_matrix(
@@ -302,15 +321,19 @@ def state_matrix(
     >>> state_matrix([0], [1, 3, 0], 1, v, width=3).tolist()
     [[0, 4, 4], [0, 1, 4], [0, 4, 4], [0, 0, 4]]
     """
-    a, p, real, squeeze = _as_batch(actions, prompt_lengths, n_steps)
-    pr = np.asarray(prompts, dtype=np.int64)
-    if squeeze:
-        pr = pr[None, :]
+    a, p, real = _as_batch(actions, prompt_lengths, n_steps)
+    pr = prompts if isinstance(prompts, np.ndarray) else np.asarray(prompts, dtype=np.int64)
+    squeeze = a.ndim == 1
+    if squeeze:  # one history: a batch of one
+        a, pr = a[None], pr[None]
+        p = np.array([[p]], dtype=np.int64)
+        real = None if real is None else real[None]
+    assert not isinstance(p, int)
     B, T = a.shape
-    if pr.ndim != 2 or pr.shape[0] != B or (B and pr.shape[1] < int(p.max(initial=0))):
+    if pr.ndim != 2 or pr.shape[0] != B or (B and pr.shape[1] < int(p.max())):
         raise ValueError(f"prompts must have shape ({B}, >= max prompt length), got shape {pr.shape}.")
     W = int(width)
-    vis = visible_lengths(a, p, vocab, n_steps=None if real is None else real.sum(axis=1))  # (B, T+1)
+    vis = _visible(a, p, real, vocab.backspace_id)  # (B, T+1)
     longest = int(vis.max(initial=0))
     if longest > W:
         raise ValueError(f"a state of length {longest} does not fit width={W}.")
@@ -319,20 +342,21 @@ def state_matrix(
     values = np.full((B, T + 1, W + 1), pad, dtype=np.int64)  # (B, T+1, W+1) value written at (row, col)
     written = np.zeros((B, T + 1, W + 1), dtype=np.bool_)
     Pm = min(pr.shape[1], W)
-    values[:, 0, :Pm] = np.where(np.arange(Pm)[None, :] < p[:, None], pr[:, :Pm], pad)
+    values[:, 0, :Pm] = np.where(np.arange(Pm) < p, pr[:, :Pm], pad)
     written[:, 0] = True  # row 0 is the whole initial state
+    before = vis[:, :-1]  # (B, T) length before each step
     is_bk = a == vocab.backspace_id  # (B, T)
     appends = ~is_bk
-    deletes = is_bk & backspace_allowed(vis[:, :-1], p[:, None])
+    deletes = is_bk & backspace_allowed(before, p)
     if real is not None:
         appends &= real
         deletes &= real
-    col = np.where(appends, vis[:, :-1], np.where(deletes, vis[:, :-1] - 1, W))  # (B, T)
+    col = np.where(appends, before, np.where(deletes, before - 1, W))  # (B, T)
     bi = np.arange(B)[:, None]
-    ti = np.arange(1, T + 1)[None, :]
+    ti = np.arange(1, T + 1)
     values[bi, ti, col] = np.where(is_bk, pad, a)
     written[bi, ti, col] = True
-    last = np.where(written, np.arange(T + 1)[None, :, None], 0)  # (B, T+1, W+1) row of the latest write
+    last = np.where(written, np.arange(T + 1)[:, None], 0)  # (B, T+1, W+1) row of the latest write so far
     np.maximum.accumulate(last, axis=1, out=last)
     out = np.take_along_axis(values, last, axis=1)[:, :, :W]
     return out[0] if squeeze else out
@@ -395,7 +419,9 @@ def slot_layout(
         >>> lay.attend[0].astype(int).tolist()
         [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [1, 0, 0, 1, 0], [1, 0, 0, 1, 1]]
     """
-    a, p, real, _ = _as_batch(np.atleast_2d(np.asarray(actions)), prompt_lengths, n_steps)
+    a, pp, real = _as_batch(np.atleast_2d(np.asarray(actions, dtype=np.int64)), prompt_lengths, n_steps)
+    assert not isinstance(pp, int)
+    p = pp[:, 0]  # (B,)
     pr = np.atleast_2d(np.asarray(prompts, dtype=np.int64))
     B, Tm = a.shape
     if pr.shape[0] != B or (B and pr.shape[1] < int(p.max(initial=0))):
@@ -415,7 +441,7 @@ def slot_layout(
         tok = np.where((rel >= 1) & ~is_act, pr[bi, j], tok)
     if Tm:
         tok = np.where(is_act, a[bi, t], tok)
-    vis = visible_lengths(a, p, vocab, n_steps=T)  # (B, T+1)
+    vis = _visible(a, pp, real, vocab.backspace_id)  # (B, T+1)
     pos = np.where(is_act, vis[bi, t + 1] if Tm else 0, np.maximum(rel, 0))  # (B, S)
     is_bk = is_act & (tok == vocab.backspace_id)  # (B, S)
 

@@ -10,7 +10,7 @@ import numpy as np
 from gymnasium import spaces
 from gymnasium.error import ResetNeeded
 
-from seqgym.dynamics import action_mask, apply_action, replay
+from seqgym.dynamics import action_mask, apply_action, backspace_allowed, replay
 from seqgym.rewards import Reward, RewardFn, make_reward
 from seqgym.sources.base import Source
 from seqgym.vocab import Vocabulary
@@ -259,7 +259,7 @@ class SequenceEnv(gym.Env[np.ndarray, np.int64]):
 
     def action_masks(self) -> np.ndarray:
         """Allowed actions, bool ``(n_actions,)`` (sb3-contrib's MaskablePPO convention)."""
-        free = len(self._state) > self._prompt_length
+        free = backspace_allowed(len(self._state), self._prompt_length)
         return (self._mask_free if free else self._mask_boundary).copy()
 
     def render(self) -> str | None:
@@ -274,7 +274,7 @@ class SequenceEnv(gym.Env[np.ndarray, np.int64]):
 
     # ----------------------------------------------------------------------------------------------------
     def _info(self) -> dict[str, Any]:
-        free = len(self._state) > self._prompt_length
+        free = backspace_allowed(len(self._state), self._prompt_length)
         return {
             "length": len(self._state),
             "prompt_length": self._prompt_length,

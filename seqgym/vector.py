@@ -12,7 +12,7 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from seqgym.dynamics import action_mask
+from seqgym.dynamics import action_mask, backspace_allowed, step_masks
 from seqgym.env import _check_source, check_limit, check_prompt, render_history, sample_prompt
 from seqgym.rewards import Reward, RewardFn, make_reward
 from seqgym.sources.base import Source
@@ -227,10 +227,9 @@ class SequenceVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
         obs, length, plen, steps = self._obs, self._length, self._prompt_length, self._steps
         if self.reward_fn.needs_states:
             obs_before, length_before = obs.copy(), length.copy()
-        is_backspace = a == v.backspace_id  # (N,)
-        append = ~is_backspace if active is None else active & ~is_backspace
-        delete = is_backspace & (length > plen)  # backspace at the prompt boundary: a no-op
+        append, delete = step_masks(length, plen, a, v)  # (N,) each; a no-op backspace is in neither
         if active is not None:
+            append &= active
             delete &= active
         # One scatter: append writes a at length, delete writes pad at length - 1, the rest hit the scratch.
         pos = np.where(append, length, np.where(delete, length - 1, self.max_length))
@@ -278,7 +277,7 @@ class SequenceVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
     def action_masks(self) -> np.ndarray:
         """Allowed actions, bool ``(num_envs, n_actions)``: all but backspace at the prompt boundary."""
         masks = np.tile(self._mask_free, (self.num_envs, 1))  # (N, A)
-        masks[:, self.vocab.backspace_id] = self._length > self._prompt_length
+        masks[:, self.vocab.backspace_id] = backspace_allowed(self._length, self._prompt_length)
         return masks
 
     def render(self) -> tuple[str, ...] | None:
@@ -320,7 +319,7 @@ class SequenceVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
     def _info(self, mask: np.ndarray) -> dict[str, Any]:
         masks = np.empty((self.num_envs, self.vocab.n_actions), dtype=np.int8)  # (N, A)
         masks[:] = self._mask_free_i8
-        masks[:, self.vocab.backspace_id] = self._length > self._prompt_length
+        masks[:, self.vocab.backspace_id] = backspace_allowed(self._length, self._prompt_length)
         return {
             "length": self._length.copy(),
             "_length": mask,
