@@ -49,6 +49,7 @@ from numpy.typing import ArrayLike
 
 from seqgym import dynamics
 from seqgym._files import atomic_write
+from seqgym._options import NOISE_NAMES, NoiseName, check_option
 from seqgym.vocab import Vocabulary
 
 __all__ = [
@@ -424,7 +425,7 @@ def augment(
     trajectories: Iterable[Trajectory],
     p_noise: float,
     rng: RngLike,
-    noise: str | NoiseFn = "uniform",
+    noise: NoiseName | NoiseFn = "uniform",
     *,
     max_length: int | None = None,
 ) -> list[Trajectory]:
@@ -468,10 +469,7 @@ def augment(
         raise ValueError(f"max_length must be a positive int or None, got {max_length!r}.")
     noise_fn: NoiseFn
     if isinstance(noise, str):
-        if noise != "uniform":
-            raise ValueError(
-                f"Unknown noise {noise!r}: use 'uniform' or a callable (trajectory, positions, rng)."
-            )
+        check_option("noise", noise, NOISE_NAMES, hint=" or pass a callable (trajectory, positions, rng)")
         noise_fn = uniform_noise
     elif callable(noise):
         noise_fn = noise

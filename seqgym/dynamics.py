@@ -175,7 +175,7 @@ def _visible(a: IntArray, p: IntArray | int, real: BoolArray | None, backspace_i
     return cum
 
 
-def pad_histories(histories: Sequence[Sequence[int]], fill: int) -> tuple[IntArray, IntArray]:
+def pad_histories(histories: Sequence[Sequence[int] | IntArray], fill: int) -> tuple[IntArray, IntArray]:
     """Ragged action histories as ``(actions (B, T) int64 padded with fill, n_steps (B,) int64)``.
 
     >>> pad_histories([[0, 1], [2]], fill=9)
@@ -261,7 +261,7 @@ def noop_backspaces(
     a, p, real = _as_batch(actions, prompt_lengths, n_steps)
     vis = _visible(a, p, real, vocab.backspace_id)  # (..., T+1)
     # Every other real step changes the length by one (a token +1, a backspace off the boundary -1).
-    out = vis[..., 1:] == vis[..., :-1]  # (..., T)
+    out: BoolArray = vis[..., 1:] == vis[..., :-1]  # (..., T)
     if real is not None:
         out &= real
     return out
@@ -288,7 +288,7 @@ def surviving_actions(
     a, p, real = _as_batch(actions, prompt_lengths, n_steps)
     vis = _visible(a, p, real, vocab.backspace_id)[..., 1:]  # (..., T) length after each step
     later_min = np.minimum.accumulate(vis[..., ::-1], axis=-1)[..., ::-1]  # (..., T) min over steps t..T-1
-    out = (a != vocab.backspace_id) & (later_min >= vis)  # (..., T)
+    out: BoolArray = (a != vocab.backspace_id) & (later_min >= vis)  # (..., T)
     if real is not None:
         out &= real
     return out

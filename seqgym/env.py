@@ -10,6 +10,7 @@ import numpy as np
 from gymnasium import spaces
 from gymnasium.error import ResetNeeded
 
+from seqgym._options import RENDER_MODES, RenderMode, RewardName, check_option
 from seqgym.dynamics import action_mask, apply_action, backspace_allowed, replay
 from seqgym.rewards import Reward, RewardFn, make_reward
 from seqgym.sources.base import Source
@@ -137,20 +138,20 @@ class SequenceEnv(gym.Env[np.ndarray, np.int64]):
         *,
         max_length: int,
         max_steps: int,
-        reward: str | RewardFn | Reward = "none",
+        reward: RewardName | RewardFn | Reward = "none",
         logprob_floor: float = -20.0,
-        render_mode: str | None = None,
+        render_mode: RenderMode | None = None,
     ) -> None:
         _check_source(source)
         self.source = source
         self.vocab: Vocabulary = source.vocab
         self.max_length = check_limit("max_length", max_length)
         self.max_steps = check_limit("max_steps", max_steps)
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(
-                f"Unknown render_mode {render_mode!r}; choose one of {self.metadata['render_modes']} or None."
-            )
-        self.render_mode = render_mode
+        self.render_mode = (
+            None
+            if render_mode is None
+            else check_option("render_mode", render_mode, RENDER_MODES, hint=" or None")
+        )
         self.reward_fn: Reward = make_reward(reward, source, logprob_floor=logprob_floor)
 
         v = self.vocab
@@ -335,9 +336,8 @@ def check_limit(name: str, value: object) -> int:
 def sample_prompt(source: Source, rng: np.random.Generator) -> Sequence[int]:
     """A fresh episode's prompt: ``source.sample_prompt(rng)`` if defined, else ``source.sample(rng)[0]``."""
     sampler = getattr(source, "sample_prompt", None)
-    if callable(sampler):
-        return sampler(rng)
-    return source.sample(rng)[0]
+    prompt: Sequence[int] = sampler(rng) if callable(sampler) else source.sample(rng)[0]
+    return prompt
 
 
 def check_prompt(prompt: object, vocab: Vocabulary, max_length: int, *, sampled: bool = False) -> list[int]:

@@ -54,13 +54,17 @@ Example:
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
 from seqgym.sources.base import has_exact_probabilities, has_validity
 from seqgym.vocab import Vocabulary
+
+KeyT = TypeVar("KeyT", bound=Hashable)
+"""Outcome type of a distribution given as counts."""
 
 __all__ = [
     "DEFAULT_LOGPROB_FLOOR",
@@ -163,7 +167,7 @@ def _prepare(
     return vocab, seqs, _prompt_lengths(source, seqs, prompt_lengths)
 
 
-def total_variation(p: dict[Hashable, float] | Counter, q: dict[Hashable, float] | Counter) -> float:
+def total_variation(p: Mapping[KeyT, float], q: Mapping[KeyT, float]) -> float:
     """Total variation ``0.5 * Σ_x |p(x) − q(x)|`` between two distributions given as (unnormalised) counts.
 
     Each argument is normalised by its own total. Range ``[0, 1]``; 0 = identical, 1 = disjoint supports.
@@ -365,18 +369,18 @@ def source_entropy_per_token(source: object, *, n: int = 1000, seed: int = 12345
 
 # ------------------------------------------------------------------------------------------------------------
 # distributions: lengths and bigrams
-def length_counts(sequences: Iterable[Ids], prompt_lengths: Sequence[int]) -> Counter:
+def length_counts(sequences: Iterable[Ids], prompt_lengths: Sequence[int]) -> Counter[int]:
     """Counter of completion lengths (ids after the prompt, eos included)."""
     return Counter(len(s) - p for s, p in zip(sequences, prompt_lengths))
 
 
-def bigram_counts(sequences: Iterable[Ids], prompt_lengths: Sequence[int]) -> Counter:
+def bigram_counts(sequences: Iterable[Ids], prompt_lengths: Sequence[int]) -> Counter[tuple[int, int]]:
     """Counter of bigrams ``(previous id, id)`` for every completion id (eos included).
 
     The left element is the preceding visible id (the last prompt id for the first completion id) or
     :data:`START` at the start of the sequence. Prompt-internal bigrams are not counted.
     """
-    c: Counter = Counter()
+    c: Counter[tuple[int, int]] = Counter()
     for s, p in zip(sequences, prompt_lengths):
         for i in range(p, len(s)):
             c[(s[i - 1] if i > 0 else START, s[i])] += 1
@@ -395,8 +399,8 @@ class SourceStatistics:
         rep: ``{n: rep-n}`` of the source samples' completions, for comparison with :func:`rep_n` of samples.
     """
 
-    lengths: Counter
-    bigrams: Counter
+    lengths: Counter[int]
+    bigrams: Counter[tuple[int, int]]
     n: int
     seed: int
     rep: dict[int, float] = field(default_factory=dict)

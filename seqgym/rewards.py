@@ -41,6 +41,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from seqgym._options import REWARD_NAMES, RewardName, check_option
 from seqgym.sources.base import has_exact_probabilities, has_validity
 
 __all__ = [
@@ -58,7 +59,6 @@ State = tuple[int, ...]
 RewardFn = Callable[[State, int, State, bool], float]
 """``(state, action, next_state, terminated) -> reward``; states are tuples of token ids."""
 
-REWARD_NAMES: tuple[str, ...] = ("none", "logprob", "valid")
 
 _EXACT_SOURCES = "Markov, Dyck and Arithmetic"
 
@@ -249,7 +249,9 @@ def _check_floor(logprob_floor: float) -> float:
     return value
 
 
-def make_reward(reward: str | RewardFn | Reward, source: object, *, logprob_floor: float = -20.0) -> Reward:
+def make_reward(
+    reward: RewardName | RewardFn | Reward, source: object, *, logprob_floor: float = -20.0
+) -> Reward:
     """Build the :class:`Reward` that ``reward`` names.
 
     Args:
@@ -265,16 +267,17 @@ def make_reward(reward: str | RewardFn | Reward, source: object, *, logprob_floo
     if isinstance(reward, Reward):
         return reward
     if isinstance(reward, str):
+        reward = check_option(
+            "reward",
+            reward,
+            REWARD_NAMES,
+            hint=" or pass a callable (state, action, next_state, terminated) -> float",
+        )
         if reward == "none":
             return NoReward()
         if reward == "logprob":
             return LogProbReward(source, logprob_floor=logprob_floor)
-        if reward == "valid":
-            return ValidReward(source)
-        raise ValueError(
-            f"Unknown reward {reward!r}; choose one of {list(REWARD_NAMES)} or pass a callable "
-            "(state, action, next_state, terminated) -> float."
-        )
+        return ValidReward(source)
     if callable(reward):
         return CallableReward(reward)
     raise TypeError(

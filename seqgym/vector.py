@@ -12,6 +12,14 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
+from seqgym._options import (
+    AUTORESET_MODE_NAMES,
+    RENDER_MODES,
+    AutoresetModeName,
+    RenderMode,
+    RewardName,
+    check_option,
+)
 from seqgym.dynamics import action_mask, backspace_allowed, step_masks
 from seqgym.env import _check_source, check_limit, check_prompt, render_history, sample_prompt
 from seqgym.rewards import Reward, RewardFn, make_reward
@@ -95,10 +103,10 @@ class SequenceVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
         *,
         max_length: int,
         max_steps: int,
-        reward: str | RewardFn | Reward = "none",
+        reward: RewardName | RewardFn | Reward = "none",
         logprob_floor: float = -20.0,
-        autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
-        render_mode: str | None = None,
+        autoreset_mode: AutoresetMode | AutoresetModeName = AutoresetMode.NEXT_STEP,
+        render_mode: RenderMode | None = None,
     ) -> None:
         _check_source(source)
         self.source = source
@@ -107,9 +115,11 @@ class SequenceVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
         self.max_length = check_limit("max_length", max_length)
         self.max_steps = check_limit("max_steps", max_steps)
         self.autoreset_mode = _autoreset_mode(autoreset_mode)
-        if render_mode is not None and render_mode != "ansi":
-            raise ValueError(f"Unknown render_mode {render_mode!r}; choose 'ansi' or None.")
-        self.render_mode = render_mode
+        self.render_mode = (
+            None
+            if render_mode is None
+            else check_option("render_mode", render_mode, RENDER_MODES, hint=" or None")
+        )
         self.metadata = {"render_modes": ["ansi"], "autoreset_mode": self.autoreset_mode}
         self.reward_fn: Reward = make_reward(reward, source, logprob_floor=logprob_floor)
 
@@ -353,13 +363,11 @@ class SequenceVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
         )
 
 
-def _autoreset_mode(mode: AutoresetMode | str) -> AutoresetMode:
+def _autoreset_mode(mode: AutoresetMode | AutoresetModeName) -> AutoresetMode:
+    """The mode itself, or the one a name gives, ignoring case and ``_`` (``"next_step"``, ``"NEXT_STEP"``)."""
     if isinstance(mode, AutoresetMode):
         return mode
-    for m in AutoresetMode:
-        if isinstance(mode, str) and mode.replace("_", "").lower() in (
-            m.value.lower(),
-            m.name.replace("_", "").lower(),
-        ):
-            return m
-    raise ValueError(f"Unknown autoreset_mode {mode!r}; choose one of {[m.value for m in AutoresetMode]}.")
+    name = check_option(
+        "autoreset_mode", mode, AUTORESET_MODE_NAMES, normalize=lambda s: s.replace("_", "").lower()
+    )
+    return AutoresetMode(name)
