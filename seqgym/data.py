@@ -50,6 +50,7 @@ from numpy.typing import ArrayLike
 from seqgym import dynamics
 from seqgym._files import atomic_write
 from seqgym._options import NOISE_NAMES, NoiseName, check_option
+from seqgym.sources.base import Source
 from seqgym.vocab import Vocabulary
 
 __all__ = [
@@ -344,7 +345,7 @@ class Trajectory:
 
 
 # ------------------------------------------------------------------------------------------------------------
-def collect(source: Any, n: int, rng: RngLike) -> list[Trajectory]:
+def collect(source: Source, n: int, rng: RngLike) -> list[Trajectory]:
     """Draw ``n`` clean expert trajectories from ``source.sample(rng)``.
 
     Args:

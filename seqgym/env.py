@@ -224,7 +224,9 @@ class SequenceEnv(gym.Env[np.ndarray, np.int64]):
         self._needs_reset = False
         return self._obs.copy(), self._info()
 
-    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+    def step(
+        self, action: int | np.integer | np.ndarray
+    ) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """Apply one action.
 
         Returns:

@@ -42,7 +42,7 @@ from collections.abc import Callable
 import numpy as np
 
 from seqgym._options import REWARD_NAMES, RewardName, check_option
-from seqgym.sources.base import has_exact_probabilities, has_validity
+from seqgym.sources.base import Source, has_exact_probabilities, has_validity
 
 __all__ = [
     "REWARD_NAMES",
@@ -148,7 +148,7 @@ class LogProbReward(Reward):
 
     name = "logprob"
 
-    def __init__(self, source: object, *, logprob_floor: float = -20.0, cache_size: int = 4096) -> None:
+    def __init__(self, source: Source, *, logprob_floor: float = -20.0, cache_size: int = 4096) -> None:
         if not has_exact_probabilities(source):
             raise ValueError(
                 f"reward='logprob' needs a source with exact next-token probabilities (next_token_logprobs); "
@@ -157,7 +157,7 @@ class LogProbReward(Reward):
             )
         self.logprob_floor = _check_floor(logprob_floor)
         self.source = source
-        self.backspace_id: int = source.vocab.backspace_id  # type: ignore[attr-defined]
+        self.backspace_id: int = source.vocab.backspace_id
         self._next_token_logprobs: Callable[[list[int]], np.ndarray] = source.next_token_logprobs  # type: ignore[attr-defined]
         self._cache: dict[State, np.ndarray] = {}
         self._cache_size = int(cache_size)
@@ -194,7 +194,7 @@ class ValidReward(Reward):
 
     name = "valid"
 
-    def __init__(self, source: object) -> None:
+    def __init__(self, source: Source) -> None:
         if not has_validity(source):
             raise ValueError(
                 f"reward='valid' needs a source that can judge a sequence (is_valid); "
@@ -250,7 +250,7 @@ def _check_floor(logprob_floor: float) -> float:
 
 
 def make_reward(
-    reward: RewardName | RewardFn | Reward, source: object, *, logprob_floor: float = -20.0
+    reward: RewardName | RewardFn | Reward, source: Source, *, logprob_floor: float = -20.0
 ) -> Reward:
     """Build the :class:`Reward` that ``reward`` names.
 
