@@ -94,7 +94,7 @@ class Arithmetic:
             raise TypeError(
                 f"Arithmetic ops must be a sequence of operators such as ('+', '-'), got {ops!r}."
             )
-        ops = tuple(check_option("Arithmetic op", o, _OPS) for o in ops)
+        ops = tuple(check_option("Arithmetic ops entry", o, _OPS) for o in ops)
         if not ops or len(set(ops)) != len(ops):
             raise ValueError(
                 f"Arithmetic ops must be a non-empty subset of {_OPS} without repeats, got {ops!r}."
