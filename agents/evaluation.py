@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from agents.policy import Generation, LMPolicy
-from seqgym.dynamics import replay
+from seqgym.dynamics import pad_histories, surviving_actions
 from seqgym.metrics import SourceStatistics, evaluate_samples, model_heldout_nll
 
 __all__ = ["Generator", "evaluate_generator", "evaluate_recovery", "policy_heldout_nll", "sequence_logprobs"]
@@ -57,9 +57,11 @@ def evaluate_generator(
     """
     gen = generator.generate(n, seed=seed)
     vocab = source.vocab
-    # The generated part is what the actions alone build (backspace is a no-op exactly when nothing generated
-    # is left, with or without a prompt), so the prompt is the rest of the visible sequence.
-    plens = [len(s) - len(replay([], a, vocab)) for s, a in zip(gen.sequences, gen.actions)]
+    # The generated part is the surviving actions (backspace is a no-op exactly when nothing generated is
+    # left, with or without a prompt), so the prompt is the rest of the visible sequence.
+    acts, n_steps = pad_histories(gen.actions, vocab.pad_id)  # (n, T), (n,)
+    generated = surviving_actions(acts, 0, vocab, n_steps=n_steps).sum(axis=1)  # (n,)
+    plens = [len(s) - int(g) for s, g in zip(gen.sequences, generated)]
     return evaluate_samples(
         source, gen.sequences, gen.actions, prompt_lengths=plens, reference=reference, n_reference=n_reference
     )

@@ -10,7 +10,8 @@ import numpy as np
 from gymnasium import spaces
 from gymnasium.error import ResetNeeded
 
-from seqgym.dynamics import action_mask, apply_action, replay
+from seqgym._options import RENDER_MODES, RenderMode, RewardName, check_option
+from seqgym.dynamics import action_mask, apply_action, backspace_allowed, replay
 from seqgym.render import FrameRenderer
 from seqgym.rewards import Reward, RewardFn, make_reward
 from seqgym.sources.base import Source
@@ -156,20 +157,20 @@ class SequenceEnv(gym.Env[np.ndarray, np.int64]):
         *,
         max_length: int,
         max_steps: int,
-        reward: str | RewardFn | Reward | None = None,
+        reward: RewardName | RewardFn | Reward | None = None,
         logprob_floor: float = -20.0,
-        render_mode: str | None = None,
+        render_mode: RenderMode | None = None,
     ) -> None:
         _check_source(source)
         self.source = source
         self.vocab: Vocabulary = source.vocab
         self.max_length = check_limit("max_length", max_length)
         self.max_steps = check_limit("max_steps", max_steps)
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(
-                f"Unknown render_mode {render_mode!r}; choose one of {self.metadata['render_modes']} or None."
-            )
-        self.render_mode = render_mode
+        self.render_mode = (
+            None
+            if render_mode is None
+            else check_option("render_mode", render_mode, RENDER_MODES, hint=" or None")
+        )
         self.reward_fn: Reward = make_reward(reward, source, logprob_floor=logprob_floor)
         self._renderer = (
             FrameRenderer(self.vocab, max_length=self.max_length, max_steps=self.max_steps)
@@ -247,7 +248,9 @@ class SequenceEnv(gym.Env[np.ndarray, np.int64]):
         self._needs_reset = False
         return self._obs.copy(), self._info()
 
-    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+    def step(
+        self, action: int | np.integer | np.ndarray
+    ) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """Apply one action.
 
         Returns:
@@ -286,7 +289,7 @@ class SequenceEnv(gym.Env[np.ndarray, np.int64]):
 
         The same values as the latest ``info["action_mask"]`` (which is ``int8``, Gymnasium's convention).
         """
-        free = len(self._state) > self._prompt_length
+        free = backspace_allowed(len(self._state), self._prompt_length)
         return (self._mask_free if free else self._mask_boundary).copy()
 
     def render(self) -> str | np.ndarray | None:
@@ -309,7 +312,7 @@ class SequenceEnv(gym.Env[np.ndarray, np.int64]):
 
     # ----------------------------------------------------------------------------------------------------
     def _info(self) -> dict[str, Any]:
-        free = len(self._state) > self._prompt_length
+        free = backspace_allowed(len(self._state), self._prompt_length)
         return {
             "length": len(self._state),
             "prompt_length": self._prompt_length,
@@ -370,9 +373,8 @@ def check_limit(name: str, value: object) -> int:
 def sample_prompt(source: Source, rng: np.random.Generator) -> Sequence[int]:
     """A fresh episode's prompt: ``source.sample_prompt(rng)`` if defined, else ``source.sample(rng)[0]``."""
     sampler = getattr(source, "sample_prompt", None)
-    if callable(sampler):
-        return sampler(rng)
-    return source.sample(rng)[0]
+    prompt: Sequence[int] = sampler(rng) if callable(sampler) else source.sample(rng)[0]
+    return prompt
 
 
 def check_prompt(prompt: object, vocab: Vocabulary, max_length: int, *, sampled: bool = False) -> list[int]:

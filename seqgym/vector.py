@@ -6,13 +6,22 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from gymnasium import spaces
 from gymnasium.error import ResetNeeded
 from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from seqgym.dynamics import action_mask
+from seqgym._options import (
+    AUTORESET_MODE_NAMES,
+    RENDER_MODES,
+    AutoresetModeName,
+    RenderMode,
+    RewardName,
+    check_option,
+)
+from seqgym.dynamics import action_mask, backspace_allowed, step_masks
 from seqgym.env import SequenceEnv, _check_source, check_limit, check_prompt, render_history, sample_prompt
 from seqgym.render import FrameRenderer
 from seqgym.rewards import Reward, RewardFn, make_reward
@@ -22,7 +31,6 @@ from seqgym.vocab import Vocabulary
 __all__ = ["SequenceVectorEnv"]
 
 _OPTION_KEYS = ("prompt", "prompts", "reset_mask")
-_RENDER_MODES = ("ansi", "rgb_array")
 
 
 class SequenceVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
@@ -99,10 +107,10 @@ class SequenceVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
         *,
         max_length: int,
         max_steps: int,
-        reward: str | RewardFn | Reward | None = None,
+        reward: RewardName | RewardFn | Reward | None = None,
         logprob_floor: float = -20.0,
-        autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
-        render_mode: str | None = None,
+        autoreset_mode: AutoresetMode | AutoresetModeName = AutoresetMode.NEXT_STEP,
+        render_mode: RenderMode | None = None,
     ) -> None:
         _check_source(source)
         self.source = source
@@ -111,13 +119,13 @@ class SequenceVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
         self.max_length = check_limit("max_length", max_length)
         self.max_steps = check_limit("max_steps", max_steps)
         self.autoreset_mode = _autoreset_mode(autoreset_mode)
-        if render_mode is not None and render_mode not in _RENDER_MODES:
-            raise ValueError(
-                f"Unknown render_mode {render_mode!r}; choose one of {list(_RENDER_MODES)} or None."
-            )
-        self.render_mode = render_mode
+        self.render_mode = (
+            None
+            if render_mode is None
+            else check_option("render_mode", render_mode, RENDER_MODES, hint=" or None")
+        )
         self.metadata = {
-            "render_modes": list(_RENDER_MODES),
+            "render_modes": list(RENDER_MODES),
             "render_fps": SequenceEnv.metadata["render_fps"],
             "autoreset_mode": self.autoreset_mode,
         }
@@ -211,7 +219,9 @@ class SequenceVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
         self._reset_rows(idx, prompts)
         return self._obs.copy(), self._info(mask.copy())
 
-    def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    def step(
+        self, actions: npt.ArrayLike
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """Apply one action per sub-env.
 
         Args:
@@ -242,10 +252,9 @@ class SequenceVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
         obs, length, plen, steps = self._obs, self._length, self._prompt_length, self._steps
         if self.reward_fn.needs_states:
             obs_before, length_before = obs.copy(), length.copy()
-        is_backspace = a == v.backspace_id  # (N,)
-        append = ~is_backspace if active is None else active & ~is_backspace
-        delete = is_backspace & (length > plen)  # backspace at the prompt boundary: a no-op
+        append, delete = step_masks(length, plen, a, v)  # (N,) each; a no-op backspace is in neither
         if active is not None:
+            append &= active
             delete &= active
         # One scatter: append writes a at length, delete writes pad at length - 1, the rest hit the scratch.
         pos = np.where(append, length, np.where(delete, length - 1, self.max_length))
@@ -293,7 +302,7 @@ class SequenceVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
     def action_masks(self) -> np.ndarray:
         """Allowed actions, bool ``(num_envs, n_actions)``: all but backspace at the prompt boundary."""
         masks = np.tile(self._mask_free, (self.num_envs, 1))  # (N, A)
-        masks[:, self.vocab.backspace_id] = self._length > self._prompt_length
+        masks[:, self.vocab.backspace_id] = backspace_allowed(self._length, self._prompt_length)
         return masks
 
     def render(self) -> tuple[str, ...] | tuple[np.ndarray, ...] | None:
@@ -335,7 +344,7 @@ class SequenceVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
     def _info(self, mask: np.ndarray) -> dict[str, Any]:
         masks = np.empty((self.num_envs, self.vocab.n_actions), dtype=np.int8)  # (N, A)
         masks[:] = self._mask_free_i8
-        masks[:, self.vocab.backspace_id] = self._length > self._prompt_length
+        masks[:, self.vocab.backspace_id] = backspace_allowed(self._length, self._prompt_length)
         return {
             "length": self._length.copy(),
             "_length": mask,
@@ -369,13 +378,11 @@ class SequenceVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
         )
 
 
-def _autoreset_mode(mode: AutoresetMode | str) -> AutoresetMode:
+def _autoreset_mode(mode: AutoresetMode | AutoresetModeName) -> AutoresetMode:
+    """The mode itself, or the one a name gives, ignoring case and ``_`` (``"next_step"``, ``"NEXT_STEP"``)."""
     if isinstance(mode, AutoresetMode):
         return mode
-    for m in AutoresetMode:
-        if isinstance(mode, str) and mode.replace("_", "").lower() in (
-            m.value.lower(),
-            m.name.replace("_", "").lower(),
-        ):
-            return m
-    raise ValueError(f"Unknown autoreset_mode {mode!r}; choose one of {[m.value for m in AutoresetMode]}.")
+    name = check_option(
+        "autoreset_mode", mode, AUTORESET_MODE_NAMES, normalize=lambda s: s.replace("_", "").lower()
+    )
+    return AutoresetMode(name)

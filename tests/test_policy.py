@@ -526,3 +526,31 @@ def test_generate_with_numpy_and_tensor_prompts(policy: LMPolicy) -> None:
     g = torch.Generator().manual_seed(0)
     same = policy.generate(torch.tensor([[0, 1], [2, 3]]), max_steps=4, max_length=8, generator=g)
     assert out == same
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_torch_twins_equal_the_dynamics_primitives(data: st.DataObject) -> None:
+    """The masked forward's layout and generation's bookkeeping on tensors equal seqgym.dynamics on arrays."""
+    from agents.policy import backspace_allowed_torch, slot_layout_torch, step_masks_torch
+    from seqgym.dynamics import backspace_allowed, pad_histories, slot_layout, step_masks
+
+    B = data.draw(st.integers(1, 4))
+    tok = st.integers(0, VOCAB.n_tokens - 1)
+    prompts = [data.draw(st.lists(tok, max_size=3)) for _ in range(B)]
+    actions = [data.draw(st.lists(st.one_of(st.just(BK), tok), max_size=8)) for _ in range(B)]
+    pr, P = pad_histories(prompts, VOCAB.pad_id)
+    ac, T = pad_histories(actions, BK)  # padding holds backspaces: it must be ignored
+    ref = slot_layout(pr, P, ac, VOCAB, n_steps=T)
+    t = torch.from_numpy
+    inp, pos, attend = slot_layout_torch(t(pr), t(P), t(ac), t(T), VOCAB)
+    assert inp.tolist() == ref.tokens.tolist()
+    assert pos.tolist() == ref.positions.tolist()
+    assert attend.tolist() == ref.attend.tolist()
+
+    lengths = P + np.array([data.draw(st.integers(0, 2)) for _ in range(B)])
+    a = np.array([data.draw(st.integers(0, VOCAB.n_actions - 1)) for _ in range(B)])
+    appends, deletes = step_masks_torch(t(lengths), t(P), t(a), BK)
+    ref_appends, ref_deletes = step_masks(lengths, P, a, VOCAB)
+    assert appends.tolist() == ref_appends.tolist() and deletes.tolist() == ref_deletes.tolist()
+    assert backspace_allowed_torch(t(lengths), t(P)).tolist() == backspace_allowed(lengths, P).tolist()

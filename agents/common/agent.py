@@ -135,7 +135,9 @@ class Agent(TrainingMixin[BatchT], ActingMixin[BatchT], CheckpointMixin[BatchT])
         if env is None:
             raise TypeError("env is required: a SequenceEnv or a registered id such as 'seqgym/Dyck-v0'.")
         config = self.config_class.from_kwargs(hyperparameters, owner=type(self).__name__)
-        if isinstance(policy, (str, os.PathLike)):  # fine-tune the policy of a saved agent (e.g. a trained MLE)
+        if isinstance(
+            policy, (str, os.PathLike)
+        ):  # fine-tune the policy of a saved agent (e.g. a trained MLE)
             policy = type(self).load_policy(policy, device=config.device)
         if seed is not None:
             s = resolve_seed(seed)
