@@ -147,7 +147,7 @@ def evaluate_recovery(
     """
     from seqgym.metrics import deletion_stats, recovery_metrics, sample_recovery_states, validity_rate
 
-    states = sample_recovery_states(source, n, seed=seed)
+    states = sample_recovery_states(source, n, seed=seed, max_length=agent.max_length)
     out: dict[str, float] = {}
     bad = agent.generate(
         prompts=states.prompts, generated=states.injected, seed=seed + 1, temperature=temperature

@@ -748,6 +748,26 @@ class LMPolicy(torch.nn.Module):
             logits = logits[:, -keep:]
         return self.token_map.action_logits(logits)
 
+    def _check_generated(self, generated: IdRows, n: int) -> list[np.ndarray]:
+        """Validate ``generated`` parts: one per prompt, ordinary token ids only (no eos, backspace or pad)."""
+        if isinstance(generated, (str, bytes)) or not isinstance(
+            generated, (Sequence, np.ndarray, torch.Tensor)
+        ):
+            raise TypeError(f"generated must be a sequence of id sequences, got {type(generated).__name__}.")
+        rows = [_as_ids(g, f"generated[{b}]") for b, g in enumerate(generated)]
+        if len(rows) != n:
+            raise ValueError(
+                f"generated has {len(rows)} rows for {n} prompts; give one (possibly empty) per prompt."
+            )
+        for b, r in enumerate(rows):
+            bad = np.nonzero((r < 0) | (r >= self.vocab.n_tokens))[0]
+            if len(bad):
+                raise ValueError(
+                    f"generated[{b}] holds id {int(r[bad[0]])} at position {int(bad[0])}: a generated part holds "
+                    f"ordinary tokens only (0..{self.vocab.n_tokens - 1}; no eos, backspace or pad)."
+                )
+        return rows
+
     def _check_prompts(self, prompts: IdRows, what: str) -> list[np.ndarray]:
         if isinstance(prompts, (str, bytes)) or not isinstance(prompts, (Sequence, np.ndarray, torch.Tensor)):
             raise TypeError(f"{what} must be a sequence of id sequences, got {type(prompts).__name__}.")
@@ -925,6 +945,7 @@ class LMPolicy(torch.nn.Module):
         allow_backspace: bool = True,
         logits_processor: Callable[[torch.Tensor], torch.Tensor] | None = None,
         output_logits: bool = False,
+        generated: IdRows | None = None,
     ) -> Generation:
         """Sample a batch of action histories with backspace, on a KV cache.
 
@@ -951,6 +972,10 @@ class LMPolicy(torch.nn.Module):
             logits_processor: optional ``(B, A) -> (B, A)`` function applied to (a copy of) the logits before
                 masking and sampling, e.g. a logit bias.
             output_logits: also return the logits of every step's state (``Generation.logits``).
+            generated: optional ``B`` deletable generated parts (ordinary token ids): row ``b`` starts from the
+                state ``prompts[b] + generated[b]`` as if it had written ``generated[b]`` itself, so
+                ``<backspace>`` may delete it down to the prompt (``docs/method.md`` §4b). ``Generation.actions``
+                are the actions taken from there; ``Generation.sequences`` the final visible sequences.
 
         Returns:
             :class:`Generation`.
@@ -965,11 +990,15 @@ class LMPolicy(torch.nn.Module):
                 f"takes one); use max_length <= {self.n_positions}."
             )
         rows = self._check_prompts(prompts, "prompts")
-        P = np.array([len(r) for r in rows], dtype=np.int64)  # (B,)
+        bound = np.array([len(r) for r in rows], dtype=np.int64)  # (B,) prompt lengths: backspace stops here
+        if generated is not None:
+            rows = [np.concatenate((r, g)) for r, g in zip(rows, self._check_generated(generated, len(rows)))]
+        P = np.array([len(r) for r in rows], dtype=np.int64)  # (B,) prefill lengths (prompt + generated)
         if (P >= max_length).any():
             b = int(np.nonzero(P >= max_length)[0][0])
+            what = "prompts" if generated is None else "prompts + generated"
             raise ValueError(
-                f"prompts[{b}] has length {int(P[b])}; prompts must be shorter than max_length={max_length}."
+                f"{what}[{b}] has length {int(P[b])}; it must be shorter than max_length={max_length}."
             )
         v, dev = self.vocab, self.device
         B, Pm = len(rows), int(P.max())
@@ -992,19 +1021,27 @@ class LMPolicy(torch.nn.Module):
         n_layers = int(getattr(self.model.config, "num_hidden_layers", 0) or self.model.config.n_layer)
         cache = _SlotCache(n_layers, max_slots=Pm + max_length, batch_size=B, device=dev)
         cache.kv_len = Pm + 1
-        logits = self._run(tok, pos0, mask0, keep=1, cache=cache)[:, -1]  # (B, A)
+        if generated is None:
+            logits = self._run(tok, pos0, mask0, keep=1, cache=cache)[:, -1]  # (B, A)
+        else:  # keep the logits of every prefill slot: a backspace into the generated part needs them
+            prefill = self._run(tok, pos0, mask0, keep=Pm + 1, cache=cache)  # (B, Pm+1, A)
+            logits = prefill[:, -1]
 
         seq = torch.full((B, max_length + 1), v.pad_id, dtype=torch.long, device=dev)  # (B, L+1) by position
         seq[:, : Pm + 1] = tok.gather(1, (q[None, :] + off[:, None]).clamp(max=Pm))  # left-align prompts
-        P_t = torch.from_numpy(P).to(dev)  # (B,)
+        P_t = torch.from_numpy(bound).to(dev)  # (B,) the prompt boundary
         A = v.n_actions
         # logits of the state of visible length p, kept so that a backspace needs no forward at all
         use_stack = B * (max_length + 1) * A * logits.element_size() <= _LOGIT_STACK_BYTES
         stack = torch.empty((B, max_length + 1, A) if use_stack else (0,), dtype=logits.dtype, device=dev)
         rows_t = torch.arange(B, device=dev)  # (B,)
+        vis = torch.from_numpy(P).to(dev)  # (B,) visible length
         if use_stack:
-            stack[rows_t, P_t] = logits
-        vis = P_t.clone()  # (B,) visible length
+            stack[rows_t, vis] = logits
+            if generated is not None:  # states of the generated part: visible length p at slot off_b + p
+                for b in np.nonzero(P > bound)[0].tolist():
+                    first, last = int(bound[b]), int(P[b])
+                    stack[b, first:last] = prefill[b, int(off_np[b]) + first : int(off_np[b]) + last]
         steps = torch.zeros(B, dtype=torch.long, device=dev)  # (B,) actions taken
         done = torch.zeros(B, dtype=torch.bool, device=dev)
         terminated = torch.zeros_like(done)

@@ -22,7 +22,7 @@ __all__ = ["BACKSPACE_GLYPH", "SequenceEnv", "render_history"]
 BACKSPACE_GLYPH = "⌫"
 """How :func:`render_history` draws a backspace action."""
 
-_OPTION_KEYS = ("prompt",)
+_OPTION_KEYS = ("prompt", "generated")
 
 
 class SequenceEnv(gym.Env[np.ndarray, np.int64]):
@@ -216,16 +216,20 @@ class SequenceEnv(gym.Env[np.ndarray, np.int64]):
 
         Args:
             seed: seeds :attr:`np_random` (used to draw prompts), as in every Gymnasium env.
-            options: ``{"prompt": sequence of token ids}`` to fix the prompt (the only option).
+            options: ``{"prompt": token ids}`` fixes the prompt; ``{"generated": token ids}`` starts after the
+                prompt from a *deletable* generated part, as if the agent had written it (it opens the action
+                history; the step count starts at 0; rewards count from the reset state). Recovery is
+                evaluated this way: a generated part ending with a wrong token (``docs/method.md`` §4b).
 
         Returns:
             ``(observation (max_length,) int64, info)``.
 
         Raises:
-            ValueError: unknown option, or a prompt with invalid ids or not shorter than ``max_length``.
+            ValueError: unknown option; a prompt or generated part with ids that are not ordinary tokens
+                (eos, backspace, pad, out of range); or prompt + generated not shorter than ``max_length``.
         """
         super().reset(seed=seed)
-        prompt = None
+        prompt = generated = None
         if options:
             unknown = sorted(set(options) - set(_OPTION_KEYS))
             if unknown:
@@ -233,18 +237,20 @@ class SequenceEnv(gym.Env[np.ndarray, np.int64]):
                     f"Unknown reset options {unknown}; SequenceEnv accepts {list(_OPTION_KEYS)}."
                 )
             prompt = options.get("prompt")
+            generated = options.get("generated")
         if prompt is None:
             prompt = check_prompt(
                 sample_prompt(self.source, self.np_random), self.vocab, self.max_length, sampled=True
             )
         else:
             prompt = check_prompt(prompt, self.vocab, self.max_length)
-        self._state = prompt
+        gen = [] if generated is None else check_generated(generated, prompt, self.vocab, self.max_length)
+        self._state = prompt + gen
         self._prompt_length = len(prompt)
         self._obs[:] = self.vocab.pad_id
-        self._obs[: len(prompt)] = prompt
+        self._obs[: len(self._state)] = self._state
         self._steps = 0
-        self._history = []
+        self._history = list(gen)
         self._needs_reset = False
         return self._obs.copy(), self._info()
 
@@ -375,6 +381,39 @@ def sample_prompt(source: Source, rng: np.random.Generator) -> Sequence[int]:
     sampler = getattr(source, "sample_prompt", None)
     prompt: Sequence[int] = sampler(rng) if callable(sampler) else source.sample(rng)[0]
     return prompt
+
+
+def check_generated(
+    generated: object, prompt: Sequence[int], vocab: Vocabulary, max_length: int
+) -> list[int]:
+    """Validate a deletable generated part that follows ``prompt`` and return it as a list of ints.
+
+    Raises:
+        TypeError: not a sequence of integers.
+        ValueError: an id that is not an ordinary token (eos, backspace, pad, out of range), or
+            ``len(prompt) + len(generated) >= max_length``.
+    """
+    if isinstance(generated, (str, bytes)) or not hasattr(generated, "__iter__"):
+        raise TypeError(f"generated must be a sequence of token ids, got {type(generated).__name__}.")
+    ids: list[int] = []
+    for pos, t in enumerate(generated):
+        if isinstance(t, bool) or not isinstance(t, (int, np.integer)):
+            raise TypeError(
+                f"generated must hold integer token ids; position {pos} holds {type(t).__name__}."
+            )
+        ids.append(int(t))
+    if vocab.eos_id in ids:
+        raise ValueError(
+            f"The generated part holds eos at position {ids.index(vocab.eos_id)}; a generated part the agent "
+            "may still delete holds ordinary tokens only (an episode ends at eos)."
+        )
+    vocab.check_ids(ids, what="The generated part", allow_eos=False)
+    if len(prompt) + len(ids) >= max_length:
+        raise ValueError(
+            f"prompt ({len(prompt)} ids) + generated ({len(ids)} ids) must be shorter than max_length="
+            f"{max_length}, leaving room for at least one more token."
+        )
+    return ids
 
 
 def check_prompt(prompt: object, vocab: Vocabulary, max_length: int, *, sampled: bool = False) -> list[int]:

@@ -629,13 +629,17 @@ class RecoveryStates:
     injected: list[list[int]]
 
 
-def sample_recovery_states(source: object, n: int, *, seed: int) -> RecoveryStates:
+def sample_recovery_states(
+    source: object, n: int, *, seed: int, max_length: int | None = None
+) -> RecoveryStates:
     """Draw ``n`` recovery start states from ``source`` (which needs ``next_token_logprobs``).
 
     Each row: a source sample ``(prompt, completion)``, a cut ``k`` uniform in ``1 .. len(completion) − 1``
     (the eos excluded), ``clean = completion[:k]``, and ``injected = clean + [w]`` with ``w`` uniform over the
     ordinary tokens of log-probability ``-inf`` after ``prompt + clean``. Samples too short to cut, or states
-    where the source rules nothing out, are skipped and redrawn (at most ``100·n`` draws).
+    where the source rules nothing out, are skipped and redrawn (at most ``100·n`` draws). With
+    ``max_length``, states whose prompt + injected prefix is not shorter than it are skipped too (an env or
+    generation with that limit must have room for one more token).
 
     Raises:
         TypeError: the source has no ``next_token_logprobs``.
@@ -663,7 +667,7 @@ def sample_recovery_states(source: object, n: int, *, seed: int) -> RecoveryStat
         prefix = c[:k]
         lp = np.asarray(source.next_token_logprobs(p + prefix))[: vocab.n_tokens]  # type: ignore[attr-defined]
         impossible = np.flatnonzero(np.isneginf(lp))
-        if impossible.size == 0:
+        if impossible.size == 0 or (max_length is not None and len(p) + k + 1 >= max_length):
             continue
         prompts.append(p)
         clean.append(prefix)

@@ -22,7 +22,15 @@ from seqgym._options import (
     check_option,
 )
 from seqgym.dynamics import action_mask, backspace_allowed, step_masks
-from seqgym.env import SequenceEnv, _check_source, check_limit, check_prompt, render_history, sample_prompt
+from seqgym.env import (
+    SequenceEnv,
+    _check_source,
+    check_generated,
+    check_limit,
+    check_prompt,
+    render_history,
+    sample_prompt,
+)
 from seqgym.render import FrameRenderer
 from seqgym.rewards import Reward, RewardFn, make_reward
 from seqgym.sources.base import Source
@@ -30,7 +38,7 @@ from seqgym.vocab import Vocabulary
 
 __all__ = ["SequenceVectorEnv"]
 
-_OPTION_KEYS = ("prompt", "prompts", "reset_mask")
+_OPTION_KEYS = ("prompt", "prompts", "generated", "generated_parts", "reset_mask")
 
 
 class SequenceVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
@@ -155,6 +163,7 @@ class SequenceVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
         self._steps = np.zeros(n, dtype=np.int64)  # (N,) steps this episode
         # (N, max_steps) actions this episode, kept only for render()
         self._history = np.zeros((n, self.max_steps if render_mode else 0), dtype=np.int64)
+        self._generated: list[list[int]] = [[] for _ in range(n)]  # deletable parts the episodes started from
         self._autoreset = np.zeros(n, dtype=bool)  # (N,) NEXT_STEP: reset on the next step
         self._needs_reset = np.ones(n, dtype=bool)  # (N,) not started, or ended under DISABLED
         self._rngs: list[np.random.Generator | None] = [None] * n
@@ -174,8 +183,10 @@ class SequenceVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
             seed: ``None``, an int ``s`` (sub-env ``i`` gets ``s + i``), or a list of ``num_envs`` ints or
                 ``None``.
             options: ``"prompt"``: one prompt for every reset sub-env; ``"prompts"``: a list of ``num_envs``
-                prompts (entries of sub-envs not reset are ignored); ``"reset_mask"``: bool ``(num_envs,)``,
-                which sub-envs to reset (default all).
+                prompts (entries of sub-envs not reset are ignored); ``"generated"``: one deletable generated
+                part after the prompt for every reset sub-env, or ``"generated_parts"``: ``num_envs`` of them
+                (as :meth:`SequenceEnv.reset`'s ``"generated"``); ``"reset_mask"``: bool ``(num_envs,)``, which
+                sub-envs to reset (default all).
 
         Returns:
             ``(observations (num_envs, max_length) int64, info)``; info masks mark the reset sub-envs.
@@ -212,11 +223,25 @@ class SequenceVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
         elif options.get("prompt") is not None:
             prompts = [options["prompt"]] * n
 
+        parts: list[Any] | None = None
+        if options.get("generated_parts") is not None:
+            if options.get("generated") is not None:
+                raise ValueError(
+                    "Pass options['generated'] (one for all) or options['generated_parts'] (one each), not both."
+                )
+            parts = list(options["generated_parts"])
+            if len(parts) != n:
+                raise ValueError(
+                    f"options['generated_parts'] must hold num_envs={n} parts, got {len(parts)}."
+                )
+        elif options.get("generated") is not None:
+            parts = [options["generated"]] * n
+
         idx = np.flatnonzero(mask)
         for i in idx.tolist():
             if seeds[i] is not None:
                 self._rngs[i] = seeding.np_random(seeds[i])[0]
-        self._reset_rows(idx, prompts)
+        self._reset_rows(idx, prompts, parts)
         return self._obs.copy(), self._info(mask.copy())
 
     def step(
@@ -311,7 +336,10 @@ class SequenceVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
         if self.render_mode is None:
             return None
         episodes = [
-            (self._obs[i, : self._prompt_length[i]].tolist(), self._history[i, : self._steps[i]].tolist())
+            (
+                self._obs[i, : self._prompt_length[i]].tolist(),
+                self._generated[i] + self._history[i, : self._steps[i]].tolist(),
+            )
             for i in range(self.num_envs)
         ]
         if self._renderer is not None:
@@ -319,14 +347,16 @@ class SequenceVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
         return tuple(render_history(self.vocab, prompt, actions) for prompt, actions in episodes)
 
     # ----------------------------------------------------------------------------------------------------
-    def _reset_rows(self, idx: np.ndarray, prompts: list[Any] | None) -> None:
-        """Start new episodes in sub-envs ``idx`` (prompts given, or drawn from each sub-env's generator)."""
+    def _reset_rows(self, idx: np.ndarray, prompts: list[Any] | None, parts: list[Any] | None = None) -> None:
+        """Start new episodes in sub-envs ``idx`` (prompts given, or drawn from each sub-env's generator),
+        optionally followed by deletable generated ``parts``."""
         obs, v = self._obs, self.vocab
         self._buf[idx] = v.pad_id
         self._steps[idx] = 0
         self._autoreset[idx] = False
         self._needs_reset[idx] = False
         lengths = np.zeros(len(idx), dtype=np.int64)
+        prompt_lengths = np.zeros(len(idx), dtype=np.int64)
         for k, i in enumerate(idx.tolist()):
             if prompts is None:
                 rng = self._rngs[i]
@@ -335,11 +365,14 @@ class SequenceVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
                 p = check_prompt(sample_prompt(self.source, rng), v, self.max_length, sampled=True)
             else:
                 p = check_prompt(prompts[i], v, self.max_length)
-            if p:
-                obs[i, : len(p)] = p
-                lengths[k] = len(p)
+            g = [] if parts is None else check_generated(parts[i], p, v, self.max_length)
+            self._generated[i] = g
+            if p or g:
+                obs[i, : len(p) + len(g)] = p + g
+                lengths[k] = len(p) + len(g)
+            prompt_lengths[k] = len(p)
         self._length[idx] = lengths
-        self._prompt_length[idx] = lengths
+        self._prompt_length[idx] = prompt_lengths
 
     def _info(self, mask: np.ndarray) -> dict[str, Any]:
         masks = np.empty((self.num_envs, self.vocab.n_actions), dtype=np.int8)  # (N, A)

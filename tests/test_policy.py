@@ -419,6 +419,51 @@ def test_generate_equals_stepping_the_env_with_predict_sampling(backspace_mode: 
     assert n_backspaces > 0
 
 
+def test_generate_from_a_generated_part_equals_stepping_the_env_from_it(backspace_mode: str) -> None:
+    """Batch of one, starting from prompt + a deletable generated part: generate == SequenceEnv reset with
+    options {"prompt", "generated"} and stepped with state_logits + sample_actions; a strong backspace bias
+    makes the rows delete into the generated part (whose states' logits come from the prefill)."""
+    from seqgym.env import SequenceEnv
+    from seqgym.sources.dyck import Dyck
+
+    env = SequenceEnv(Dyck(2, max_length=8), max_length=10, max_steps=16)
+    policy = LMPolicy.from_config(env.vocab, n_layer=2, n_embd=32, n_head=2, n_positions=32, seed=5)
+    bias = torch.zeros(env.vocab.n_actions)
+    bias[env.vocab.backspace_id] = 3.0
+    deleted_into_part = 0
+    for seed, prompt, part in [(0, [], [0, 1, 2]), (1, [0], [2, 3]), (2, [1, 1], [0]), (3, [], [])]:
+        gen = policy.generate(
+            [prompt],
+            max_steps=env.max_steps,
+            max_length=env.max_length,
+            generator=torch.Generator().manual_seed(seed),
+            logits_processor=lambda x: x + bias,
+            generated=[part],
+        )
+        g = torch.Generator().manual_seed(seed)
+        obs, info = env.reset(options={"prompt": prompt, "generated": part})
+        taken, done, shortest = [], False, info["length"]
+        while not done:
+            visible = obs[: info["length"]].tolist()
+            with torch.no_grad():
+                logits = policy.state_logits([visible], [info["prompt_length"]]) + bias
+            a = int(sample_actions(logits, generator=g)[0])
+            obs, _, terminated, truncated, info = env.step(a)
+            taken.append(a)
+            shortest = min(shortest, info["length"])
+            done = terminated or truncated
+        assert gen.actions[0] == taken
+        assert gen.sequences[0] == obs[: info["length"]].tolist()
+        deleted_into_part += shortest < len(prompt) + len(part)
+    assert deleted_into_part >= 2
+    with pytest.raises(ValueError, match="generated\\[0\\] holds id"):
+        policy.generate([[0]], max_steps=4, max_length=10, generated=[[env.vocab.eos_id]])
+    with pytest.raises(ValueError, match="one \\(possibly empty\\) per prompt"):
+        policy.generate([[0], [1]], max_steps=4, max_length=10, generated=[[1]])
+    with pytest.raises(ValueError, match="prompts \\+ generated"):
+        policy.generate([[0]], max_steps=4, max_length=4, generated=[[1, 2, 3]])
+
+
 # ---------------------------------------------------------------------------------------------------------
 # save / load / from_pretrained
 # ---------------------------------------------------------------------------------------------------------
