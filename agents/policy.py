@@ -266,9 +266,21 @@ def sample_actions(
     _check_sampling(temperature, top_k, top_p)
     if logits.dim() != 2:
         raise ValueError(f"logits must have shape (B, A), got {tuple(logits.shape)}.")
-    x = logits.detach().double() / float(temperature)  # (B, A)
-    if bool((x == float("-inf")).all(dim=-1).any()):
+    if bool((logits == float("-inf")).all(dim=-1).any()):
         raise ValueError("A row of logits has no allowed action (all -inf).")
+    return _draw(logits, generator, temperature, top_k, top_p, deterministic)
+
+
+def _draw(
+    logits: torch.Tensor,
+    generator: torch.Generator | None,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    deterministic: bool = False,
+) -> torch.Tensor:
+    """:func:`sample_actions` on checked arguments (no host synchronisation): ``(B, A)`` -> ``(B,)``."""
+    x = logits.detach().double() / float(temperature)  # (B, A)
     if deterministic:
         return x.argmax(dim=-1)
     if top_k is not None and top_k < x.shape[-1]:
@@ -1166,6 +1178,8 @@ class LMPolicy(torch.nn.Module):
         bk, eos = v.backspace_id, v.eos_id
         bk_col = torch.zeros(A, dtype=torch.bool, device=dev)
         bk_col[bk] = True
+        kv_hi = Pm + 1  # host-side bound on the slots attention reads: a step appends at most one per row
+        n_cache = B  # rows of the cache (host-side count, so the loop synchronises once per step)
         while True:
             # sample until every live row has taken a token (or eos); a row that backspaces samples again
             # at once from the stored logits of its new state
@@ -1180,7 +1194,8 @@ class LMPolicy(torch.nn.Module):
                     )
                 x = logits if logits_processor is None else logits_processor(logits.clone())  # (B, A)
                 x = x.masked_fill(blocked, -math.inf)
-                a = sample_actions(x, generator=generator, temperature=temperature, top_k=top_k, top_p=top_p)
+                empty = need & (x == -math.inf).all(dim=-1)  # (B,) rows with no allowed action
+                a = _draw(x, generator, temperature, top_k, top_p)
                 history[rows_t, at] = torch.where(need, a, history[rows_t, at])
                 appends, deletes = step_masks_torch(vis, P_t, a, bk)  # (B,) each
                 is_bk = need & deletes  # (B,) backspace (never at the boundary: masked above)
@@ -1194,27 +1209,33 @@ class LMPolicy(torch.nn.Module):
                 truncated |= cut
                 done = done | ended | cut
                 need = is_bk & ~done  # (B,) rows that backspaced and sample again at once
-                if not use_stack or not bool(need.any()):
+                # the one host synchronisation of the step
+                resample, n_live, no_action = torch.stack(
+                    [need.any().long(), (~done).sum(), empty.any().long()]
+                ).tolist()
+                if no_action:
+                    raise ValueError("A row of logits has no allowed action (all -inf).")
+                if not use_stack or not resample:
                     break
                 logits = torch.where(need[:, None], stack[rows_t, vis], logits)  # (B, A)
-            if bool(done.all()):
+            if n_live == 0:
                 break
-            live = ~done[act]  # (B',) rows of the cache still generating
-            if not bool(live.all()):  # drop finished rows from the cache and the forward
-                keep = live.nonzero()[:, 0]
+            if n_live < n_cache:  # drop finished rows from the cache and the forward
+                keep = (~done[act]).nonzero()[:, 0]
                 act = act[keep]
                 cache.keep_rows(keep)
+                n_cache = n_live
             # next input: the last visible token of each live row, at its position; after a backspace (without
             # the stack) this re-feeds the new last token at its own slot
             feed = vis[act]  # (B',) position id
             lo = off[act]  # (B',) slot of BOS
             w = lo + feed  # (B',) slot written
             cache.write_index = w
-            cache.kv_len = int(w.max()) + 1
-            kv = ar[: cache.kv_len]  # (K,)
+            kv_hi = min(kv_hi + 1, Pm + max_length)
+            cache.kv_len = kv_hi  # slots past a row's own are masked out below
+            kv = ar[:kv_hi]  # (K,)
             step_mask = (kv[None, :] >= lo[:, None]) & (kv[None, :] <= w[:, None])  # (B', K)
-            m4 = torch.zeros(len(act), 1, 1, cache.kv_len, dtype=self.model.dtype, device=dev)
-            m4.masked_fill_(~step_mask[:, None, None, :], neg)  # (B', 1, 1, K)
+            m4 = torch.where(step_mask, 0.0, neg).to(self.model.dtype)[:, None, None, :]  # (B', 1, 1, K)
             inp = seq[act, feed][:, None]  # (B', 1)
             out = self._run(inp, feed[:, None], m4, keep=1, cache=cache)[:, -1]  # (B', A)
             logits = logits.index_copy(0, act, out)  # (B, A)
