@@ -538,6 +538,7 @@ class LMPolicy(torch.nn.Module):
         n_pos = getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
         self.n_positions: int = int(n_pos) if n_pos else 1 << 30
         self.pretrained_name: str | None = None
+        self._pretrained_rows: int | None = None  # embedding rows before tokens were added (from_pretrained)
         self._read_forward_signature()
 
     def _read_forward_signature(self) -> None:
@@ -729,7 +730,7 @@ class LMPolicy(torch.nn.Module):
                 raise TypeError(f"lora must be a peft.LoraConfig or a dict, got {type(config).__name__}.")
             tm = self.token_map
             rows = _embedding_rows(self.model)
-            base_rows = int(self.__dict__.get("_pretrained_rows", rows))
+            base_rows = rows if self._pretrained_rows is None else self._pretrained_rows
             new = {tm.env_to_model[self.vocab.backspace_id], tm.env_to_model[self.vocab.eos_id]}
             fields: dict[str, Any] = {
                 "r": 8,
