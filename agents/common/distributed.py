@@ -112,6 +112,14 @@ class ProcessGroup:
         torch.distributed.all_gather_object(out, obj)
         return out
 
+    def mean_over_ranks(self, values: dict[str, float]) -> dict[str, float]:
+        """Each name's mean over the ranks that have it (``values`` itself with one process)."""
+        if not self.distributed:
+            return values
+        got = self.all_gather_object(values)
+        names = dict.fromkeys(name for g in got for name in g)
+        return {n: sum(g[n] for g in got if n in g) / sum(n in g for g in got) for n in names}
+
     def all_reduce_mean(self, x: torch.Tensor) -> torch.Tensor:
         """The mean of ``x`` over the ranks (``x`` itself with one process); ``x`` is not modified."""
         if not self.distributed:

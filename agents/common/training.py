@@ -29,7 +29,7 @@ import torch
 
 from agents.callbacks import CallbackLike, convert_callback
 from agents.common.config import is_int, is_number
-from agents.common.distributed import ProcessGroup, process_group
+from agents.common.engine import EngineMixin
 from agents.common.hooks import AgentHooks, BatchT
 
 if TYPE_CHECKING:
@@ -99,7 +99,7 @@ class _Interval:
             self.counts[k] = self.counts.get(k, 0) + 1
 
 
-class TrainingMixin(AgentHooks[BatchT]):
+class TrainingMixin(EngineMixin, AgentHooks[BatchT]):
     """``learn``, ``train``, ``train_step`` and the loop's logging; part of :class:`~agents.common.agent.Agent`."""
 
     _logger: Logger | None
@@ -142,26 +142,6 @@ class TrainingMixin(AgentHooks[BatchT]):
     def n_updates(self) -> int:
         """Optimiser steps taken over the agent's life."""
         return self._n_updates
-
-    @property
-    def process_group(self) -> ProcessGroup:
-        """The processes training this agent (:mod:`agents.common.distributed`): a group of one unless the script
-        was launched on several processes (``torchrun`` / ``accelerate launch``), in which case the first call,
-        on every rank, initialises it."""
-        return process_group(self.device)
-
-    @property
-    def is_main_process(self) -> bool:
-        """False only on the ranks other than 0 of an initialised process group (rank 0 logs and saves)."""
-        dist = torch.distributed
-        return not (dist.is_available() and dist.is_initialized() and dist.get_rank() != 0)
-
-    def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        """The mixed-precision context of the agent's forwards: ``torch.autocast`` to bfloat16 on the agent's
-        device with ``mixed_precision="bf16"``, else a no-op (parameters and optimiser stay float32)."""
-        if self.config.mixed_precision == "bf16":
-            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
 
     # -- training ---------------------------------------------------------------------------------------------
     def learn(
@@ -321,8 +301,7 @@ class TrainingMixin(AgentHooks[BatchT]):
             gn = torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
         else:
             gn = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-        # the loss of the global batch (the mean of equal shards' losses); the gradient is already the same
-        loss_value, grad_norm = group.all_reduce_mean(
+        loss_value, grad_norm = group.all_reduce_mean(  # the global batch's loss (mean of equal shards')
             torch.stack([loss.detach().float(), gn.detach().float().to(loss.device)])
         ).tolist()
         if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
@@ -357,7 +336,7 @@ class TrainingMixin(AgentHooks[BatchT]):
         if not is_int(log_interval) or log_interval < 0:
             raise ValueError(f"log_interval must be an int >= 0, got {log_interval!r}.")
         group = self.process_group  # initialised here on every rank of a multi-process launch
-        main = group.is_main
+        main = group.is_main  # every rank holds the same state: rank 0 alone logs and writes checkpoints
         if not self._custom_logger:
             from stable_baselines3.common.utils import configure_logger
 
@@ -383,8 +362,7 @@ class TrainingMixin(AgentHooks[BatchT]):
                         interval = _Interval()
                     every = self.config.checkpoint_every
                     if every and self._n_updates % every == 0:
-                        if main:  # every rank holds the same state; rank 0 writes it
-                            self.save(self.checkpoint_path(self._n_updates))
+                        self.save(self.checkpoint_path(self._n_updates))  # rank 0 writes, the others wait
                         group.barrier()
                     cb.update_locals(
                         {
@@ -421,14 +399,7 @@ class TrainingMixin(AgentHooks[BatchT]):
         log = self.logger
         log.record("train/loss", interval.loss / k)
         terms = {name: float(total) / interval.counts[name] for name, total in interval.terms.items()}
-        group = self.process_group
-        if group.distributed:  # the terms of each rank's shard, averaged over the ranks that logged them
-            gathered = group.all_gather_object(terms)
-            terms = {
-                name: sum(g[name] for g in gathered if name in g) / sum(name in g for g in gathered)
-                for name in dict.fromkeys(name for g in gathered for name in g)
-            }
-        for name, value in terms.items():
+        for name, value in self.process_group.mean_over_ranks(terms).items():  # of the ranks' shards
             log.record(f"train/{name}", value)
         log.record("train/learning_rate", self.optimizer.param_groups[0]["lr"])
         log.record("train/grad_norm", interval.grad_norm / k)
