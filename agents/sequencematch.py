@@ -199,6 +199,14 @@ def _masked_mean(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return (x * rows).sum() / rows.sum().clamp(min=1)
 
 
+def _pad_steps(x: torch.Tensor, length: int) -> torch.Tensor:
+    """``x`` (B, T, ...) zero-padded (False for bool) along dim 1 to ``length``."""
+    if x.shape[1] == length:
+        return x
+    pad = x.new_zeros((x.shape[0], length - x.shape[1], *x.shape[2:]))
+    return torch.cat([x, pad], dim=1)
+
+
 def _logits_taken(
     logits: torch.Tensor,
     actions: torch.Tensor,
@@ -790,20 +798,27 @@ class SequenceMatch(Agent[SequenceMatchBatch]):
 
     # -- the loss ------------------------------------------------------------------------------------------
     def _loss(self, batch: SequenceMatchBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """:func:`sequencematch_loss` on ONE masked forward over ``E`` (the first rows) and the replay rows;
-        during the warm-up, over ``E`` alone and ``L_BC`` alone."""
+        """:func:`sequencematch_loss` on the masked forward of ``E`` (the first rows) and of the replay rows;
+        during the warm-up, over ``E`` alone and ``L_BC`` alone. The replay rows (often much shorter than the
+        demonstrations) get a forward of their own, so they are not padded to ``E``'s length."""
         c = self.config
         prompts: list[Any] = [t.prompt for t in batch.expert]  # int64 arrays
         actions: list[Any] = [t.actions for t in batch.expert]
         terminal = [t.terminal for t in batch.expert]
         n_e, n_r = len(batch.expert), 0
+        out = self.policy.trajectory_logits(prompts, actions)  # masked forward of E: logits (B_E, T_E+1, A)
+        logits, acts, step_mask = out.logits, out.actions, out.action_mask
         if batch.replay is not None:
-            prompts += batch.replay.prompts
-            actions += batch.replay.actions
             terminal += batch.replay.terminal.tolist()
             n_r = len(batch.replay)
-        out = self.policy.trajectory_logits(prompts, actions)  # ONE masked forward: logits (B, T+1, A)
-        B, T = out.actions.shape
+            r_prompts: list[Any] = list(batch.replay.prompts)  # int64 arrays
+            r_actions: list[Any] = list(batch.replay.actions)
+            rep = self.policy.trajectory_logits(r_prompts, r_actions)
+            T = max(acts.shape[1], rep.actions.shape[1])
+            logits = torch.cat([_pad_steps(logits, T + 1), _pad_steps(rep.logits, T + 1)])  # (B, T+1, A)
+            acts = torch.cat([_pad_steps(acts, T), _pad_steps(rep.actions, T)])  # (B, T)
+            step_mask = torch.cat([_pad_steps(step_mask, T), _pad_steps(rep.action_mask, T)])  # (B, T)
+        B, T = acts.shape
         expert_np = np.ones((B, T), dtype=bool)  # False on the inserted mistake tokens of E
         kept_np = np.ones((B, T), dtype=bool)  # the steps the occupancy terms count
         for b, t in enumerate(batch.expert):
@@ -812,12 +827,12 @@ class SequenceMatch(Agent[SequenceMatchBatch]):
                 inserted = ~t.expert  # each mistake token, and the backspace right after it
                 inserted[1:] |= inserted[:-1]
                 kept_np[b, : len(t)] = ~inserted
-        dev = out.logits.device
+        dev = logits.device
         row = torch.arange(B, device=dev)
         loss, terms = sequencematch_loss(
-            out.logits,
-            out.actions,
-            out.action_mask,
+            logits,
+            acts,
+            step_mask,
             torch.tensor(terminal, dtype=torch.bool, device=dev),
             torch.from_numpy(expert_np).to(dev),
             in_expert=row < n_e,  # E: the augmented demonstrations

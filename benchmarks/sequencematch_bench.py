@@ -60,8 +60,8 @@ class Config:
     """augmentation probability (both agents)"""
     bc_warmup_steps: int = 20
     """SequenceMatch's BC-only updates (part b)"""
-    replay_refresh_interval: int = 20
-    """updates between replay refreshes"""
+    replay_refresh_interval: int = 4
+    """updates between replay refreshes (the library default)"""
     repeats: int = 20
     """(a) timed updates per agent (median reported)"""
     budget: int = 200_000

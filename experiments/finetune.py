@@ -110,7 +110,12 @@ def run_seed(cfg: Config, seed: int) -> list[dict[str, Any]]:
             )
             arms[name] = agent.learn(cfg.finetune)
         for name, agent_name in (("bc from scratch", "bc"), ("sequencematch from scratch", "sequencematch")):
-            kw = {"learning_rate": cfg.learning_rate, **common, **model, "p_noise": cfg.p_noise}  # from scratch
+            kw = {
+                "learning_rate": cfg.learning_rate,
+                **common,
+                **model,
+                "p_noise": cfg.p_noise,
+            }  # from scratch
             agent = make_agent(agent_name, env=env, seed=seed, demonstrations=demos, **kw)
             arms[name] = agent.learn(cfg.pretrain + cfg.finetune)
         seconds = time.perf_counter() - start

@@ -61,3 +61,10 @@ def test_library_defaults_are_the_setting_the_sweep_chose() -> None:
 
     defaults = SequenceMatchConfig()
     assert {k: getattr(defaults, k) for k in CHOSEN} == CHOSEN
+
+
+def test_the_sequencematch_benchmark_measures_the_library_default_refresh() -> None:
+    from agents import SequenceMatchConfig
+    from benchmarks.sequencematch_bench import Config
+
+    assert Config().replay_refresh_interval == SequenceMatchConfig().replay_refresh_interval
