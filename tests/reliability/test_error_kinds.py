@@ -1,0 +1,63 @@
+"""Errors of one kind: a non-finite loss is always ``NonFiniteLossError``; a failing reward leaves the env as
+it was; summaries keep NaN visible with the number of seeds; a wrong tokenizer file names what is missing.
+
+The experiment run cache (a corrupt cache file names itself and how to recover; a stale config hash is
+recomputed, never reused) is tested in ``tests/experiments/test_run_cache.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from experiments.common import format_table, summarize
+from seqgym.sources.tokenizers import CharTokenizer, tokenizer_from_json
+
+
+# ------------------------------------------------------------------------------------------------------
+def test_summarize_keeps_nan_visible_and_counts_seeds() -> None:
+    nan = float("nan")
+    records = [
+        {"agent": "bc", "v": 0.5, "w": nan},
+        {"agent": "bc", "v": 0.7, "w": nan},
+        {"agent": "bc", "v": nan, "w": nan},
+        {"agent": "mle", "v": 0.2, "w": 1.0},
+    ]
+    s = summarize(records, ["v", "w"])
+    mean, std, n, n_nan = s["bc"]["v"]
+    assert math.isclose(mean, 0.6) and n == 2 and n_nan == 1 and math.isclose(std, 0.1414213, rel_tol=1e-5)
+    assert math.isnan(s["bc"]["w"][0]) and s["bc"]["w"][2:] == [0.0, 3.0]  # all NaN: kept, not dropped
+    assert s["mle"]["v"] == [0.2, 0.0, 1.0, 0.0]
+    table = format_table(s, ["v", "w"])
+    assert "| bc | 0.600 ± 0.141 (n=2, 1 NaN) | NaN (n=0, 3 NaN) | 3 |" in table
+    assert "| mle | 0.200 | 1.000 | 1 |" in table
+
+
+# ------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("text", "pattern"),
+    [
+        ('{"chars": ["a"]}', r"lacks 'type'.*\['chars'\]"),
+        ('{"type": "char"}', "lacks 'chars'"),
+        ('{"type": "char", "chars": "ab"}', "'chars' of type str"),
+        ('{"type": "char", "chars": ["a"], "unk_token": 3}', "unk_token"),
+        ('{"type": "bpe"}', "lacks 'tokenizer'"),
+        ('{"type": "bpe", "tokenizer": {"model": 1}}', "not a valid tokenizers JSON"),
+        ('{"type": "wordpiece"}', "Unknown tokenizer description"),
+        ("[1, 2]", "must be a JSON object"),
+        ("{not json", "not valid JSON"),
+    ],
+)
+def test_tokenizer_from_json_names_what_is_wrong(text: str, pattern: str) -> None:
+    with pytest.raises(ValueError, match=pattern):
+        tokenizer_from_json(text)
+
+
+def test_tokenizer_from_json_round_trip_and_type() -> None:
+    tok = CharTokenizer(list("ab"), unk_token="<unk>")
+    back = tokenizer_from_json(tok.to_json())
+    assert json.loads(back.to_json()) == json.loads(tok.to_json())
+    with pytest.raises(TypeError, match="JSON text"):
+        tokenizer_from_json({"type": "char"})  # type: ignore[arg-type]
