@@ -806,6 +806,10 @@ class SequenceMatch(Agent[SequenceMatchBatch]):
             terminal += batch.replay.terminal.tolist()
             n_r = len(batch.replay)
         out = self.policy.trajectory_logits(prompts, actions)  # ONE masked forward: logits (B, T+1, A)
+        if bool(torch.isnan(out.logits).any() | torch.isposinf(out.logits).any()):
+            # a blown-up model: a NaN loss, which the training loop reports as NonFiniteLossError (no step)
+            nan = out.logits.nan_to_num(0.0, 0.0, 0.0).sum() * float("nan")
+            return nan, {"nonfinite_logits": torch.tensor(float(torch.isnan(out.logits).sum()))}
         B, T = out.actions.shape
         expert_np = np.ones((B, T), dtype=bool)  # False on the inserted mistake tokens of E
         kept_np = np.ones((B, T), dtype=bool)  # the steps the occupancy terms count

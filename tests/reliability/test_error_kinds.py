@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Any
 
 import pytest
+import torch
 
 from experiments.common import format_table, summarize
 from seqgym.sources.tokenizers import CharTokenizer, tokenizer_from_json
@@ -61,3 +63,35 @@ def test_tokenizer_from_json_round_trip_and_type() -> None:
     assert json.loads(back.to_json()) == json.loads(tok.to_json())
     with pytest.raises(TypeError, match="JSON text"):
         tokenizer_from_json({"type": "char"})  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------------------------------
+def _sequencematch(**kw: object) -> Any:
+    from agents import make_agent
+    from seqgym.env import SequenceEnv
+    from seqgym.sources.dyck import Dyck
+
+    env = SequenceEnv(Dyck(2, max_depth=3, max_length=8), max_length=9, max_steps=27)
+    kw.setdefault("bc_warmup_steps", 2)
+    return make_agent(
+        "sequencematch",
+        env=env,
+        seed=0,
+        n_demonstrations=8,
+        batch_size=4,
+        replay_refresh_interval=1,
+        policy_kwargs={"n_layer": 1, "n_embd": 16, "n_head": 2},
+        **kw,
+    )
+
+
+@pytest.mark.parametrize("divergence", ["chi2", "kl"])
+def test_sequencematch_blow_up_is_a_nonfinite_loss(divergence: str) -> None:
+    from agents import NonFiniteLossError
+
+    agent = _sequencematch(divergence=divergence)
+    with torch.no_grad():
+        agent.policy.model.lm_head.weight.fill_(float("nan"))  # a blown-up model: NaN logits
+    with pytest.raises(NonFiniteLossError, match="update 1"):
+        agent.learn(10_000)
+    assert agent.n_updates == 0
