@@ -54,3 +54,20 @@ def test_positive_logprob_floor_is_refused(floor: float) -> None:
     with pytest.raises(ValueError, match="logprob_floor must be"):
         SequenceEnv(Dyck(), max_length=17, max_steps=24, reward="logprob", logprob_floor=floor)
     SequenceEnv(Dyck(), max_length=17, max_steps=24, reward="logprob", logprob_floor=0.0)
+
+
+def test_unknown_policy_kwargs_are_refused_with_a_suggestion() -> None:
+    with pytest.raises(TypeError, match=r"'n_layers' \(did you mean 'n_layer'\?\)"):
+        make_agent("bc", env=small_env(), policy_kwargs={"n_layers": 1, "n_embd": 16, "n_head": 2})
+    agent = make_agent("bc", env=small_env(), n_demonstrations=2, policy_kwargs={**TINY, "resid_pdrop": 0.1})
+    assert agent.policy.model.config.resid_pdrop == 0.1
+
+
+def test_generate_refuses_eos_inside_a_prompt() -> None:
+    agent = make_agent("bc", env=small_env(), n_demonstrations=2, policy_kwargs=dict(TINY))
+    eos = agent.vocab.eos_id
+    with pytest.raises(ValueError, match=rf"prompts\[1\] holds eos \(id {eos}\) at position 1"):
+        agent.generate(prompts=[[0], [0, eos]])
+    with pytest.raises(ValueError, match="holds eos"):
+        agent.policy.generate([[eos]], max_steps=3, max_length=5)
+    assert len(agent.generate(prompts=[[0], []], seed=0).sequences) == 2
