@@ -205,10 +205,19 @@ class SequenceVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
             prompts = [options["prompt"]] * n
 
         idx = np.flatnonzero(mask)
-        for i in idx.tolist():
-            if seeds[i] is not None:
-                self._rngs[i] = seeding.np_random(seeds[i])[0]
-        self._reset_rows(idx, prompts)
+        # A reset that fails (a bad prompt, a source that raises) leaves every sub-env as it was, RNGs included.
+        saved_rngs = list(self._rngs)
+        saved_states = {i: r.bit_generator.state for i, r in enumerate(self._rngs) if r is not None}
+        try:
+            for i in idx.tolist():
+                if seeds[i] is not None:
+                    self._rngs[i] = seeding.np_random(seeds[i])[0]
+            self._reset_rows(idx, prompts)
+        except BaseException:
+            self._rngs = saved_rngs
+            for i, state in saved_states.items():
+                saved_rngs[i].bit_generator.state = state  # type: ignore[union-attr]
+            raise
         return self._obs.copy(), self._info(mask.copy())
 
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
@@ -274,7 +283,7 @@ class SequenceVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
         info: dict[str, Any] = {}
         if next_step:
             if len(pending):
-                self._reset_rows(pending, None)
+                self._autoreset_rows(pending)
             self._autoreset = done
         elif self.autoreset_mode == AutoresetMode.SAME_STEP:
             if done.any():
@@ -284,7 +293,7 @@ class SequenceVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
                     final_obs[i] = obs[i].copy()
                 info["final_obs"], info["_final_obs"] = final_obs, done.copy()
                 info["final_info"], info["_final_info"] = self._info(done.copy()), done.copy()
-                self._reset_rows(di, None)
+                self._autoreset_rows(di)
         else:
             self._needs_reset = done
         info.update(self._info(self._all.copy()))
@@ -310,22 +319,39 @@ class SequenceVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
         return tuple(render_history(self.vocab, prompt, actions) for prompt, actions in episodes)
 
     # ----------------------------------------------------------------------------------------------------
+    def _autoreset_rows(self, idx: np.ndarray) -> None:
+        """Autoreset sub-envs ``idx`` inside :meth:`step`; if drawing their prompts fails, they are marked as
+        needing a reset (the next :meth:`step` raises ``ResetNeeded``) instead of being left half-reset."""
+        try:
+            self._reset_rows(idx, None)
+        except BaseException:
+            self._needs_reset[idx] = True
+            self._autoreset[idx] = False
+            raise
+
     def _reset_rows(self, idx: np.ndarray, prompts: list[Any] | None) -> None:
-        """Start new episodes in sub-envs ``idx`` (prompts given, or drawn from each sub-env's generator)."""
+        """Start new episodes in sub-envs ``idx`` (prompts given, or drawn from each sub-env's generator).
+
+        Every prompt is drawn and checked before any sub-env changes, so an error leaves them all as they were.
+        """
         obs, v = self._obs, self.vocab
+        new_prompts = []
+        for i in idx.tolist():
+            if prompts is None:
+                rng = self._rngs[i]
+                if rng is None:
+                    rng = self._rngs[i] = seeding.np_random()[0]
+                new_prompts.append(
+                    check_prompt(sample_prompt(self.source, rng), v, self.max_length, sampled=True)
+                )
+            else:
+                new_prompts.append(check_prompt(prompts[i], v, self.max_length))
         self._buf[idx] = v.pad_id
         self._steps[idx] = 0
         self._autoreset[idx] = False
         self._needs_reset[idx] = False
         lengths = np.zeros(len(idx), dtype=np.int64)
-        for k, i in enumerate(idx.tolist()):
-            if prompts is None:
-                rng = self._rngs[i]
-                if rng is None:
-                    rng = self._rngs[i] = seeding.np_random()[0]
-                p = check_prompt(sample_prompt(self.source, rng), v, self.max_length, sampled=True)
-            else:
-                p = check_prompt(prompts[i], v, self.max_length)
+        for k, (i, p) in enumerate(zip(idx.tolist(), new_prompts)):
             if p:
                 obs[i, : len(p)] = p
                 lengths[k] = len(p)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 
 from agents import make_agent
@@ -71,3 +72,15 @@ def test_generate_refuses_eos_inside_a_prompt() -> None:
     with pytest.raises(ValueError, match="holds eos"):
         agent.policy.generate([[eos]], max_steps=3, max_length=5)
     assert len(agent.generate(prompts=[[0], []], seed=0).sequences) == 2
+
+
+@pytest.mark.parametrize(
+    "action", [True, False, np.bool_(True), 1.0, np.float64(0.0), np.array(1.0), "0", None]
+)
+def test_env_step_refuses_bools_and_floats(action: object) -> None:
+    env = small_env()
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="Action must be an integer"):
+        env.step(action)
+    env.step(np.int64(0))
+    env.step(np.array(1))

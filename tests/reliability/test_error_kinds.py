@@ -95,3 +95,37 @@ def test_sequencematch_blow_up_is_a_nonfinite_loss(divergence: str) -> None:
     with pytest.raises(NonFiniteLossError, match="update 1"):
         agent.learn(10_000)
     assert agent.n_updates == 0
+
+
+# ------------------------------------------------------------------------------------------------------
+def test_a_reward_that_raises_leaves_the_env_as_it_was() -> None:
+    import numpy as np
+
+    from seqgym.env import SequenceEnv
+    from seqgym.sources.dyck import Dyck
+
+    calls = {"n": 0}
+
+    def reward(state: Any, action: int, next_state: Any, terminated: bool) -> float:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("reward service down")
+        return 0.0
+
+    env = SequenceEnv(Dyck(2, max_depth=3, max_length=8), max_length=9, max_steps=27, reward=reward)
+    twin = SequenceEnv(Dyck(2, max_depth=3, max_length=8), max_length=9, max_steps=27, reward="none")
+    for e in (env, twin):
+        e.reset(seed=0)
+        e.step(0)
+        e.step(0)
+    for action in (env.vocab.backspace_id, 1):  # a deletion and an append, each failing once
+        before = (list(env.state), list(env.history), env._obs.copy(), env._steps)
+        calls["n"] = 2
+        with pytest.raises(RuntimeError, match="reward service down"):
+            env.step(action)
+        assert (list(env.state), list(env.history), env._steps) == (*before[:2], before[3])
+        assert np.array_equal(env._obs, before[2])
+        calls["n"] = 10
+        a = env.step(action)
+        b = twin.step(action)
+        assert np.array_equal(a[0], b[0]) and a[2:4] == b[2:4]
