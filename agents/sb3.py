@@ -690,7 +690,8 @@ class SB3Baseline:
             raise FileNotFoundError(f"{model_file} not found; the save in {directory} is incomplete.")
         content = model_file.read_bytes()  # read once: SB3 loads these very bytes, not the file again
         data = _read_sb3_data(content, model_file)
-        settings = meta.get("settings") if isinstance(meta.get("settings"), dict) else {}
+        stored_settings = meta.get("settings")
+        settings: dict[str, Any] = stored_settings if isinstance(stored_settings, dict) else {}
         template = spec.make("none")
         custom = _rebuild_serialized(data, algo_cls, settings, template, model_file)
         model = algo_cls.load(io.BytesIO(content), device=device, custom_objects=custom)

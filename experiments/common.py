@@ -511,6 +511,12 @@ def _fmt(mean: float, std: float, n: float, n_nan: float = 0.0, seeds: float | N
     return text
 
 
+def _cell(values: Sequence[float], seeds: int) -> str:
+    """``_fmt`` of a ``[mean, std, n]`` or ``[mean, std, n, n_nan]`` summary entry."""
+    n_nan = values[3] if len(values) > 3 else 0.0
+    return _fmt(values[0], values[1], values[2], n_nan, seeds=seeds)
+
+
 def format_table(
     summary: Mapping[str, Mapping[str, Sequence[float]]], metrics: Sequence[str], *, row_label: str = "agent"
 ) -> str:
@@ -530,7 +536,7 @@ def format_table(
     for group, row in summary.items():
         counts = [int(v[2]) + (int(v[3]) if len(v) > 3 else 0) for v in row.values() if len(v) > 2]
         seeds = max(counts, default=0)
-        cells = [_fmt(*row[m][:4], seeds=seeds) if m in row else "n/a" for m in metrics]
+        cells = [_cell(row[m], seeds) if m in row else "n/a" for m in metrics]
         lines.append(f"| {group} | " + " | ".join(cells) + f" | {seeds} |")
     return "\n".join(lines)
 

@@ -282,8 +282,8 @@ class SequenceEnv(gym.Env[np.ndarray, np.int64]):
             if n > n_before:
                 state.pop()
                 self._obs[n - 1] = self.vocab.pad_id
-            elif n < n_before:
-                state.append(last)  # type: ignore[arg-type]
+            elif n < n_before and last is not None:
+                state.append(last)
                 self._obs[n] = last
             raise
         self._steps += 1
