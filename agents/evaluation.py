@@ -22,10 +22,10 @@ import numpy as np
 import torch
 
 from agents.policy import Generation, LMPolicy
-from seqgym.dynamics import replay
+from seqgym.dynamics import pad_histories, surviving_actions
 from seqgym.metrics import SourceStatistics, evaluate_samples, model_heldout_nll
 
-__all__ = ["Generator", "evaluate_generator", "policy_heldout_nll", "sequence_logprobs"]
+__all__ = ["Generator", "evaluate_generator", "evaluate_recovery", "policy_heldout_nll", "sequence_logprobs"]
 
 
 class Generator(Protocol):
@@ -57,9 +57,11 @@ def evaluate_generator(
     """
     gen = generator.generate(n, seed=seed)
     vocab = source.vocab
-    # The generated part is what the actions alone build (backspace is a no-op exactly when nothing generated
-    # is left, with or without a prompt), so the prompt is the rest of the visible sequence.
-    plens = [len(s) - len(replay([], a, vocab)) for s, a in zip(gen.sequences, gen.actions)]
+    # The generated part is the surviving actions (backspace is a no-op exactly when nothing generated is
+    # left, with or without a prompt), so the prompt is the rest of the visible sequence.
+    acts, n_steps = pad_histories(gen.actions, vocab.pad_id)  # (n, T), (n,)
+    generated = surviving_actions(acts, 0, vocab, n_steps=n_steps).sum(axis=1)  # (n,)
+    plens = [len(s) - int(g) for s, g in zip(gen.sequences, generated)]
     return evaluate_samples(
         source, gen.sequences, gen.actions, prompt_lengths=plens, reference=reference, n_reference=n_reference
     )
@@ -106,3 +108,61 @@ def policy_heldout_nll(
         return sequence_logprobs(policy, prompts, completions, allow_backspace=allow_backspace)
 
     return model_heldout_nll(score, source, n=n, seed=seed)
+
+
+def evaluate_recovery(
+    agent: Any,
+    source: Any,
+    *,
+    n: int,
+    seed: int,
+    temperature: float = 1.0,
+) -> dict[str, float]:
+    """What ``<backspace>`` is for, measured (``docs/method.md`` §7): recovery from an injected mistake, false
+    deletions, deliberate mistakes, and validity with backspace disabled.
+
+    Three batches of ``n`` samples each, all from states drawn by :func:`seqgym.metrics.sample_recovery_states`
+    with ``seed`` (so two agents evaluated with the same seed see the same states):
+
+    - from ``prompt + injected`` (a clean generated prefix followed by an impossible token, all deletable):
+      ``backspace_first`` (share whose first action deletes the mistake: P(``<backspace>`` next | just after
+      it)), ``recovery`` (final sequence valid), ``mistake_removed`` (the injected token was deleted at some
+      point);
+    - from ``prompt + clean`` (the clean prefix alone): ``false_deletions`` (share that deleted a correct token
+      of the prefix);
+    - from the prompts, as usual: ``deliberate_mistakes`` (tokens emitted then deleted, per sequence), split into
+      ``deleted_allowed`` and ``deleted_ruled_out`` by the source's verdict, ``validity``, and
+      ``validity_no_backspace`` (the same prompts and seed with ``<backspace>`` masked: the difference is what
+      backspace buys).
+
+    Args:
+        agent: an agent (``generate(prompts=..., generated=..., seed=..., temperature=..., backspace=...)``).
+        source: a source with ``next_token_logprobs`` and ``is_valid``.
+        n: samples per batch (>= 1).
+        seed: seeds the states and the sampling.
+        temperature: sampling temperature.
+
+    Returns:
+        The metrics above, floats.
+    """
+    from seqgym.metrics import deletion_stats, recovery_metrics, sample_recovery_states, validity_rate
+
+    states = sample_recovery_states(source, n, seed=seed, max_length=agent.max_length)
+    out: dict[str, float] = {}
+    bad = agent.generate(
+        prompts=states.prompts, generated=states.injected, seed=seed + 1, temperature=temperature
+    )
+    out.update(recovery_metrics(source, states.prompts, states.injected, bad.actions))
+    clean = agent.generate(
+        prompts=states.prompts, generated=states.clean, seed=seed + 2, temperature=temperature
+    )
+    out["false_deletions"] = deletion_stats(source, states.prompts, clean.actions, states.clean)[
+        "false_deletions"
+    ]
+    free = agent.generate(prompts=states.prompts, seed=seed + 3, temperature=temperature)
+    d = deletion_stats(source, states.prompts, free.actions)
+    out.update({k: d[k] for k in ("deliberate_mistakes", "deleted_allowed", "deleted_ruled_out")})
+    out["validity"] = validity_rate(source, free.sequences)
+    plain = agent.generate(prompts=states.prompts, seed=seed + 3, temperature=temperature, backspace=False)
+    out["validity_no_backspace"] = validity_rate(source, plain.sequences)
+    return {k: float(v) for k, v in out.items()}

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
+from seqgym.dynamics import pad_histories
 from seqgym.vocab import Vocabulary
 
 #: A batch of id sequences: a sequence of sequences, or a 2-D integer array / tensor.
@@ -325,6 +326,82 @@ def sample_actions(
     u = torch.rand(x.shape[0], 1, generator=generator, device=device, dtype=torch.float64)  # (B, 1)
     u = u.to(x.device)
     return torch.searchsorted(cdf, u, right=True)[:, 0].clamp_(max=x.shape[-1] - 1).to(logits.device)
+
+
+# ======================================================================================================
+# Backspace rules on tensors: torch twins of seqgym.dynamics' primitives (tested equal to them), so the masked
+# forward and generation run on the policy's device without a round trip through numpy.
+# ======================================================================================================
+def backspace_allowed_torch(lengths: torch.Tensor, prompt_lengths: torch.Tensor) -> torch.Tensor:
+    """:func:`seqgym.dynamics.backspace_allowed` on tensors: ``lengths > prompt_lengths``."""
+    return lengths > prompt_lengths
+
+
+def step_masks_torch(
+    lengths: torch.Tensor, prompt_lengths: torch.Tensor, actions: torch.Tensor, backspace_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`seqgym.dynamics.step_masks` on tensors: ``(appends, deletes)``, bool, shape of ``actions``."""
+    is_bk = actions == backspace_id
+    return ~is_bk, is_bk & backspace_allowed_torch(lengths, prompt_lengths)
+
+
+def slot_layout_torch(
+    prompts: torch.Tensor,
+    prompt_lengths: torch.Tensor,
+    actions: torch.Tensor,
+    n_steps: torch.Tensor,
+    vocab: Vocabulary,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`seqgym.dynamics.slot_layout` on tensors: ``(tokens, positions, attend)``.
+
+    Args:
+        prompts: ``(B, P_max)`` long, row ``b``'s prompt in its first ``prompt_lengths[b]`` columns.
+        prompt_lengths: ``(B,)`` long.
+        actions: ``(B, T_max)`` long, row ``b``'s actions in its first ``n_steps[b]`` columns.
+        n_steps: ``(B,)`` long.
+        vocab: the vocabulary.
+
+    Returns:
+        ``tokens (B, S)`` long env ids, ``positions (B, S)`` long, ``attend (B, S, S)`` bool ``[query, key]``.
+    """
+    dev = actions.device
+    B, Tm = actions.shape
+    Pm = prompts.shape[1]
+    P = prompt_lengths[:, None]  # (B, 1)
+    n = 1 + prompt_lengths + n_steps  # (B,) slots per row
+    S = int(n.max())
+    ar = torch.arange(S, device=dev)  # (S,)
+    rel = ar[None, :] - (S - n)[:, None]  # (B, S) index within the row; < 0 is left padding
+    valid = rel >= 0  # (B, S) real slots
+    is_act = rel >= 1 + P  # (B, S) action slots
+    tok = torch.full((B, S), vocab.pad_id, dtype=torch.long, device=dev)
+    tok = torch.where(rel == 0, vocab.eos_id, tok)
+    if Pm:
+        j = (rel - 1).clamp(0, Pm - 1)  # (B, S) prompt index
+        tok = torch.where((rel >= 1) & ~is_act, prompts.gather(1, j), tok)
+    if Tm:
+        t = (rel - 1 - P).clamp(0, Tm - 1)  # (B, S) action index
+        tok = torch.where(is_act, actions.gather(1, t), tok)
+    is_bk = is_act & (tok == vocab.backspace_id)  # (B, S)
+    # visible length after each action slot: cumulative +1/-1 reflected at the prompt boundary (Skorokhod)
+    step = is_act.long() - 2 * is_bk.long()  # (B, S)
+    cum = step.cumsum(dim=1)  # (B, S)
+    vis = P + cum - cum.cummin(dim=1).values  # (B, S)
+    pos = torch.where(is_act, vis, rel.clamp(min=0))  # (B, S) position ids
+    earlier = ar[None, :, None] > ar[None, None, :]  # (1, S, S) [s, k]: k < s
+    same_pos = pos[:, :, None] == pos[:, None, :]  # (B, S, S)
+    # a backspace slot copies the token of the latest earlier non-backspace slot at its position
+    origin = valid & ~is_bk  # (B, S)
+    ar1 = torch.arange(1, S + 1, dtype=torch.int32, device=dev)  # (S,) slot index + 1
+    src = torch.where(same_pos & earlier & origin[:, None, :], ar1, 0).amax(dim=-1).long() - 1  # (B, S)
+    inp = torch.where(is_bk, tok.gather(1, src.clamp(min=0)), tok)  # (B, S) env ids
+    # slot k (an action) removes every earlier slot j with pos_j >= pos_k
+    kills = is_act[:, :, None] & earlier & (pos[:, :, None] <= pos[:, None, :])  # (B, S_k, S_j)
+    death = torch.where(kills.any(dim=1), kills.to(torch.uint8).argmax(dim=1), S)  # (B, S_j)
+    eye = torch.eye(S, dtype=torch.bool, device=dev)  # (S, S)
+    alive = ar[None, :, None] < death[:, None, :]  # (B, S_q, S_j): j not yet removed at query s
+    attend = ((earlier | eye) & alive & valid[:, None, :]) | eye  # (B, S, S)
+    return inp, pos, attend
 
 
 # ======================================================================================================
@@ -729,6 +806,26 @@ class LMPolicy(torch.nn.Module):
             logits = logits[:, -keep:]
         return self.token_map.action_logits(logits)
 
+    def _check_generated(self, generated: IdRows, n: int) -> list[np.ndarray]:
+        """Validate ``generated`` parts: one per prompt, ordinary token ids only (no eos, backspace or pad)."""
+        if isinstance(generated, (str, bytes)) or not isinstance(
+            generated, (Sequence, np.ndarray, torch.Tensor)
+        ):
+            raise TypeError(f"generated must be a sequence of id sequences, got {type(generated).__name__}.")
+        rows = [_as_ids(g, f"generated[{b}]") for b, g in enumerate(generated)]
+        if len(rows) != n:
+            raise ValueError(
+                f"generated has {len(rows)} rows for {n} prompts; give one (possibly empty) per prompt."
+            )
+        for b, r in enumerate(rows):
+            bad = np.nonzero((r < 0) | (r >= self.vocab.n_tokens))[0]
+            if len(bad):
+                raise ValueError(
+                    f"generated[{b}] holds id {int(r[bad[0]])} at position {int(bad[0])}: a generated part holds "
+                    f"ordinary tokens only (0..{self.vocab.n_tokens - 1}; no eos, backspace or pad)."
+                )
+        return rows
+
     def _check_prompts(self, prompts: IdRows, what: str) -> list[np.ndarray]:
         if isinstance(prompts, (str, bytes)) or not isinstance(prompts, (Sequence, np.ndarray, torch.Tensor)):
             raise TypeError(f"{what} must be a sequence of id sequences, got {type(prompts).__name__}.")
@@ -827,42 +924,22 @@ class LMPolicy(torch.nn.Module):
         P = np.array([len(p) for p in prow], dtype=np.int64)  # (B,)
         T = np.array([len(a) for a in arow], dtype=np.int64)  # (B,)
         self._check_actions(arow, T)
-        n = 1 + P + T  # (B,) slots per row
-        S, Tm = int(n.max()), int(T.max())
-        start = S - n  # (B,) slot of BOS (left padding)
-        seqs = [np.concatenate(([v.eos_id], p, a)) for p, a in zip(prow, arow)]
+        Tm = int(T.max())
         dev = self.device
-        tok = torch.from_numpy(_rows_to_padded(seqs, start, S, v.pad_id)).to(dev)  # (B, S) env ids
-
-        ar = torch.arange(S, device=dev)  # (S,)
-        start_t = torch.from_numpy(start).to(dev)[:, None]  # (B, 1)
         P_t = torch.from_numpy(P).to(dev)[:, None]  # (B, 1)
-        valid = ar[None, :] >= start_t  # (B, S) real slots
-        is_act = ar[None, :] >= start_t + 1 + P_t  # (B, S) action slots
-        is_bk = is_act & (tok == v.backspace_id)  # (B, S)
-        # visible length after each action slot: cumulative +1/-1 reflected at the prompt boundary (Skorokhod)
-        step = is_act.long() - 2 * is_bk.long()  # (B, S)
-        cum = step.cumsum(dim=1)  # (B, S)
-        vis = P_t + cum - cum.cummin(dim=1).values  # (B, S)
-        pos = torch.where(is_act, vis, (ar[None, :] - start_t).clamp(min=0))  # (B, S) position ids
+        inp, pos, attend = slot_layout_torch(
+            torch.from_numpy(pad_histories(prow, v.pad_id)[0]).to(dev),  # (B, P_max)
+            P_t[:, 0],
+            torch.from_numpy(pad_histories(arow, 0)[0]).to(dev),  # (B, T)
+            torch.from_numpy(T).to(dev),
+            v,
+        )  # (B, S) env ids, (B, S) position ids, (B, S, S) bool
+        S = inp.shape[1]
         if int(pos.max()) >= self.n_positions:
             raise ValueError(
                 f"A visited state of length {int(pos.max())} does not fit the model's {self.n_positions} "
                 "positions (BOS included); shorten the histories or use a model with more positions."
             )
-        earlier = ar[None, :, None] > ar[None, None, :]  # (1, S, S) [s, k]: k < s
-        same_pos = pos[:, :, None] == pos[:, None, :]  # (B, S, S)
-        # a backspace slot copies the token of the latest earlier non-backspace slot at its position
-        origin = valid & ~is_bk  # (B, S)
-        ar1 = torch.arange(1, S + 1, dtype=torch.int32, device=dev)  # (S,) slot index + 1
-        src = torch.where(same_pos & earlier & origin[:, None, :], ar1, 0).amax(dim=-1).long() - 1  # (B, S)
-        inp = torch.where(is_bk, tok.gather(1, src.clamp(min=0)), tok)  # (B, S) env ids
-        # slot k (an action) removes every earlier slot j with pos_j >= pos_k
-        kills = is_act[:, :, None] & earlier & (pos[:, :, None] <= pos[:, None, :])  # (B, S_k, S_j)
-        death = torch.where(kills.any(dim=1), kills.to(torch.uint8).argmax(dim=1), S)  # (B, S_j)
-        eye = torch.eye(S, dtype=torch.bool, device=dev)  # (S, S)
-        alive = ar[None, :, None] < death[:, None, :]  # (B, S_q, S_j): j not yet removed at query s
-        attend = ((earlier | eye) & alive & valid[:, None, :]) | eye  # (B, S, S)
         dtype = self.model.dtype
         mask = torch.zeros(B, 1, S, S, dtype=dtype, device=dev)
         mask.masked_fill_(~attend[:, None], self._neg())  # (B, 1, S, S) additive
@@ -874,8 +951,8 @@ class LMPolicy(torch.nn.Module):
         state_mask = i <= T_t  # (B, K)
         idx = (Tm - T_t + i).clamp(max=Tm)  # (B, K) kept index of state i
         logits = out.gather(1, idx[:, :, None].expand(-1, -1, out.shape[-1]))  # (B, K, A)
-        boundary = pos[:, S - K :].gather(1, idx) == P_t  # (B, K) state at prompt boundary
-        logits = self._mask_backspace(logits, boundary & state_mask)
+        length = pos[:, S - K :].gather(1, idx)  # (B, K) length of state i (its slot's position id)
+        logits = self._mask_backspace(logits, ~backspace_allowed_torch(length, P_t) & state_mask)
         logits = logits.masked_fill(~state_mask[:, :, None], 0.0)
         acts = _rows_to_padded(arow, np.zeros(B, dtype=np.int64), Tm, 0)  # (B, T)
         return TrajectoryLogits(
@@ -926,6 +1003,7 @@ class LMPolicy(torch.nn.Module):
         allow_backspace: bool = True,
         logits_processor: Callable[[torch.Tensor], torch.Tensor] | None = None,
         output_logits: bool = False,
+        generated: IdRows | None = None,
     ) -> Generation:
         """Sample a batch of action histories with backspace, on a KV cache.
 
@@ -952,6 +1030,10 @@ class LMPolicy(torch.nn.Module):
             logits_processor: optional ``(B, A) -> (B, A)`` function applied to (a copy of) the logits before
                 masking and sampling, e.g. a logit bias.
             output_logits: also return the logits of every step's state (``Generation.logits``).
+            generated: optional ``B`` deletable generated parts (ordinary token ids): row ``b`` starts from the
+                state ``prompts[b] + generated[b]`` as if it had written ``generated[b]`` itself, so
+                ``<backspace>`` may delete it down to the prompt (``docs/method.md`` §4b). ``Generation.actions``
+                are the actions taken from there; ``Generation.sequences`` the final visible sequences.
 
         Returns:
             :class:`Generation`.
@@ -972,11 +1054,15 @@ class LMPolicy(torch.nn.Module):
                     f"prompts[{b}] holds eos (id {self.vocab.eos_id}) at position "
                     f"{int(np.flatnonzero(row == self.vocab.eos_id)[0])}; a prompt is ordinary tokens only."
                 )
-        P = np.array([len(r) for r in rows], dtype=np.int64)  # (B,)
+        bound = np.array([len(r) for r in rows], dtype=np.int64)  # (B,) prompt lengths: backspace stops here
+        if generated is not None:
+            rows = [np.concatenate((r, g)) for r, g in zip(rows, self._check_generated(generated, len(rows)))]
+        P = np.array([len(r) for r in rows], dtype=np.int64)  # (B,) prefill lengths (prompt + generated)
         if (P >= max_length).any():
             b = int(np.nonzero(P >= max_length)[0][0])
+            what = "prompts" if generated is None else "prompts + generated"
             raise ValueError(
-                f"prompts[{b}] has length {int(P[b])}; prompts must be shorter than max_length={max_length}."
+                f"{what}[{b}] has length {int(P[b])}; it must be shorter than max_length={max_length}."
             )
         v, dev = self.vocab, self.device
         B, Pm = len(rows), int(P.max())
@@ -999,19 +1085,27 @@ class LMPolicy(torch.nn.Module):
         n_layers = int(getattr(self.model.config, "num_hidden_layers", 0) or self.model.config.n_layer)
         cache = _SlotCache(n_layers, max_slots=Pm + max_length, batch_size=B, device=dev)
         cache.kv_len = Pm + 1
-        logits = self._run(tok, pos0, mask0, keep=1, cache=cache)[:, -1]  # (B, A)
+        if generated is None:
+            logits = self._run(tok, pos0, mask0, keep=1, cache=cache)[:, -1]  # (B, A)
+        else:  # keep the logits of every prefill slot: a backspace into the generated part needs them
+            prefill = self._run(tok, pos0, mask0, keep=Pm + 1, cache=cache)  # (B, Pm+1, A)
+            logits = prefill[:, -1]
 
         seq = torch.full((B, max_length + 1), v.pad_id, dtype=torch.long, device=dev)  # (B, L+1) by position
         seq[:, : Pm + 1] = tok.gather(1, (q[None, :] + off[:, None]).clamp(max=Pm))  # left-align prompts
-        P_t = torch.from_numpy(P).to(dev)  # (B,)
+        P_t = torch.from_numpy(bound).to(dev)  # (B,) the prompt boundary
         A = v.n_actions
         # logits of the state of visible length p, kept so that a backspace needs no forward at all
         use_stack = B * (max_length + 1) * A * logits.element_size() <= _LOGIT_STACK_BYTES
         stack = torch.empty((B, max_length + 1, A) if use_stack else (0,), dtype=logits.dtype, device=dev)
         rows_t = torch.arange(B, device=dev)  # (B,)
+        vis = torch.from_numpy(P).to(dev)  # (B,) visible length
         if use_stack:
-            stack[rows_t, P_t] = logits
-        vis = P_t.clone()  # (B,) visible length
+            stack[rows_t, vis] = logits
+            if generated is not None:  # states of the generated part: visible length p at slot off_b + p
+                for b in np.nonzero(P > bound)[0].tolist():
+                    first, last = int(bound[b]), int(P[b])
+                    stack[b, first:last] = prefill[b, int(off_np[b]) + first : int(off_np[b]) + last]
         steps = torch.zeros(B, dtype=torch.long, device=dev)  # (B,) actions taken
         done = torch.zeros(B, dtype=torch.bool, device=dev)
         terminated = torch.zeros_like(done)
@@ -1027,7 +1121,8 @@ class LMPolicy(torch.nn.Module):
             # at once from the stored logits of its new state
             need = ~done  # (B,)
             while True:
-                blocked = ((vis <= P_t) | (not allow_backspace))[:, None] & bk_col  # (B, A) backspace masked
+                frozen = ~backspace_allowed_torch(vis, P_t) | (not allow_backspace)  # (B,)
+                blocked = frozen[:, None] & bk_col  # (B, A) backspace masked
                 at = steps.clamp(max=max_steps - 1)  # (B,)
                 if output_logits:
                     seen[rows_t, at] = torch.where(
@@ -1037,8 +1132,9 @@ class LMPolicy(torch.nn.Module):
                 x = x.masked_fill(blocked, -math.inf)
                 a = sample_actions(x, generator=generator, temperature=temperature, top_k=top_k, top_p=top_p)
                 history[rows_t, at] = torch.where(need, a, history[rows_t, at])
-                is_bk = need & (a == bk)  # (B,)
-                is_tok = need & ~is_bk  # (B,) token or eos
+                appends, deletes = step_masks_torch(vis, P_t, a, bk)  # (B,) each
+                is_bk = need & deletes  # (B,) backspace (never at the boundary: masked above)
+                is_tok = need & appends  # (B,) token or eos
                 steps += need.long()
                 vis = vis + is_tok.long() - is_bk.long()
                 seq[rows_t, vis] = torch.where(is_tok, a, seq[rows_t, vis])

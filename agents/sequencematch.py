@@ -629,13 +629,15 @@ class SequenceMatchBatch:
 
 class SequenceMatch(Agent[SequenceMatchBatch]):
     """SequenceMatch (Cundy & Ermon, ICLR 2024): imitation as occupancy matching with a soft-Q critic that is
-    the LM itself, trained with IQ-Learn's non-adversarial objective, with ``<backspace>`` (``sequencematch.md``
+    the LM itself, trained with IQ-Learn's non-adversarial objective, with ``<backspace>`` (``docs/method.md``
     §2-§4).
 
-    **Q-values are the logits** (§2): ``Q(u, a) = l(a|u)``, ``V(u) = α·logsumexp(l(·|u)/α)``,
-    ``π = softmax(l/α)``, recovered reward ``r_i = Q(u_i, a_i) − γ·V'(u_{i+1})`` where ``V' = 0`` after eos
-    (terminal) and ``V' = V(u_T)`` when a trajectory was cut by the length or step limit (bootstrapped, as in
-    IQ-Learn). :meth:`reward` returns it per step.
+    **Q-values are the scaled logits** (§2): ``π = softmax(l)``, ``Q(u, a) = α·l(a|u)``,
+    ``V(u) = α·logsumexp(l(·|u))``, recovered reward ``r_i = Q(u_i, a_i) − γ·V'(u_{i+1})``. After eos, ``V'`` is
+    the value of an absorbing state read off the logits at the state after eos (``terminal="absorbing"``, the
+    default) or 0 (``"iq"``); a trajectory cut by the length or step limit bootstraps ``V' = V(u_T)``.
+    :meth:`reward` returns ``r`` per step. Only ``c/α`` shapes the optimum of the SequenceMatch terms
+    (``L(α, c) = α·L(1, c/α)``); ``α`` also weighs them against the BC anchor.
 
     **The loss** (§3), from one masked forward over ``E`` and the model samples of ``M``
     (:func:`sequencematch_loss`)::
@@ -649,47 +651,42 @@ class SequenceMatch(Agent[SequenceMatchBatch]):
     demonstrations; ``M`` is ``batch_size`` trajectories: the first ``round(expert_fraction·batch_size)`` of
     ``E`` and the rest drawn from the replay buffer.
 
-    **Schedule** (§3): the first ``bc_warmup_steps`` updates minimise ``L_BC`` alone; then the loss above.
-    From the first update after the warm-up, and every ``replay_refresh_interval`` updates, the replay buffer
-    (a ring of ``replay_size`` trajectories, :class:`~agents.buffers.ReplayBuffer`) receives
-    ``min(replay_size, n_replay · replay_refresh_interval)`` fresh samples of the current policy ``π``,
-    generated with backspace from prompts of the demonstrations (``n_replay`` = replay rows per batch, so each
-    sample is used about once).
+    **Schedule** (§3): the first ``bc_warmup_steps`` updates compute and minimise ``L_BC`` alone; then the loss
+    above. From the first update after the warm-up, and every ``replay_refresh_interval`` updates, the replay
+    buffer (:class:`~agents.buffers.ReplayBuffer`, by default one refresh's worth) receives
+    ``n_replay · replay_refresh_interval`` fresh samples of the current policy, generated with backspace from
+    prompts of the demonstrations, so each sample is used about once and is at most a few updates old
+    (``train/replay_age`` logs the mean age of the samples an update uses).
 
-    **Backspace in the data** (§4): the demonstrations are augmented with probability ``p_noise`` per
-    position. With ``noise="uniform"`` once, at construction, exactly as :class:`~agents.bc.BC` does (the
-    same seed gives BC and SequenceMatch the same augmented data); with ``noise="model"`` each batch is
-    augmented afresh from its clean demonstrations, the wrong tokens sampled from the current policy
-    (:class:`~agents.common.noise.ModelNoise`, one forward per batch; both agents use
-    :class:`~agents.common.noise.Augmentation`).
+    **Backspace in the data** (§4): the demonstrations are augmented with probability ``p_noise`` per position,
+    with real mistakes only (tokens the env's source rules out, where it can tell); ``noise="uniform"`` once at
+    construction, exactly as :class:`~agents.bc.BC` does (the same seed gives both the same data), or
+    ``noise="model"`` per batch (:class:`~agents.common.noise.Augmentation`, shared with BC). With
+    ``inserted_steps="bc_only"`` (default) the inserted (mistake, ``<backspace>``) pairs train the BC anchor
+    alone; with ``"all"`` they are also steps of the expert rows in the other terms.
 
-    Choices the method leaves open, made here:
+    Choices the method leaves open, made here (defaults from ``experiments/sweep.py``, on a development language
+    and seeds no reported table uses):
 
-    - Inserted mistakes are masked out of the expert and BC terms (``mask_mistakes``) but **kept in the value
-      and χ² terms** of the expert half of the mixture: they are steps the trajectory really takes, the
-      state after them is where ``<backspace>`` is learnt, and keeping every step keeps the value term
-      telescoping to ``V(u_0) − γ^T·V'(u_T)`` (``mistakes_in_mixture=False`` leaves them out of both; it
-      changed little on Dyck).
+    - ``α = 0.1`` with IQ-Learn's ``c = 0.5`` (``c/α = 5``); the absorbing terminal; inserted pairs in the BC
+      anchor only; the replay refreshed every 4 updates.
     - The other divergences (``"kl"``, ``"js"``, ``"hellinger"``) only change the expert term's weight
-      ``w = φ'(r)`` (IQ-Learn's ``φ`` forms, held constant in the gradient, capped at ``max_phi_weight``);
-      the χ² term on the mixture stays for every divergence (IQ-Learn's "regularize" option).
-    - ``L_BC`` uses ``π = softmax(l/α)`` and no discount; with α = 1 it is exactly :class:`~agents.bc.BC`'s
-      loss. After the warm-up the loss is the §3 sum with ``λ_bc = bc_weight``; the paper's convex
-      combination ``(1 − λ)·L_SM + λ·L_BC`` is the same with ``bc_weight = λ / (1 − λ)`` and the learning
-      rate scaled by ``1 − λ``.
-    - :meth:`generate`, :meth:`predict`, the replay samples and model noise all sample from
-      ``π = softmax(l/α)``: a ``temperature`` is relative to ``π`` (the logits are divided by
-      ``temperature · α``), so with α ≠ 1 the agent samples the policy its loss defines.
+      ``w = φ'(r)`` (IQ-Learn's ``φ`` forms, held constant in the gradient, capped at ``max_phi_weight``; the
+      share of steps at the cap is logged as ``train/cap_binds``); the χ² term on the mixture stays.
+    - ``L_BC`` uses ``π = softmax(l)`` and no discount: exactly :class:`~agents.bc.BC`'s loss. After the
+      warm-up the loss is the §3 sum with ``λ_bc = bc_weight``; the paper's convex combination
+      ``(1 − λ)·L_SM + λ·L_BC`` is the same with ``bc_weight = λ / (1 − λ)`` and the learning rate scaled by
+      ``1 − λ``.
     - ``num_timesteps`` counts the expert (state, action) pairs of ``E``, as BC does, so a budget means the
       same amount of demonstration data for both; the model's own samples come on top.
-    - Every term is logged (``train/expert``, ``train/value``, ``train/chi2``, ``train/bc``, and the mean
-      reward per step ``train/reward_expert``, ``train/reward_mixture``); a warm-up update computes and logs
-      ``bc`` alone (each term is averaged over the updates that logged it).
-
-    What to expect at small scale: on Dyck with a 1-layer model trained from scratch, IQ-Learn's
-    ``chi2_coef = 0.5`` bounds the recovered rewards so tightly that the soft-optimal policy keeps too much
-    entropy (it backspaces and wanders), and its samples are valid far less often than BC's; a weak regulariser
-    (``chi2_coef = 20, bc_weight = 2``) matches BC (``tests/test_sequencematch.py`` states the numbers).
+    - Logged: every term (``train/expert``, ``train/value``, ``train/chi2``, ``train/bc``), the mean reward per
+      step (``train/reward_expert``, ``train/reward_mixture``), ``train/cap_binds``, ``train/replay_age``, and
+      every ``grad_norm_interval`` updates the gradient norms of the SequenceMatch terms and of the weighted
+      anchor (``train/grad_norm_sm``, ``train/grad_norm_bc``), beside the global ``train/grad_norm`` that
+      ``max_grad_norm`` clips.
+    - Fine-tuning from a trained model: ``make_agent("sequencematch", env=..., policy=mle.policy)`` (trained in
+      place; pass ``copy.deepcopy(mle.policy)`` to keep the original) or ``policy="runs/mle"`` (the policy of a
+      saved agent).
 
     Hyperparameters: :class:`SequenceMatchConfig`.
 

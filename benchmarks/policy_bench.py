@@ -38,7 +38,7 @@ from benchmarks._common import (
     peak_memory_mb,
 )
 from experiments.common import write_json_atomic
-from seqgym.dynamics import states
+from seqgym.dynamics import apply_action, backspace_allowed, states
 from seqgym.vocab import Vocabulary
 
 
@@ -81,14 +81,14 @@ def make_histories(cfg: Config, vocab: Vocabulary, rng: np.random.Generator) -> 
     prompts, histories = [], []
     for _ in range(cfg.batch):
         prompt = rng.integers(0, vocab.n_tokens, cfg.prompt_length).tolist()
-        acts, generated = [], 0
+        acts: list[int] = []
+        state = list(prompt)
         for _ in range(cfg.n_steps):
-            if generated > 0 and rng.random() < cfg.p_backspace:
+            if backspace_allowed(len(state), len(prompt)) and rng.random() < cfg.p_backspace:
                 acts.append(vocab.backspace_id)
-                generated -= 1
             else:
                 acts.append(int(rng.integers(0, vocab.n_tokens)))
-                generated += 1
+            apply_action(state, len(prompt), acts[-1], vocab)
         prompts.append(prompt)
         histories.append(acts)
     return prompts, histories

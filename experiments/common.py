@@ -255,9 +255,10 @@ class AgentSettings:
 def check_agent_kwargs(agent: str, kwargs: Mapping[str, Any]) -> None:
     """Validate ``make_agent(agent, **kwargs)``'s hyperparameters with the agent's own config class, without
     building anything; its complaint becomes a :class:`ConfigError`."""
-    from agents import BC, MLE, SequenceMatch
+    from agents import BC, MLE, Agent, SequenceMatch
 
-    cls = {"mle": MLE, "bc": BC, "sequencematch": SequenceMatch}[agent]
+    classes: dict[str, type[Agent[Any]]] = {"mle": MLE, "bc": BC, "sequencematch": SequenceMatch}
+    cls = classes[agent]
     try:
         cls.config_class.from_kwargs(dict(kwargs), owner=agent)
     except (TypeError, ValueError) as e:

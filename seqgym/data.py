@@ -50,6 +50,8 @@ from numpy.typing import ArrayLike
 
 from seqgym import dynamics
 from seqgym._files import atomic_write
+from seqgym._options import NOISE_NAMES, NoiseName, check_option
+from seqgym.sources.base import Source
 from seqgym.vocab import Vocabulary
 
 __all__ = [
@@ -252,13 +254,10 @@ class Trajectory:
                 f"terminal={terminal} but the last action is {'' if ends_with_eos else 'not '}eos; terminal "
                 "must be True exactly when the trajectory ends with eos."
             )
-        # Visible length after each action: +1 for a token, -1 for a backspace. It drops below P exactly at
-        # the first backspace taken at the prompt boundary.
-        lengths = P + np.cumsum(np.where(actions == vocab.backspace_id, -1, 1))  # (T,)
-        below = np.flatnonzero(lengths < P)
-        if below.size:
+        noop = np.flatnonzero(dynamics.noop_backspaces(actions, P, vocab))
+        if noop.size:
             raise ValueError(
-                f"actions[{int(below[0])}] is a backspace at the prompt boundary (nothing generated to "
+                f"actions[{int(noop[0])}] is a backspace at the prompt boundary (nothing generated to "
                 "delete); a demonstration never deletes the prompt. Remove that backspace."
             )
         if expert.shape != (T,):
@@ -332,8 +331,7 @@ class Trajectory:
 
         Equals ``[len(s) for s in self.states()]`` without building the states.
         """
-        steps = np.where(self.actions == self.vocab.backspace_id, -1, 1)  # (T,)
-        return self.prompt_length + np.concatenate([[0], np.cumsum(steps)]).astype(np.int64)
+        return dynamics.visible_lengths(self.actions, self.prompt_length, self.vocab)
 
     def clean(self) -> Trajectory:
         """The backspace-free trajectory that reaches the same final sequence (what plain MLE trains on).
@@ -341,14 +339,7 @@ class Trajectory:
         Surviving actions keep their expert flags, so for a trajectory made by :func:`augment` this is the
         original clean trajectory.
         """
-        bk = self.vocab.backspace_id
-        keep: list[int] = []  # indices of the actions whose tokens are visible at the end
-        for i, a in enumerate(self.actions.tolist()):
-            if a == bk:
-                keep.pop()  # validated: never at the prompt boundary
-            else:
-                keep.append(i)
-        idx = np.asarray(keep, dtype=np.int64)
+        idx = np.flatnonzero(dynamics.surviving_actions(self.actions, self.prompt_length, self.vocab))
         return Trajectory(
             prompt=self.prompt,
             actions=self.actions[idx],
@@ -359,7 +350,7 @@ class Trajectory:
 
 
 # ------------------------------------------------------------------------------------------------------------
-def collect(source: Any, n: int, rng: RngLike) -> list[Trajectory]:
+def collect(source: Source, n: int, rng: RngLike) -> list[Trajectory]:
     """Draw ``n`` clean expert trajectories from ``source.sample(rng)``.
 
     Args:
@@ -511,7 +502,8 @@ class UniformNoise:
             )
         cdf = np.cumsum(mask, axis=1)  # (K, n_tokens)
         u = rng.random(len(mask)) * cdf[:, -1]  # (K,)
-        return (cdf <= u[:, None]).sum(axis=1).astype(np.int64)
+        out: np.ndarray = (cdf <= u[:, None]).sum(axis=1).astype(np.int64)
+        return out
 
 
 def inserted_allowed_share(
@@ -541,7 +533,7 @@ def augment(
     trajectories: Iterable[Trajectory],
     p_noise: float,
     rng: RngLike,
-    noise: str | NoiseFn = "uniform",
+    noise: NoiseName | NoiseFn = "uniform",
     *,
     max_length: int | None = None,
     source: object | None = None,
@@ -591,10 +583,7 @@ def augment(
         raise ValueError(f"max_length must be a positive int or None, got {max_length!r}.")
     noise_fn: NoiseFn
     if isinstance(noise, str):
-        if noise != "uniform":
-            raise ValueError(
-                f"Unknown noise {noise!r}: use 'uniform' or a callable (trajectory, positions, rng)."
-            )
+        check_option("noise", noise, NOISE_NAMES, hint=" or pass a callable (trajectory, positions, rng)")
         noise_fn = UniformNoise(source)
     elif callable(noise):
         noise_fn = noise
@@ -721,27 +710,7 @@ class Transitions:
         return Transitions(**{f.name: getattr(self, f.name)[key] for f in dataclasses.fields(self)})
 
 
-def _state_matrix(traj: Trajectory, lengths: np.ndarray, max_length: int) -> np.ndarray:
-    """int64 ``(T+1, max_length)``: every state of ``traj``, padded; needs ``lengths.max() <= max_length``.
-
-    Step ``t`` writes one cell: a token goes to column ``lengths[t]``, a backspace writes pad to column
-    ``lengths[t] - 1``. A cell of state ``i`` holds the last value written to its column at or before row
-    ``i``.
-    """
-    vocab = traj.vocab
-    T, P, L = len(traj), traj.prompt_length, max_length
-    values = np.full((T + 1, L), vocab.pad_id, dtype=np.int64)  # (T+1, L) value written at (row, col)
-    written = np.zeros((T + 1, L), dtype=np.bool_)  # (T+1, L)
-    values[0, :P] = traj.prompt
-    written[0] = True  # row 0 is the whole initial state
-    is_bk = traj.actions == vocab.backspace_id  # (T,)
-    col = np.where(is_bk, lengths[:-1] - 1, lengths[:-1])  # (T,)
-    rows = np.arange(1, T + 1)
-    values[rows, col] = np.where(is_bk, vocab.pad_id, traj.actions)
-    written[rows, col] = True
-    last = np.where(written, np.arange(T + 1)[:, None], 0)  # (T+1, L) row of the latest write so far
-    np.maximum.accumulate(last, axis=0, out=last)
-    return values[last, np.arange(L)[None, :]]
+_STATE_CELLS = 1 << 21  # cells of state matrix that to_transitions builds at a time (16 MiB of int64)
 
 
 def to_transitions(trajectories: Iterable[Trajectory], *, max_length: int) -> Transitions:
@@ -760,37 +729,58 @@ def to_transitions(trajectories: Iterable[Trajectory], *, max_length: int) -> Tr
     L = int(max_length)
     trajs = _as_trajectory_list(trajectories, "to_transitions")
     vocab = _common_vocab(trajs, "to_transitions")
-    N = sum(len(t) for t in trajs)
-    pad = vocab.pad_id if vocab is not None else 0
-    obs = np.full((N, L), pad, dtype=np.int64)  # (N, L)
-    next_obs = np.full((N, L), pad, dtype=np.int64)  # (N, L)
-    acts = np.zeros(N, dtype=np.int64)
+    if vocab is None:
+        empty = np.zeros(0, dtype=np.int64)
+        return Transitions(
+            obs=np.zeros((0, L), dtype=np.int64),
+            acts=empty,
+            next_obs=np.zeros((0, L), dtype=np.int64),
+            dones=np.zeros(0, dtype=np.bool_),
+            expert=np.zeros(0, dtype=np.bool_),
+            lengths=empty.copy(),
+            prompt_lengths=empty.copy(),
+        )
+    pad = vocab.pad_id
+    histories, n = dynamics.pad_histories([t.actions for t in trajs], fill=pad)  # (K, T_max), (K,)
+    prompts, P = dynamics.pad_histories([t.prompt for t in trajs], fill=pad)  # (K, P_max), (K,)
+    vis = dynamics.visible_lengths(histories, P, vocab, n_steps=n)  # (K, T_max+1)
+    too_long = np.flatnonzero(vis.max(axis=1) > L)
+    if too_long.size:
+        k = int(too_long[0])
+        raise ValueError(
+            f"trajectory {k} reaches a visible length of {int(vis[k].max())} > max_length={L}; raise "
+            "max_length or drop that trajectory."
+        )
+    real = np.arange(histories.shape[1]) < n[:, None]  # (K, T_max)
+    N = int(n.sum())
+    obs = np.empty((N, L), dtype=np.int64)  # (N, L)
+    next_obs = np.empty((N, L), dtype=np.int64)  # (N, L)
+    # State matrices in chunks of trajectories: at most _STATE_CELLS cells of (chunk, T+1, L+1) at a time.
+    row, k = 0, 0
+    while k < len(trajs):
+        lo, width = k, 1
+        while k < len(trajs) and (k - lo + 1) * (max(width, int(n[k])) + 1) * (L + 1) <= _STATE_CELLS:
+            width = max(width, int(n[k]))
+            k += 1
+        if k == lo:  # one trajectory larger than the budget: alone
+            width, k = max(width, int(n[k])), k + 1
+        c = slice(lo, k)
+        states = dynamics.state_matrix(
+            prompts[c], histories[c, :width], P[c], vocab, width=L, n_steps=n[c]
+        )  # (chunk, width+1, L)
+        rc = real[c, :width]  # (chunk, width)
+        m = int(n[c].sum())
+        obs[row : row + m] = states[:, :-1][rc]
+        next_obs[row : row + m] = states[:, 1:][rc]
+        row += m
+    ends = np.cumsum(n) - 1  # (K,) row of each trajectory's last step
+    terminal = np.array([t.terminal for t in trajs], dtype=np.bool_) & (n > 0)
     dones = np.zeros(N, dtype=np.bool_)
-    expert = np.zeros(N, dtype=np.bool_)
-    lengths = np.zeros(N, dtype=np.int64)
-    prompt_lengths = np.zeros(N, dtype=np.int64)
-    row = 0
-    for k, traj in enumerate(trajs):
-        T = len(traj)
-        vis = traj.visible_lengths()  # (T+1,)
-        longest = int(vis.max())
-        if longest > L:
-            raise ValueError(
-                f"trajectory {k} reaches a visible length of {longest} > max_length={L}; raise max_length or "
-                "drop that trajectory."
-            )
-        if T == 0:
-            continue
-        states = _state_matrix(traj, vis, L)  # (T+1, L)
-        sl = slice(row, row + T)
-        obs[sl] = states[:-1]
-        next_obs[sl] = states[1:]
-        acts[sl] = traj.actions
-        dones[row + T - 1] = traj.terminal
-        expert[sl] = traj.expert
-        lengths[sl] = vis[:-1]
-        prompt_lengths[sl] = traj.prompt_length
-        row += T
+    dones[ends[terminal]] = True
+    acts = histories[real]
+    expert = np.concatenate([t.expert for t in trajs]).astype(np.bool_, copy=False)
+    lengths = vis[:, :-1][real]
+    prompt_lengths = np.repeat(P, n)
     return Transitions(
         obs=obs,
         acts=acts,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -21,7 +22,7 @@ __all__ = ["main", "run_episode"]
 
 def run_episode(
     env: SequenceEnv,
-    choose: Callable[[dict], int],
+    choose: Callable[[dict[str, Any]], int],
     *,
     seed: int,
     prompt: Sequence[int] | None = None,

@@ -10,7 +10,8 @@ import numpy as np
 from gymnasium import spaces
 from gymnasium.error import ResetNeeded
 
-from seqgym.dynamics import action_mask, apply_action, replay
+from seqgym._options import RENDER_MODES, RenderMode, RewardName, check_option
+from seqgym.dynamics import action_mask, apply_action, backspace_allowed, replay
 from seqgym.render import FrameRenderer
 from seqgym.rewards import Reward, RewardFn, make_reward
 from seqgym.sources.base import Source
@@ -21,7 +22,7 @@ __all__ = ["BACKSPACE_GLYPH", "SequenceEnv", "render_history"]
 BACKSPACE_GLYPH = "⌫"
 """How :func:`render_history` draws a backspace action."""
 
-_OPTION_KEYS = ("prompt",)
+_OPTION_KEYS = ("prompt", "generated")
 
 
 class SequenceEnv(gym.Env[np.ndarray, np.int64]):
@@ -156,20 +157,20 @@ class SequenceEnv(gym.Env[np.ndarray, np.int64]):
         *,
         max_length: int,
         max_steps: int,
-        reward: str | RewardFn | Reward | None = None,
+        reward: RewardName | RewardFn | Reward | None = None,
         logprob_floor: float = -20.0,
-        render_mode: str | None = None,
+        render_mode: RenderMode | None = None,
     ) -> None:
         _check_source(source)
         self.source = source
         self.vocab: Vocabulary = source.vocab
         self.max_length = check_limit("max_length", max_length)
         self.max_steps = check_limit("max_steps", max_steps)
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(
-                f"Unknown render_mode {render_mode!r}; choose one of {self.metadata['render_modes']} or None."
-            )
-        self.render_mode = render_mode
+        self.render_mode = (
+            None
+            if render_mode is None
+            else check_option("render_mode", render_mode, RENDER_MODES, hint=" or None")
+        )
         self.reward_fn: Reward = make_reward(reward, source, logprob_floor=logprob_floor)
         self._renderer = (
             FrameRenderer(self.vocab, max_length=self.max_length, max_steps=self.max_steps)
@@ -215,16 +216,20 @@ class SequenceEnv(gym.Env[np.ndarray, np.int64]):
 
         Args:
             seed: seeds :attr:`np_random` (used to draw prompts), as in every Gymnasium env.
-            options: ``{"prompt": sequence of token ids}`` to fix the prompt (the only option).
+            options: ``{"prompt": token ids}`` fixes the prompt; ``{"generated": token ids}`` starts after the
+                prompt from a *deletable* generated part, as if the agent had written it (it opens the action
+                history; the step count starts at 0; rewards count from the reset state). Recovery is
+                evaluated this way: a generated part ending with a wrong token (``docs/method.md`` §4b).
 
         Returns:
             ``(observation (max_length,) int64, info)``.
 
         Raises:
-            ValueError: unknown option, or a prompt with invalid ids or not shorter than ``max_length``.
+            ValueError: unknown option; a prompt or generated part with ids that are not ordinary tokens
+                (eos, backspace, pad, out of range); or prompt + generated not shorter than ``max_length``.
         """
         super().reset(seed=seed)
-        prompt = None
+        prompt = generated = None
         if options:
             unknown = sorted(set(options) - set(_OPTION_KEYS))
             if unknown:
@@ -232,22 +237,26 @@ class SequenceEnv(gym.Env[np.ndarray, np.int64]):
                     f"Unknown reset options {unknown}; SequenceEnv accepts {list(_OPTION_KEYS)}."
                 )
             prompt = options.get("prompt")
+            generated = options.get("generated")
         if prompt is None:
             prompt = check_prompt(
                 sample_prompt(self.source, self.np_random), self.vocab, self.max_length, sampled=True
             )
         else:
             prompt = check_prompt(prompt, self.vocab, self.max_length)
-        self._state = prompt
+        gen = [] if generated is None else check_generated(generated, prompt, self.vocab, self.max_length)
+        self._state = prompt + gen
         self._prompt_length = len(prompt)
         self._obs[:] = self.vocab.pad_id
-        self._obs[: len(prompt)] = prompt
+        self._obs[: len(self._state)] = self._state
         self._steps = 0
-        self._history = []
+        self._history = list(gen)
         self._needs_reset = False
         return self._obs.copy(), self._info()
 
-    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+    def step(
+        self, action: int | np.integer | np.ndarray
+    ) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """Apply one action.
 
         Returns:
@@ -296,7 +305,7 @@ class SequenceEnv(gym.Env[np.ndarray, np.int64]):
 
         The same values as the latest ``info["action_mask"]`` (which is ``int8``, Gymnasium's convention).
         """
-        free = len(self._state) > self._prompt_length
+        free = backspace_allowed(len(self._state), self._prompt_length)
         return (self._mask_free if free else self._mask_boundary).copy()
 
     def render(self) -> str | np.ndarray | None:
@@ -319,7 +328,7 @@ class SequenceEnv(gym.Env[np.ndarray, np.int64]):
 
     # ----------------------------------------------------------------------------------------------------
     def _info(self) -> dict[str, Any]:
-        free = len(self._state) > self._prompt_length
+        free = backspace_allowed(len(self._state), self._prompt_length)
         return {
             "length": len(self._state),
             "prompt_length": self._prompt_length,
@@ -385,9 +394,41 @@ def check_limit(name: str, value: object) -> int:
 def sample_prompt(source: Source, rng: np.random.Generator) -> Sequence[int]:
     """A fresh episode's prompt: ``source.sample_prompt(rng)`` if defined, else ``source.sample(rng)[0]``."""
     sampler = getattr(source, "sample_prompt", None)
-    if callable(sampler):
-        return sampler(rng)
-    return source.sample(rng)[0]
+    prompt: Sequence[int] = sampler(rng) if callable(sampler) else source.sample(rng)[0]
+    return prompt
+
+
+def check_generated(
+    generated: object, prompt: Sequence[int], vocab: Vocabulary, max_length: int
+) -> list[int]:
+    """Validate a deletable generated part that follows ``prompt`` and return it as a list of ints.
+
+    Raises:
+        TypeError: not a sequence of integers.
+        ValueError: an id that is not an ordinary token (eos, backspace, pad, out of range), or
+            ``len(prompt) + len(generated) >= max_length``.
+    """
+    if isinstance(generated, (str, bytes)) or not hasattr(generated, "__iter__"):
+        raise TypeError(f"generated must be a sequence of token ids, got {type(generated).__name__}.")
+    ids: list[int] = []
+    for pos, t in enumerate(generated):
+        if isinstance(t, bool) or not isinstance(t, (int, np.integer)):
+            raise TypeError(
+                f"generated must hold integer token ids; position {pos} holds {type(t).__name__}."
+            )
+        ids.append(int(t))
+    if vocab.eos_id in ids:
+        raise ValueError(
+            f"The generated part holds eos at position {ids.index(vocab.eos_id)}; a generated part the agent "
+            "may still delete holds ordinary tokens only (an episode ends at eos)."
+        )
+    vocab.check_ids(ids, what="The generated part", allow_eos=False)
+    if len(prompt) + len(ids) >= max_length:
+        raise ValueError(
+            f"prompt ({len(prompt)} ids) + generated ({len(ids)} ids) must be shorter than max_length="
+            f"{max_length}, leaving room for at least one more token."
+        )
+    return ids
 
 
 def check_prompt(prompt: object, vocab: Vocabulary, max_length: int, *, sampled: bool = False) -> list[int]:

@@ -54,13 +54,17 @@ Example:
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
-from seqgym.sources.base import has_exact_probabilities, has_validity
+from seqgym.sources.base import Source, has_exact_probabilities, has_validity
 from seqgym.vocab import Vocabulary
+
+KeyT = TypeVar("KeyT", bound=Hashable)
+"""Outcome type of a distribution given as counts."""
 
 __all__ = [
     "DEFAULT_LOGPROB_FLOOR",
@@ -138,7 +142,7 @@ def _check_sequences(vocab: Vocabulary, sequences: list[list[int]]) -> None:
 
 
 def _prompt_lengths(
-    source: object, sequences: list[list[int]], prompt_lengths: Sequence[int] | None
+    source: Source, sequences: list[list[int]], prompt_lengths: Sequence[int] | None
 ) -> list[int]:
     if prompt_lengths is None:
         fn = getattr(source, "prompt_length", None)
@@ -159,7 +163,7 @@ def _prompt_lengths(
 
 
 def _prepare(
-    source: object, sequences: Iterable[Iterable[int]], prompt_lengths: Sequence[int] | None
+    source: Source, sequences: Iterable[Iterable[int]], prompt_lengths: Sequence[int] | None
 ) -> tuple[Vocabulary, list[list[int]], list[int]]:
     vocab = _vocab_of(source)
     seqs = _as_id_lists(sequences, "sequences")
@@ -167,7 +171,7 @@ def _prepare(
     return vocab, seqs, _prompt_lengths(source, seqs, prompt_lengths)
 
 
-def total_variation(p: dict[Hashable, float] | Counter, q: dict[Hashable, float] | Counter) -> float:
+def total_variation(p: Mapping[KeyT, float], q: Mapping[KeyT, float]) -> float:
     """Total variation ``0.5 * Σ_x |p(x) − q(x)|`` between two distributions given as (unnormalised) counts.
 
     Each argument is normalised by its own total. Range ``[0, 1]``; 0 = identical, 1 = disjoint supports.
@@ -186,7 +190,7 @@ def total_variation(p: dict[Hashable, float] | Counter, q: dict[Hashable, float]
 
 # ------------------------------------------------------------------------------------------------------------
 # validity and exact log-probabilities
-def validity_rate(source: object, sequences: Iterable[Iterable[int]]) -> float:
+def validity_rate(source: Source, sequences: Iterable[Iterable[int]]) -> float:
     """Fraction of ``sequences`` (prompt + completion) that ``source.is_valid`` accepts. Range ``[0, 1]``.
 
     A sequence that does not end with eos (a truncated episode) counts as invalid whatever ``is_valid`` says.
@@ -203,7 +207,7 @@ def validity_rate(source: object, sequences: Iterable[Iterable[int]]) -> float:
     return float(np.mean(ok))
 
 
-def token_logprobs(source: object, sequence: Ids, prompt_length: int = 0) -> np.ndarray:
+def token_logprobs(source: Source, sequence: Ids, prompt_length: int = 0) -> np.ndarray:
     """Exact log-probabilities (nats) of each completion token of one sequence under the source.
 
     Args:
@@ -227,7 +231,7 @@ def token_logprobs(source: object, sequence: Ids, prompt_length: int = 0) -> np.
     return out
 
 
-def _all_token_logprobs(source: object, seqs: list[list[int]], pls: list[int]) -> list[np.ndarray]:
+def _all_token_logprobs(source: Source, seqs: list[list[int]], pls: list[int]) -> list[np.ndarray]:
     return [token_logprobs(source, s, p) for s, p in zip(seqs, pls)]
 
 
@@ -252,7 +256,7 @@ def _logprob_summary(lps: list[np.ndarray], floor: float) -> dict[str, float]:
 
 
 def true_logprob_per_token(
-    source: object,
+    source: Source,
     sequences: Iterable[Iterable[int]],
     *,
     prompt_lengths: Sequence[int] | None = None,
@@ -271,7 +275,7 @@ def true_logprob_per_token(
 
 
 def impossible_fraction(
-    source: object, sequences: Iterable[Iterable[int]], *, prompt_lengths: Sequence[int] | None = None
+    source: Source, sequences: Iterable[Iterable[int]], *, prompt_lengths: Sequence[int] | None = None
 ) -> float:
     """Fraction of samples holding at least one token of probability 0 under the source. Range ``[0, 1]``."""
     _, seqs, pls = _prepare(source, sequences, prompt_lengths)
@@ -313,7 +317,7 @@ def heldout_nll_per_token(
     return float(-lp.sum() / n.sum())
 
 
-def sample_heldout(source: object, n: int, *, seed: int) -> tuple[list[list[int]], list[list[int]]]:
+def sample_heldout(source: Source, n: int, *, seed: int) -> tuple[list[list[int]], list[list[int]]]:
     """Draw ``n`` ``(prompt, completion)`` pairs from ``source`` with ``np.random.default_rng(seed)``.
 
     Use a ``seed`` that was not used to draw the training demonstrations.
@@ -323,7 +327,7 @@ def sample_heldout(source: object, n: int, *, seed: int) -> tuple[list[list[int]
     rng = np.random.default_rng(seed)
     prompts, completions = [], []
     for _ in range(n):
-        p, c = source.sample(rng)  # type: ignore[attr-defined]
+        p, c = source.sample(rng)
         prompts.append([int(t) for t in p])
         completions.append([int(t) for t in c])
     return prompts, completions
@@ -331,7 +335,7 @@ def sample_heldout(source: object, n: int, *, seed: int) -> tuple[list[list[int]
 
 def model_heldout_nll(
     score: Callable[[list[list[int]], list[list[int]]], Sequence[float] | np.ndarray],
-    source: object,
+    source: Source,
     *,
     n: int = 1000,
     seed: int = 12345,
@@ -354,7 +358,7 @@ def model_heldout_nll(
     return heldout_nll_per_token(totals, [len(c) for c in completions])
 
 
-def source_entropy_per_token(source: object, *, n: int = 1000, seed: int = 12345) -> float:
+def source_entropy_per_token(source: Source, *, n: int = 1000, seed: int = 12345) -> float:
     """Monte Carlo estimate of the source's own NLL per token (nats/token, ``≥ 0``).
 
     It is the best held-out NLL any model can reach on samples drawn with the same ``n`` and ``seed``: the
@@ -369,18 +373,18 @@ def source_entropy_per_token(source: object, *, n: int = 1000, seed: int = 12345
 
 # ------------------------------------------------------------------------------------------------------------
 # distributions: lengths and bigrams
-def length_counts(sequences: Iterable[Ids], prompt_lengths: Sequence[int]) -> Counter:
+def length_counts(sequences: Iterable[Ids], prompt_lengths: Sequence[int]) -> Counter[int]:
     """Counter of completion lengths (ids after the prompt, eos included)."""
     return Counter(len(s) - p for s, p in zip(sequences, prompt_lengths))
 
 
-def bigram_counts(sequences: Iterable[Ids], prompt_lengths: Sequence[int]) -> Counter:
+def bigram_counts(sequences: Iterable[Ids], prompt_lengths: Sequence[int]) -> Counter[tuple[int, int]]:
     """Counter of bigrams ``(previous id, id)`` for every completion id (eos included).
 
     The left element is the preceding visible id (the last prompt id for the first completion id) or
     :data:`START` at the start of the sequence. Prompt-internal bigrams are not counted.
     """
-    c: Counter = Counter()
+    c: Counter[tuple[int, int]] = Counter()
     for s, p in zip(sequences, prompt_lengths):
         for i in range(p, len(s)):
             c[(s[i - 1] if i > 0 else START, s[i])] += 1
@@ -399,15 +403,15 @@ class SourceStatistics:
         rep: ``{n: rep-n}`` of the source samples' completions, for comparison with :func:`rep_n` of samples.
     """
 
-    lengths: Counter
-    bigrams: Counter
+    lengths: Counter[int]
+    bigrams: Counter[tuple[int, int]]
     n: int
     seed: int
     rep: dict[int, float] = field(default_factory=dict)
 
 
 def source_statistics(
-    source: object, *, n: int = 10_000, seed: int = 0, rep_ns: Sequence[int] = (2,)
+    source: Source, *, n: int = 10_000, seed: int = 0, rep_ns: Sequence[int] = (2,)
 ) -> SourceStatistics:
     """Estimate a source's length and bigram distributions (and rep-n) from ``n`` samples drawn with ``seed``.
 
@@ -427,13 +431,13 @@ def source_statistics(
 
 
 def _reference(
-    source: object, reference: SourceStatistics | None, n_reference: int, seed: int
+    source: Source, reference: SourceStatistics | None, n_reference: int, seed: int
 ) -> SourceStatistics:
     return reference if reference is not None else source_statistics(source, n=n_reference, seed=seed)
 
 
 def length_tv(
-    source: object,
+    source: Source,
     sequences: Iterable[Iterable[int]],
     *,
     prompt_lengths: Sequence[int] | None = None,
@@ -454,7 +458,7 @@ def length_tv(
 
 
 def bigram_tv(
-    source: object,
+    source: Source,
     sequences: Iterable[Iterable[int]],
     *,
     prompt_lengths: Sequence[int] | None = None,
@@ -477,7 +481,7 @@ def bigram_tv(
 
 # ------------------------------------------------------------------------------------------------------------
 # actions and repetition
-def backspace_rate(source: object, actions: Iterable[Iterable[int]]) -> float:
+def backspace_rate(source: Source | Vocabulary, actions: Iterable[Iterable[int]]) -> float:
     """Fraction of all actions that are backspace, pooled over the action histories. Range ``[0, 1]``.
 
     ``source`` is a source or a :class:`~seqgym.vocab.Vocabulary` (it gives the backspace id). Returns 0.0
@@ -548,7 +552,7 @@ def _strip_eos(seq: Sequence[int], vocab: Vocabulary) -> list[int]:
 
 # ------------------------------------------------------------------------------------------------------------
 def evaluate_samples(
-    source: object,
+    source: Source,
     sequences: Iterable[Iterable[int]],
     actions: Iterable[Iterable[int]] | None = None,
     *,
@@ -625,13 +629,17 @@ class RecoveryStates:
     injected: list[list[int]]
 
 
-def sample_recovery_states(source: object, n: int, *, seed: int) -> RecoveryStates:
+def sample_recovery_states(
+    source: object, n: int, *, seed: int, max_length: int | None = None
+) -> RecoveryStates:
     """Draw ``n`` recovery start states from ``source`` (which needs ``next_token_logprobs``).
 
     Each row: a source sample ``(prompt, completion)``, a cut ``k`` uniform in ``1 .. len(completion) − 1``
     (the eos excluded), ``clean = completion[:k]``, and ``injected = clean + [w]`` with ``w`` uniform over the
     ordinary tokens of log-probability ``-inf`` after ``prompt + clean``. Samples too short to cut, or states
-    where the source rules nothing out, are skipped and redrawn (at most ``100·n`` draws).
+    where the source rules nothing out, are skipped and redrawn (at most ``100·n`` draws). With
+    ``max_length``, states whose prompt + injected prefix is not shorter than it are skipped too (an env or
+    generation with that limit must have room for one more token).
 
     Raises:
         TypeError: the source has no ``next_token_logprobs``.
@@ -659,7 +667,7 @@ def sample_recovery_states(source: object, n: int, *, seed: int) -> RecoveryStat
         prefix = c[:k]
         lp = np.asarray(source.next_token_logprobs(p + prefix))[: vocab.n_tokens]  # type: ignore[attr-defined]
         impossible = np.flatnonzero(np.isneginf(lp))
-        if impossible.size == 0:
+        if impossible.size == 0 or (max_length is not None and len(p) + k + 1 >= max_length):
             continue
         prompts.append(p)
         clean.append(prefix)

@@ -43,6 +43,7 @@ from typing import Any
 import gymnasium as gym
 from gymnasium.vector import AutoresetMode
 
+from seqgym._options import AutoresetModeName
 from seqgym.env import SequenceEnv
 from seqgym.sources.base import Source
 from seqgym.vector import SequenceVectorEnv
@@ -140,7 +141,7 @@ def make_vector_env(
     source: str | Source = "dyck",
     num_envs: int = 1,
     *,
-    autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
+    autoreset_mode: AutoresetMode | AutoresetModeName = AutoresetMode.NEXT_STEP,
     **kwargs: Any,
 ) -> SequenceVectorEnv:
     """Build a :class:`SequenceVectorEnv`; the ``vector_entry_point`` of every registered id.

@@ -46,7 +46,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from seqgym.sources.base import has_exact_probabilities, has_validity
+from seqgym._options import REWARD_NAMES, RewardName, check_option
+from seqgym.sources.base import Source, has_exact_probabilities, has_validity
 
 __all__ = [
     "REWARD_NAMES",
@@ -64,7 +65,6 @@ State = tuple[int, ...]
 RewardFn = Callable[[State, int, State, bool], float]
 """``(state, action, next_state, terminated) -> reward``; states are tuples of token ids."""
 
-REWARD_NAMES: tuple[str, ...] = ("none", "logprob", "valid")
 
 _EXACT_SOURCES = "Markov, Dyck and Arithmetic"
 
@@ -154,7 +154,7 @@ class LogProbReward(Reward):
 
     name = "logprob"
 
-    def __init__(self, source: object, *, logprob_floor: float = -20.0, cache_size: int = 4096) -> None:
+    def __init__(self, source: Source, *, logprob_floor: float = -20.0, cache_size: int = 4096) -> None:
         if not has_exact_probabilities(source):
             raise ValueError(
                 f"reward='logprob' needs a source with exact next-token probabilities (next_token_logprobs); "
@@ -163,7 +163,7 @@ class LogProbReward(Reward):
             )
         self.logprob_floor = _check_floor(logprob_floor)
         self.source = source
-        self.backspace_id: int = source.vocab.backspace_id  # type: ignore[attr-defined]
+        self.backspace_id: int = source.vocab.backspace_id
         self._next_token_logprobs: Callable[[list[int]], np.ndarray] = source.next_token_logprobs  # type: ignore[attr-defined]
         self._cache: dict[State, np.ndarray] = {}
         self._cache_size = int(cache_size)
@@ -200,7 +200,7 @@ class ValidReward(Reward):
 
     name = "valid"
 
-    def __init__(self, source: object) -> None:
+    def __init__(self, source: Source) -> None:
         if not has_validity(source):
             raise ValueError(
                 f"reward='valid' needs a source that can judge a sequence (is_valid); "
@@ -260,14 +260,14 @@ def _check_floor(logprob_floor: float) -> float:
     return value
 
 
-def default_reward_name(source: object) -> str:
+def default_reward_name(source: object) -> RewardName:
     """The reward an environment uses when none is given: ``"valid"`` if ``source`` has ``is_valid``, else
     ``"none"``."""
     return "valid" if has_validity(source) else "none"
 
 
 def make_reward(
-    reward: str | RewardFn | Reward | None, source: object, *, logprob_floor: float = -20.0
+    reward: RewardName | RewardFn | Reward | None, source: Source, *, logprob_floor: float = -20.0
 ) -> Reward:
     """Build the :class:`Reward` that ``reward`` names.
 
@@ -286,16 +286,17 @@ def make_reward(
     if reward is None:
         reward = default_reward_name(source)
     if isinstance(reward, str):
+        reward = check_option(
+            "reward",
+            reward,
+            REWARD_NAMES,
+            hint=" or pass a callable (state, action, next_state, terminated) -> float",
+        )
         if reward == "none":
             return NoReward()
         if reward == "logprob":
             return LogProbReward(source, logprob_floor=logprob_floor)
-        if reward == "valid":
-            return ValidReward(source)
-        raise ValueError(
-            f"Unknown reward {reward!r}; choose one of {list(REWARD_NAMES)} or pass a callable "
-            "(state, action, next_state, terminated) -> float."
-        )
+        return ValidReward(source)
     if callable(reward):
         return CallableReward(reward)
     raise TypeError(

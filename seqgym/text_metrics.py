@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from seqgym import metrics as _metrics
+from seqgym._options import NUM_BUCKETS_NAMES, NumBuckets, check_option
 
 __all__ = [
     "Featurizer",
@@ -139,7 +140,7 @@ def mauve_from_features(
     features: np.ndarray,
     reference_features: np.ndarray,
     *,
-    num_buckets: int | str = "auto",
+    num_buckets: int | NumBuckets = "auto",
     seed: int = 25,
     kmeans_num_redo: int = 5,
     kmeans_max_iter: int = 500,
@@ -168,7 +169,9 @@ def mauve_from_features(
         )
     if min(len(p), len(q)) < 2:
         raise ValueError("MAUVE needs at least 2 texts on each side (use hundreds for a stable score).")
-    if num_buckets != "auto" and not (isinstance(num_buckets, int) and num_buckets >= 2):
+    if isinstance(num_buckets, str):
+        check_option("num_buckets", num_buckets, NUM_BUCKETS_NAMES, hint=" or an int >= 2")
+    elif isinstance(num_buckets, bool) or not isinstance(num_buckets, int) or num_buckets < 2:
         raise ValueError(f"num_buckets must be 'auto' or an int >= 2, got {num_buckets!r}.")
     out = mauve.compute_mauve(
         p_features=p,
@@ -188,7 +191,7 @@ def mauve_score(
     reference_texts: Sequence[str],
     *,
     featurizer: Featurizer | None = None,
-    num_buckets: int | str = "auto",
+    num_buckets: int | NumBuckets = "auto",
     seed: int = 25,
     **kwargs: Any,
 ) -> float:

@@ -6,14 +6,31 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from gymnasium import spaces
 from gymnasium.error import ResetNeeded
 from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from seqgym.dynamics import action_mask
-from seqgym.env import SequenceEnv, _check_source, check_limit, check_prompt, render_history, sample_prompt
+from seqgym._options import (
+    AUTORESET_MODE_NAMES,
+    RENDER_MODES,
+    AutoresetModeName,
+    RenderMode,
+    RewardName,
+    check_option,
+)
+from seqgym.dynamics import action_mask, backspace_allowed, step_masks
+from seqgym.env import (
+    SequenceEnv,
+    _check_source,
+    check_generated,
+    check_limit,
+    check_prompt,
+    render_history,
+    sample_prompt,
+)
 from seqgym.render import FrameRenderer
 from seqgym.rewards import Reward, RewardFn, make_reward
 from seqgym.sources.base import Source
@@ -21,8 +38,7 @@ from seqgym.vocab import Vocabulary
 
 __all__ = ["SequenceVectorEnv"]
 
-_OPTION_KEYS = ("prompt", "prompts", "reset_mask")
-_RENDER_MODES = ("ansi", "rgb_array")
+_OPTION_KEYS = ("prompt", "prompts", "generated", "generated_parts", "reset_mask")
 
 
 class SequenceVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
@@ -99,10 +115,10 @@ class SequenceVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
         *,
         max_length: int,
         max_steps: int,
-        reward: str | RewardFn | Reward | None = None,
+        reward: RewardName | RewardFn | Reward | None = None,
         logprob_floor: float = -20.0,
-        autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
-        render_mode: str | None = None,
+        autoreset_mode: AutoresetMode | AutoresetModeName = AutoresetMode.NEXT_STEP,
+        render_mode: RenderMode | None = None,
     ) -> None:
         _check_source(source)
         self.source = source
@@ -111,13 +127,13 @@ class SequenceVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
         self.max_length = check_limit("max_length", max_length)
         self.max_steps = check_limit("max_steps", max_steps)
         self.autoreset_mode = _autoreset_mode(autoreset_mode)
-        if render_mode is not None and render_mode not in _RENDER_MODES:
-            raise ValueError(
-                f"Unknown render_mode {render_mode!r}; choose one of {list(_RENDER_MODES)} or None."
-            )
-        self.render_mode = render_mode
+        self.render_mode = (
+            None
+            if render_mode is None
+            else check_option("render_mode", render_mode, RENDER_MODES, hint=" or None")
+        )
         self.metadata = {
-            "render_modes": list(_RENDER_MODES),
+            "render_modes": list(RENDER_MODES),
             "render_fps": SequenceEnv.metadata["render_fps"],
             "autoreset_mode": self.autoreset_mode,
         }
@@ -147,6 +163,7 @@ class SequenceVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
         self._steps = np.zeros(n, dtype=np.int64)  # (N,) steps this episode
         # (N, max_steps) actions this episode, kept only for render()
         self._history = np.zeros((n, self.max_steps if render_mode else 0), dtype=np.int64)
+        self._generated: list[list[int]] = [[] for _ in range(n)]  # deletable parts the episodes started from
         self._autoreset = np.zeros(n, dtype=bool)  # (N,) NEXT_STEP: reset on the next step
         self._needs_reset = np.ones(n, dtype=bool)  # (N,) not started, or ended under DISABLED
         self._rngs: list[np.random.Generator | None] = [None] * n
@@ -166,8 +183,10 @@ class SequenceVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
             seed: ``None``, an int ``s`` (sub-env ``i`` gets ``s + i``), or a list of ``num_envs`` ints or
                 ``None``.
             options: ``"prompt"``: one prompt for every reset sub-env; ``"prompts"``: a list of ``num_envs``
-                prompts (entries of sub-envs not reset are ignored); ``"reset_mask"``: bool ``(num_envs,)``,
-                which sub-envs to reset (default all).
+                prompts (entries of sub-envs not reset are ignored); ``"generated"``: one deletable generated
+                part after the prompt for every reset sub-env, or ``"generated_parts"``: ``num_envs`` of them
+                (as :meth:`SequenceEnv.reset`'s ``"generated"``); ``"reset_mask"``: bool ``(num_envs,)``, which
+                sub-envs to reset (default all).
 
         Returns:
             ``(observations (num_envs, max_length) int64, info)``; info masks mark the reset sub-envs.
@@ -204,6 +223,20 @@ class SequenceVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
         elif options.get("prompt") is not None:
             prompts = [options["prompt"]] * n
 
+        parts: list[Any] | None = None
+        if options.get("generated_parts") is not None:
+            if options.get("generated") is not None:
+                raise ValueError(
+                    "Pass options['generated'] (one for all) or options['generated_parts'] (one each), not both."
+                )
+            parts = list(options["generated_parts"])
+            if len(parts) != n:
+                raise ValueError(
+                    f"options['generated_parts'] must hold num_envs={n} parts, got {len(parts)}."
+                )
+        elif options.get("generated") is not None:
+            parts = [options["generated"]] * n
+
         idx = np.flatnonzero(mask)
         # A reset that fails (a bad prompt, a source that raises) leaves every sub-env as it was, RNGs included.
         saved_rngs = list(self._rngs)
@@ -212,7 +245,7 @@ class SequenceVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
             for i in idx.tolist():
                 if seeds[i] is not None:
                     self._rngs[i] = seeding.np_random(seeds[i])[0]
-            self._reset_rows(idx, prompts)
+            self._reset_rows(idx, prompts, parts)
         except BaseException:
             self._rngs = saved_rngs
             for i, state in saved_states.items():
@@ -220,7 +253,9 @@ class SequenceVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
             raise
         return self._obs.copy(), self._info(mask.copy())
 
-    def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    def step(
+        self, actions: npt.ArrayLike
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """Apply one action per sub-env.
 
         Args:
@@ -251,10 +286,9 @@ class SequenceVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
         obs, length, plen, steps = self._obs, self._length, self._prompt_length, self._steps
         if self.reward_fn.needs_states:
             obs_before, length_before = obs.copy(), length.copy()
-        is_backspace = a == v.backspace_id  # (N,)
-        append = ~is_backspace if active is None else active & ~is_backspace
-        delete = is_backspace & (length > plen)  # backspace at the prompt boundary: a no-op
+        append, delete = step_masks(length, plen, a, v)  # (N,) each; a no-op backspace is in neither
         if active is not None:
+            append &= active
             delete &= active
         # One scatter: append writes a at length, delete writes pad at length - 1, the rest hit the scratch.
         pos = np.where(append, length, np.where(delete, length - 1, self.max_length))
@@ -302,7 +336,7 @@ class SequenceVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
     def action_masks(self) -> np.ndarray:
         """Allowed actions, bool ``(num_envs, n_actions)``: all but backspace at the prompt boundary."""
         masks = np.tile(self._mask_free, (self.num_envs, 1))  # (N, A)
-        masks[:, self.vocab.backspace_id] = self._length > self._prompt_length
+        masks[:, self.vocab.backspace_id] = backspace_allowed(self._length, self._prompt_length)
         return masks
 
     def render(self) -> tuple[str, ...] | tuple[np.ndarray, ...] | None:
@@ -311,7 +345,10 @@ class SequenceVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
         if self.render_mode is None:
             return None
         episodes = [
-            (self._obs[i, : self._prompt_length[i]].tolist(), self._history[i, : self._steps[i]].tolist())
+            (
+                self._obs[i, : self._prompt_length[i]].tolist(),
+                self._generated[i] + self._history[i, : self._steps[i]].tolist(),
+            )
             for i in range(self.num_envs)
         ]
         if self._renderer is not None:
@@ -329,39 +366,44 @@ class SequenceVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
             self._autoreset[idx] = False
             raise
 
-    def _reset_rows(self, idx: np.ndarray, prompts: list[Any] | None) -> None:
-        """Start new episodes in sub-envs ``idx`` (prompts given, or drawn from each sub-env's generator).
+    def _reset_rows(self, idx: np.ndarray, prompts: list[Any] | None, parts: list[Any] | None = None) -> None:
+        """Start new episodes in sub-envs ``idx`` (prompts given, or drawn from each sub-env's generator),
+        optionally followed by deletable generated ``parts``.
 
-        Every prompt is drawn and checked before any sub-env changes, so an error leaves them all as they were.
+        Every prompt (and part) is drawn and checked before any sub-env changes, so an error leaves them all as
+        they were.
         """
         obs, v = self._obs, self.vocab
-        new_prompts = []
+        new_prompts, new_parts = [], []
         for i in idx.tolist():
             if prompts is None:
                 rng = self._rngs[i]
                 if rng is None:
                     rng = self._rngs[i] = seeding.np_random()[0]
-                new_prompts.append(
-                    check_prompt(sample_prompt(self.source, rng), v, self.max_length, sampled=True)
-                )
+                p = check_prompt(sample_prompt(self.source, rng), v, self.max_length, sampled=True)
             else:
-                new_prompts.append(check_prompt(prompts[i], v, self.max_length))
+                p = check_prompt(prompts[i], v, self.max_length)
+            new_prompts.append(p)
+            new_parts.append([] if parts is None else check_generated(parts[i], p, v, self.max_length))
         self._buf[idx] = v.pad_id
         self._steps[idx] = 0
         self._autoreset[idx] = False
         self._needs_reset[idx] = False
         lengths = np.zeros(len(idx), dtype=np.int64)
-        for k, (i, p) in enumerate(zip(idx.tolist(), new_prompts)):
-            if p:
-                obs[i, : len(p)] = p
-                lengths[k] = len(p)
+        prompt_lengths = np.zeros(len(idx), dtype=np.int64)
+        for k, (i, p, g) in enumerate(zip(idx.tolist(), new_prompts, new_parts)):
+            self._generated[i] = g
+            if p or g:
+                obs[i, : len(p) + len(g)] = p + g
+                lengths[k] = len(p) + len(g)
+            prompt_lengths[k] = len(p)
         self._length[idx] = lengths
-        self._prompt_length[idx] = lengths
+        self._prompt_length[idx] = prompt_lengths
 
     def _info(self, mask: np.ndarray) -> dict[str, Any]:
         masks = np.empty((self.num_envs, self.vocab.n_actions), dtype=np.int8)  # (N, A)
         masks[:] = self._mask_free_i8
-        masks[:, self.vocab.backspace_id] = self._length > self._prompt_length
+        masks[:, self.vocab.backspace_id] = backspace_allowed(self._length, self._prompt_length)
         return {
             "length": self._length.copy(),
             "_length": mask,
@@ -395,13 +437,11 @@ class SequenceVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
         )
 
 
-def _autoreset_mode(mode: AutoresetMode | str) -> AutoresetMode:
+def _autoreset_mode(mode: AutoresetMode | AutoresetModeName) -> AutoresetMode:
+    """The mode itself, or the one a name gives, ignoring case and ``_`` (``"next_step"``, ``"NEXT_STEP"``)."""
     if isinstance(mode, AutoresetMode):
         return mode
-    for m in AutoresetMode:
-        if isinstance(mode, str) and mode.replace("_", "").lower() in (
-            m.value.lower(),
-            m.name.replace("_", "").lower(),
-        ):
-            return m
-    raise ValueError(f"Unknown autoreset_mode {mode!r}; choose one of {[m.value for m in AutoresetMode]}.")
+    name = check_option(
+        "autoreset_mode", mode, AUTORESET_MODE_NAMES, normalize=lambda s: s.replace("_", "").lower()
+    )
+    return AutoresetMode(name)

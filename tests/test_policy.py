@@ -419,6 +419,51 @@ def test_generate_equals_stepping_the_env_with_predict_sampling(backspace_mode: 
     assert n_backspaces > 0
 
 
+def test_generate_from_a_generated_part_equals_stepping_the_env_from_it(backspace_mode: str) -> None:
+    """Batch of one, starting from prompt + a deletable generated part: generate == SequenceEnv reset with
+    options {"prompt", "generated"} and stepped with state_logits + sample_actions; a strong backspace bias
+    makes the rows delete into the generated part (whose states' logits come from the prefill)."""
+    from seqgym.env import SequenceEnv
+    from seqgym.sources.dyck import Dyck
+
+    env = SequenceEnv(Dyck(2, max_length=8), max_length=10, max_steps=16)
+    policy = LMPolicy.from_config(env.vocab, n_layer=2, n_embd=32, n_head=2, n_positions=32, seed=5)
+    bias = torch.zeros(env.vocab.n_actions)
+    bias[env.vocab.backspace_id] = 3.0
+    deleted_into_part = 0
+    for seed, prompt, part in [(0, [], [0, 1, 2]), (1, [0], [2, 3]), (2, [1, 1], [0]), (3, [], [])]:
+        gen = policy.generate(
+            [prompt],
+            max_steps=env.max_steps,
+            max_length=env.max_length,
+            generator=torch.Generator().manual_seed(seed),
+            logits_processor=lambda x: x + bias,
+            generated=[part],
+        )
+        g = torch.Generator().manual_seed(seed)
+        obs, info = env.reset(options={"prompt": prompt, "generated": part})
+        taken, done, shortest = [], False, info["length"]
+        while not done:
+            visible = obs[: info["length"]].tolist()
+            with torch.no_grad():
+                logits = policy.state_logits([visible], [info["prompt_length"]]) + bias
+            a = int(sample_actions(logits, generator=g)[0])
+            obs, _, terminated, truncated, info = env.step(a)
+            taken.append(a)
+            shortest = min(shortest, info["length"])
+            done = terminated or truncated
+        assert gen.actions[0] == taken
+        assert gen.sequences[0] == obs[: info["length"]].tolist()
+        deleted_into_part += shortest < len(prompt) + len(part)
+    assert deleted_into_part >= 2
+    with pytest.raises(ValueError, match="generated\\[0\\] holds id"):
+        policy.generate([[0]], max_steps=4, max_length=10, generated=[[env.vocab.eos_id]])
+    with pytest.raises(ValueError, match="one \\(possibly empty\\) per prompt"):
+        policy.generate([[0], [1]], max_steps=4, max_length=10, generated=[[1]])
+    with pytest.raises(ValueError, match="prompts \\+ generated"):
+        policy.generate([[0]], max_steps=4, max_length=4, generated=[[1, 2, 3]])
+
+
 # ---------------------------------------------------------------------------------------------------------
 # save / load / from_pretrained
 # ---------------------------------------------------------------------------------------------------------
@@ -526,3 +571,31 @@ def test_generate_with_numpy_and_tensor_prompts(policy: LMPolicy) -> None:
     g = torch.Generator().manual_seed(0)
     same = policy.generate(torch.tensor([[0, 1], [2, 3]]), max_steps=4, max_length=8, generator=g)
     assert out == same
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_torch_twins_equal_the_dynamics_primitives(data: st.DataObject) -> None:
+    """The masked forward's layout and generation's bookkeeping on tensors equal seqgym.dynamics on arrays."""
+    from agents.policy import backspace_allowed_torch, slot_layout_torch, step_masks_torch
+    from seqgym.dynamics import backspace_allowed, pad_histories, slot_layout, step_masks
+
+    B = data.draw(st.integers(1, 4))
+    tok = st.integers(0, VOCAB.n_tokens - 1)
+    prompts = [data.draw(st.lists(tok, max_size=3)) for _ in range(B)]
+    actions = [data.draw(st.lists(st.one_of(st.just(BK), tok), max_size=8)) for _ in range(B)]
+    pr, P = pad_histories(prompts, VOCAB.pad_id)
+    ac, T = pad_histories(actions, BK)  # padding holds backspaces: it must be ignored
+    ref = slot_layout(pr, P, ac, VOCAB, n_steps=T)
+    t = torch.from_numpy
+    inp, pos, attend = slot_layout_torch(t(pr), t(P), t(ac), t(T), VOCAB)
+    assert inp.tolist() == ref.tokens.tolist()
+    assert pos.tolist() == ref.positions.tolist()
+    assert attend.tolist() == ref.attend.tolist()
+
+    lengths = P + np.array([data.draw(st.integers(0, 2)) for _ in range(B)])
+    a = np.array([data.draw(st.integers(0, VOCAB.n_actions - 1)) for _ in range(B)])
+    appends, deletes = step_masks_torch(t(lengths), t(P), t(a), BK)
+    ref_appends, ref_deletes = step_masks(lengths, P, a, VOCAB)
+    assert appends.tolist() == ref_appends.tolist() and deletes.tolist() == ref_deletes.tolist()
+    assert backspace_allowed_torch(t(lengths), t(P)).tolist() == backspace_allowed(lengths, P).tolist()

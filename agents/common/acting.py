@@ -134,6 +134,8 @@ class ActingMixin(AgentHooks[BatchT]):
         top_p: float | None = None,
         top_k: int | None = None,
         seed: int | None = None,
+        generated: Sequence[Sequence[int]] | None = None,
+        backspace: bool = True,
     ) -> Generation:
         """Sample ``n`` sequences (or one per prompt) with backspace, batched on a KV cache.
 
@@ -144,11 +146,17 @@ class ActingMixin(AgentHooks[BatchT]):
             temperature, top_p, top_k: sampling settings of :func:`agents.policy.sample_actions`.
             seed: sample from a fresh generator seeded with it (prompts too); ``None`` continues the agent's
                 sampling generator.
+            generated: one deletable generated part per prompt (requires ``prompts``): each row starts from
+                ``prompt + generated`` and may delete the generated part (recovery evaluation,
+                ``docs/method.md`` §4b).
+            backspace: False masks ``<backspace>`` everywhere (validity without backspace, for comparison).
 
         Returns:
             :class:`agents.policy.Generation`: ``sequences`` (final visible, prompt included), ``actions`` (full
             histories, backspaces included), ``terminated``, ``truncated``.
         """
+        if prompts is None and generated is not None:
+            raise ValueError("generated= needs prompts= (one deletable generated part per prompt).")
         if prompts is None:
             count = 1 if n is None else n
             if not is_int(count) or count < 1:
@@ -168,6 +176,10 @@ class ActingMixin(AgentHooks[BatchT]):
             if isinstance(prompts, (str, bytes)) or not isinstance(prompts, (Sequence, np.ndarray)):
                 raise TypeError(f"prompts must be a sequence of id sequences, got {type(prompts).__name__}.")
             prompt_list = [[int(t) for t in p] for p in prompts]
+            if generated is not None and len(generated) != len(prompt_list):
+                raise ValueError(
+                    f"generated has {len(generated)} rows for {len(prompt_list)} prompts; give one per prompt."
+                )
             if n is not None and n != len(prompt_list):
                 raise ValueError(f"n={n} but {len(prompt_list)} prompts were given; pass one or the other.")
         if seed is not None:
@@ -184,5 +196,6 @@ class ActingMixin(AgentHooks[BatchT]):
             top_k=top_k,
             top_p=top_p,
             generator=generator,
-            allow_backspace=self.allow_backspace,
+            allow_backspace=self.allow_backspace and bool(backspace),
+            generated=None if generated is None else [[int(t) for t in g] for g in generated],
         )

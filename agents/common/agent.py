@@ -152,7 +152,9 @@ class Agent(TrainingMixin[BatchT], ActingMixin[BatchT], CheckpointMixin[BatchT])
     Args:
         env: a ``SequenceEnv`` (possibly wrapped) or a registered id such as ``"seqgym/Dyck-v0"``.
         demonstrations: trajectories, a demonstration file, or ``None`` (collected from ``env.source``).
-        policy: the :class:`LMPolicy` to train in place; ``None`` builds one from ``policy_kwargs``.
+        policy: the :class:`LMPolicy` to train in place (fine-tuning a trained model: pass
+            ``copy.deepcopy(other_agent.policy)`` to keep the original), the directory of a saved agent whose
+            policy to start from, or ``None`` to build one from ``policy_kwargs``.
         seed: seed of everything the agent draws; ``None`` draws one. When given, Python's, numpy's and torch's
             global generators are seeded too (as SB3 does), although the agent draws only from its own.
         **hyperparameters: fields of ``config_class``.
@@ -176,13 +178,17 @@ class Agent(TrainingMixin[BatchT], ActingMixin[BatchT], CheckpointMixin[BatchT])
         *,
         env: EnvLike,
         demonstrations: DemonstrationsLike = None,
-        policy: LMPolicy | None = None,
+        policy: LMPolicy | str | os.PathLike[str] | None = None,
         seed: int | None = None,
         **hyperparameters: Any,
     ) -> None:
         if env is None:
             raise TypeError("env is required: a SequenceEnv or a registered id such as 'seqgym/Dyck-v0'.")
         config = self.config_class.from_kwargs(hyperparameters, owner=type(self).__name__)
+        if isinstance(
+            policy, (str, os.PathLike)
+        ):  # fine-tune the policy of a saved agent (e.g. a trained MLE)
+            policy = type(self).load_policy(policy, device=config.device)
         if seed is not None:
             s = resolve_seed(seed)
             random.seed(s)

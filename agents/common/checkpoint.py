@@ -270,6 +270,18 @@ class CheckpointMixin(AgentHooks[BatchT]):
             raise
 
     @classmethod
+    def load_policy(cls, path: str | os.PathLike[str], *, device: str = "auto") -> LMPolicy:
+        """The trained :class:`~agents.policy.LMPolicy` of the agent saved in ``path`` (any agent class), e.g.
+        to fine-tune an MLE model with SequenceMatch: ``make_agent("sequencematch", ..., policy="runs/mle")``.
+
+        Raises:
+            AgentLoadError: as :meth:`load`.
+        """
+        from agents.common.agent import Agent
+
+        return Agent.load(path, device=device).policy
+
+    @classmethod
     def load(
         cls: type[_C],
         path: str | os.PathLike[str],

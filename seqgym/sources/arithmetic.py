@@ -6,12 +6,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from seqgym._options import OPERATORS, Operator, check_option
 from seqgym.vocab import Vocabulary
 
 __all__ = ["Arithmetic"]
 
 _DIGITS = "0123456789abcdef"
-_OPS = ("+", "-")
+_OPS = OPERATORS
 _MAX_OPERANDS = 2**62  # operand values are drawn with numpy int64 and their sum must fit too
 
 
@@ -82,7 +83,7 @@ class Arithmetic:
 
     name = "arithmetic"
 
-    def __init__(self, *, base: int = 10, n_digits: int = 2, ops: Sequence[str] = _OPS) -> None:
+    def __init__(self, *, base: int = 10, n_digits: int = 2, ops: Sequence[Operator] = _OPS) -> None:
         for arg, value in (("base", base), ("n_digits", n_digits)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
                 raise TypeError(f"Arithmetic {arg} must be an int, got {type(value).__name__}: {value!r}.")
@@ -100,14 +101,14 @@ class Arithmetic:
             raise TypeError(
                 f"Arithmetic ops must be a sequence of operators such as ('+', '-'), got {ops!r}."
             )
-        ops = tuple(ops)
-        if not ops or len(set(ops)) != len(ops) or any(o not in _OPS for o in ops):
+        ops = tuple(check_option("Arithmetic ops entry", o, _OPS) for o in ops)
+        if not ops or len(set(ops)) != len(ops):
             raise ValueError(
                 f"Arithmetic ops must be a non-empty subset of {_OPS} without repeats, got {ops!r}."
             )
         self.base = int(base)
         self.n_digits = int(n_digits)
-        self.ops: tuple[str, ...] = ops
+        self.ops: tuple[Operator, ...] = ops
         self.vocab = Vocabulary([*_DIGITS[: self.base], "+", "-", "="])
         self.plus_id = self.base
         self.minus_id = self.base + 1
@@ -131,11 +132,11 @@ class Arithmetic:
         out.reverse()
         return [0] * max(width - len(out), 0) + (out or ([] if width else [0]))
 
-    def answer(self, a: int, op: str, b: int) -> int:
+    def answer(self, a: int, op: Operator, b: int) -> int:
         """The value of ``a op b``."""
         return a + b if op == "+" else a - b
 
-    def encode_problem(self, a: int, op: str, b: int, *, with_answer: bool = True) -> list[int]:
+    def encode_problem(self, a: int, op: Operator, b: int, *, with_answer: bool = True) -> list[int]:
         """Token ids of ``a op b =`` (and, by default, the answer and ``eos``).
 
         Raises:
@@ -200,7 +201,7 @@ class Arithmetic:
         nd = self.n_digits
         a = int("".join(_DIGITS[t] for t in prompt[:nd]), self.base)
         b = int("".join(_DIGITS[t] for t in prompt[nd + 1 : 2 * nd + 1]), self.base)
-        op = "+" if prompt[nd] == self.plus_id else "-"
+        op: Operator = "+" if prompt[nd] == self.plus_id else "-"
         return [*self._digits(self.answer(a, op, b)), self.vocab.eos_id]
 
     # ----------------------------------------------------------------------------------------------------

@@ -199,7 +199,8 @@ class Dyck:
         if walked is None:
             return np.full(self.vocab.n_actions, -np.inf)
         with np.errstate(divide="ignore"):
-            return np.log(self._next_probs(*walked))
+            logp: np.ndarray = np.log(self._next_probs(*walked))
+        return logp
 
     def is_valid(self, sequence: Sequence[int]) -> bool:
         """Whether ``sequence`` (brackets + ``eos``) has non-zero probability under this source.

@@ -164,7 +164,8 @@ class Markov:
         if not self._supported(tokens):
             return np.full(self.vocab.n_actions, -np.inf)
         with np.errstate(divide="ignore"):
-            return np.log(self._next_probs(tokens))
+            logp: np.ndarray = np.log(self._next_probs(tokens))
+        return logp
 
     def is_valid(self, sequence: Sequence[int]) -> bool:
         """Whether ``sequence`` (tokens + ``eos``) has non-zero probability: at least one and at most

@@ -20,13 +20,14 @@ from collections.abc import Callable
 from typing import Any
 
 from seqgym.sources.arithmetic import Arithmetic
+from seqgym.sources.base import Source
 from seqgym.sources.dyck import Dyck
 from seqgym.sources.markov import Markov
 from seqgym.sources.text import Text
 
 __all__ = ["list_sources", "make_source", "register_source"]
 
-SourceFactory = Callable[..., Any]
+SourceFactory = Callable[..., Source]
 """A class or function that takes keyword arguments and returns a source."""
 
 _REGISTRY: dict[str, SourceFactory] = {}
@@ -48,7 +49,7 @@ def register_source(name: str, factory: SourceFactory, *, overwrite: bool = Fals
     _REGISTRY[name] = factory
 
 
-def make_source(name: str, **kwargs: Any) -> Any:
+def make_source(name: str, **kwargs: Any) -> Source:
     """Build the source registered as ``name`` with ``kwargs``.
 
     Raises:

@@ -9,12 +9,11 @@ from typing import Any
 
 import numpy as np
 
+from seqgym._options import TEXT_SPLITS, TOKENIZER_NAMES, TextSplit, TokenizerName, check_option
 from seqgym.sources.tokenizers import BPETokenizer, CharTokenizer, TextTokenizer, as_tokenizer
 from seqgym.vocab import Vocabulary
 
 __all__ = ["Text"]
-
-_SPLITS = ("all", "train", "test")
 
 
 def _free_name(name: str, taken: set[str]) -> str:
@@ -107,12 +106,12 @@ class Text:
         paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
         *,
         text: str | None = None,
-        tokenizer: str | Any = "char",
+        tokenizer: TokenizerName | TextTokenizer | Any = "char",  # Any: a tokenizers / transformers object
         vocab_size: int | None = None,
         min_frequency: int | None = None,
         prompt_length: int = 32,
         completion_length: int = 64,
-        split: str = "all",
+        split: TextSplit = "all",
         test_fraction: float = 0.1,
         encoding: str = "utf-8",
     ) -> None:
@@ -128,8 +127,7 @@ class Text:
                 raise TypeError(f"Text {arg} must be an int, got {type(value).__name__}: {value!r}.")
             if value < low:
                 raise ValueError(f"Text {arg} must be >= {low}, got {value}.")
-        if split not in _SPLITS:
-            raise ValueError(f"Text split must be one of {_SPLITS}, got {split!r}.")
+        split = check_option("Text split", split, TEXT_SPLITS)
         if not isinstance(test_fraction, (int, float, np.floating)) or not 0.0 < test_fraction < 1.0:
             raise ValueError(f"Text test_fraction must be strictly between 0 and 1, got {test_fraction!r}.")
 
@@ -161,18 +159,19 @@ class Text:
         split_text = {"all": corpus, "train": corpus[:cut], "test": corpus[cut:]}[split]
 
         if isinstance(tokenizer, str):
+            tokenizer = check_option(
+                "tokenizer", tokenizer, TOKENIZER_NAMES, hint=" or pass a tokenizer object"
+            )
             if tokenizer == "char":
                 tok: TextTokenizer = CharTokenizer.train(
                     train_text, min_frequency=1 if min_frequency is None else min_frequency
                 )
-            elif tokenizer == "bpe":
+            else:
                 tok = BPETokenizer.train(
                     train_text,
                     vocab_size=512 if vocab_size is None else vocab_size,
                     min_frequency=2 if min_frequency is None else min_frequency,
                 )
-            else:
-                raise ValueError(f"Unknown tokenizer {tokenizer!r}; use 'char', 'bpe' or a tokenizer object.")
         else:
             tok = as_tokenizer(tokenizer)
         self.tokenizer: TextTokenizer = tok

@@ -1,0 +1,55 @@
+"""The agent-side recovery evaluation and fine-tuning from a saved agent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from agents import make_agent  # noqa: E402
+from agents.evaluation import evaluate_recovery  # noqa: E402
+
+TINY = {"n_demonstrations": 64, "batch_size": 8, "policy_kwargs": {"n_layer": 1, "n_embd": 16, "n_head": 2}}
+KEYS = {
+    "backspace_first",
+    "recovery",
+    "mistake_removed",
+    "false_deletions",
+    "deliberate_mistakes",
+    "deleted_allowed",
+    "deleted_ruled_out",
+    "validity",
+    "validity_no_backspace",
+}
+
+
+def test_recovery_metrics_of_mle_and_bc() -> None:
+    mle = make_agent("mle", env="seqgym/Dyck-v0", seed=0, **TINY).learn(600)
+    m = evaluate_recovery(mle, mle.env.unwrapped.source, n=64, seed=3)
+    assert set(m) == KEYS
+    # MLE never backspaces: it cannot remove the mistake, and masking backspace changes nothing
+    assert m["backspace_first"] == m["mistake_removed"] == m["deliberate_mistakes"] == 0.0
+    assert m["recovery"] == 0.0  # an impossible token that stays makes the sequence invalid
+    assert m["validity_no_backspace"] == m["validity"]
+    assert evaluate_recovery(mle, mle.env.unwrapped.source, n=64, seed=3) == m  # same seed, same numbers
+    bc = make_agent("bc", env="seqgym/Dyck-v0", seed=0, p_noise=0.5, **TINY).learn(3000)
+    b = evaluate_recovery(bc, bc.env.unwrapped.source, n=64, seed=3)
+    assert all(
+        0.0 <= b[k] <= 1.0 for k in KEYS - {"deliberate_mistakes", "deleted_allowed", "deleted_ruled_out"}
+    )
+    assert b["mistake_removed"] >= b["backspace_first"] > 0.0  # BC has learnt to take a mistake back
+
+
+def test_fine_tuning_starts_from_the_saved_agents_policy(tmp_path: Path) -> None:
+    mle = make_agent("mle", env="seqgym/Dyck-v0", seed=0, **TINY).learn(200)
+    mle.save(tmp_path / "mle")
+    kw = {k: v for k, v in TINY.items() if k != "policy_kwargs"}
+    sm = make_agent("sequencematch", env="seqgym/Dyck-v0", seed=1, policy=str(tmp_path / "mle"), **kw)
+    for p, q in zip(sm.policy.parameters(), mle.policy.parameters()):
+        torch.testing.assert_close(p, q, atol=0.0, rtol=0.0)
+    sm.train(n_batches=2)
+    assert any(not torch.equal(p, q) for p, q in zip(sm.policy.parameters(), mle.policy.parameters()))
+    with pytest.raises(ValueError, match="Cannot load"):
+        make_agent("bc", env="seqgym/Dyck-v0", seed=1, policy=str(tmp_path / "missing"), **kw)
