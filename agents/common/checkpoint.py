@@ -115,16 +115,6 @@ def _check_files(root: Path) -> str | None:
     return None
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, OSError):
-        return True  # exists (another user's) or cannot tell: keep its folder
-    return True
-
-
 def _remove_stale_temporaries(folder: Path) -> None:
     """Delete the temporary folders (``.<name>.tmp-<pid>-*``) that saves killed before their rename left in
     ``folder``: those whose process no longer runs. Folders of a live save (this or another process) stay."""
@@ -133,9 +123,14 @@ def _remove_stale_temporaries(folder: Path) -> None:
         if match is None or not p.is_dir():
             continue
         pid = int(match.group(1))
-        if pid == os.getpid() or _pid_alive(pid):
+        if pid == os.getpid():
             continue
-        shutil.rmtree(p, ignore_errors=True)
+        try:
+            os.kill(pid, 0)  # signal 0: only asks whether the process exists
+        except ProcessLookupError:
+            shutil.rmtree(p, ignore_errors=True)
+        except (OverflowError, OSError):  # another user's process, or cannot tell: keep its folder
+            pass
 
 
 class CheckpointMixin(AgentHooks[BatchT]):
