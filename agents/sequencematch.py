@@ -543,8 +543,8 @@ class SequenceMatchConfig(AugmentationConfig):
     Attributes:
         gamma: discount γ in (0, 1] of the occupancy weights ``γ^i`` and of ``V'`` (default 0.998).
         alpha: the scale α > 0 of ``Q = α·l`` and ``V = α·logsumexp(l)`` (IQ-Learn's entropy temperature);
-            ``π = softmax(l)`` whatever α is (default 0.1: ``c/α = 5``, the only ratio that shapes the optimum
-            of the SequenceMatch terms).
+            ``π = softmax(l)`` whatever α is (default 0.01, the paper's: ``c/α = 50``, the only ratio that shapes
+            the optimum of the SequenceMatch terms; α also weighs them against the BC anchor).
         chi2_coef: ``c`` > 0 of the χ² term ``1/(4c)·r²`` (default 0.5, IQ-Learn's).
         bc_weight: ``λ_bc`` >= 0 of the BC anchor after the warm-up (default 1.0; 0 turns the anchor off).
         bc_warmup_steps: ``k``: the first ``k`` updates train on ``L_BC`` alone (default 100).
@@ -568,7 +568,7 @@ class SequenceMatchConfig(AugmentationConfig):
     """
 
     gamma: float = 0.998
-    alpha: float = 0.1
+    alpha: float = 0.01
     chi2_coef: float = 0.5
     bc_weight: float = 1.0
     bc_warmup_steps: int = 100
@@ -668,8 +668,8 @@ class SequenceMatch(Agent[SequenceMatchBatch]):
     Choices the method leaves open, made here (defaults from ``experiments/sweep.py``, on a development language
     and seeds no reported table uses):
 
-    - ``α = 0.1`` with IQ-Learn's ``c = 0.5`` (``c/α = 5``); the absorbing terminal; inserted pairs in the BC
-      anchor only; the replay refreshed every 4 updates.
+    - ``α = 0.01`` with IQ-Learn's ``c = 0.5`` (``c/α = 50``); the absorbing terminal; inserted pairs in the
+      BC anchor only; the replay refreshed every 4 updates.
     - The other divergences (``"kl"``, ``"js"``, ``"hellinger"``) only change the expert term's weight
       ``w = φ'(r)`` (IQ-Learn's ``φ`` forms, held constant in the gradient, capped at ``max_phi_weight``; the
       share of steps at the cap is logged as ``train/cap_binds``); the χ² term on the mixture stays.
