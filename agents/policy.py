@@ -30,6 +30,7 @@ Example:
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import json
 import math
@@ -222,15 +223,51 @@ class Generation:
 # ======================================================================================================
 # Sampling
 # ======================================================================================================
-def _check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    if not isinstance(temperature, (int, float)) or not temperature > 0:
-        raise ValueError(
-            f"temperature must be a number > 0, got {temperature!r}; use deterministic=True for argmax."
+def _check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> float:
+    """Check the sampling arguments (numpy scalars accepted where a Python number is); returns the
+    temperature as a float."""
+    if isinstance(temperature, (bool, np.bool_)) or not isinstance(
+        temperature, (int, float, np.integer, np.floating)
+    ):
+        raise TypeError(
+            f"temperature must be a number > 0, got {type(temperature).__name__}: {temperature!r}; use "
+            "deterministic=True for argmax."
         )
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+    if not (math.isfinite(float(temperature)) and float(temperature) > 0):
+        raise ValueError(
+            f"temperature must be a finite number > 0, got {temperature!r}; use deterministic=True for argmax."
+        )
+    if top_k is not None and (
+        isinstance(top_k, (bool, np.bool_)) or not isinstance(top_k, (int, np.integer)) or top_k < 1
+    ):
         raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}.")
-    if top_p is not None and (not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
+    if top_p is not None and (
+        isinstance(top_p, (bool, np.bool_))
+        or not isinstance(top_p, (int, float, np.integer, np.floating))
+        or not 0 < float(top_p) <= 1
+    ):
         raise ValueError(f"top_p must be None or a number in (0, 1], got {top_p!r}.")
+    return float(temperature)
+
+
+def check_logits_rows(logits: torch.Tensor) -> None:
+    """Refuse logits that cannot be sampled from: a NaN or ``+inf`` entry, or a row whose actions are all
+    ``-inf`` (nothing allowed).
+
+    Raises:
+        ValueError: naming the first offending row and the cause.
+    """
+    bad = torch.isnan(logits) | torch.isposinf(logits)  # (B, A)
+    if bool(bad.any()):
+        row = int(bad.any(dim=-1).nonzero()[0, 0])
+        kind = "NaN" if bool(torch.isnan(logits[row]).any()) else "+inf"
+        raise ValueError(
+            f"Row {row} of the logits holds {kind} (a non-finite model output); no action can be sampled from it."
+        )
+    empty = (logits == float("-inf")).all(dim=-1)  # (B,)
+    if bool(empty.any()):
+        row = int(empty.nonzero()[0, 0])
+        raise ValueError(f"Row {row} of the logits has no allowed action (all -inf).")
 
 
 def sample_actions(
@@ -250,7 +287,7 @@ def sample_actions(
     Args:
         logits: ``(B, A)`` logits over env actions; masked actions hold ``-inf``.
         generator: source of randomness (``None``: torch's global generator, not reproducible).
-        temperature: logits are divided by it (> 0).
+        temperature: logits are divided by it (finite, > 0; a numpy scalar is fine).
         top_k: keep only the ``top_k`` largest logits (>= 1).
         top_p: keep the smallest set of most likely actions whose probability reaches ``top_p`` (in (0, 1]).
         deterministic: argmax (no randomness consumed).
@@ -259,14 +296,19 @@ def sample_actions(
         ``(B,)`` long tensor of actions, on ``logits.device``.
 
     Raises:
-        ValueError: bad sampling arguments, ``logits`` not 2-D, or a row with no allowed action.
+        ValueError: bad sampling arguments (a temperature that is not finite and > 0...), ``logits`` not 2-D,
+            a NaN or ``+inf`` logit, or a row with no allowed action (all ``-inf``).
+        TypeError: a temperature that is not a number (numpy scalars are numbers).
     """
-    _check_sampling(temperature, top_k, top_p)
-    if logits.dim() != 2:
-        raise ValueError(f"logits must have shape (B, A), got {tuple(logits.shape)}.")
-    x = logits.detach().double() / float(temperature)  # (B, A)
-    if bool((x == float("-inf")).all(dim=-1).any()):
-        raise ValueError("A row of logits has no allowed action (all -inf).")
+    temp = _check_sampling(temperature, top_k, top_p)
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"logits must be a tensor of shape (B, A), got {shape}.")
+    if logits.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.long, device=logits.device)
+    check_logits_rows(logits)
+    x = logits.detach().double()  # (B, A)
+    x = (x - x.max(dim=-1, keepdim=True).values) / temp  # row max 0: no overflow at a small temperature
     if deterministic:
         return x.argmax(dim=-1)
     if top_k is not None and top_k < x.shape[-1]:
@@ -569,6 +611,22 @@ class LMPolicy(torch.nn.Module):
             raise ValueError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head}).")
         if "vocab_size" in gpt2_kwargs:
             raise ValueError("vocab_size is set from the vocabulary (len(vocab)); do not pass it.")
+        known = {
+            "attn_implementation",
+            *inspect.signature(GPT2Config.__init__).parameters,
+            *GPT2Config().to_dict(),
+        }
+        unknown = sorted(k for k in gpt2_kwargs if k not in known)
+        if unknown:
+            names = sorted(known | {"n_layer", "n_embd", "n_head", "n_positions", "seed"})
+            hints = []
+            for k in unknown:
+                close = difflib.get_close_matches(k, names, n=1)
+                hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise TypeError(
+                f"Unknown policy setting{'s' if len(unknown) > 1 else ''} {', '.join(hints)}: LMPolicy.from_config "
+                "takes n_layer, n_embd, n_head, n_positions, seed and transformers.GPT2Config fields."
+            )
         attn = gpt2_kwargs.pop("attn_implementation", None)
         kwargs: dict[str, Any] = {
             "vocab_size": len(vocab),
@@ -990,6 +1048,12 @@ class LMPolicy(torch.nn.Module):
                 f"takes one); use max_length <= {self.n_positions}."
             )
         rows = self._check_prompts(prompts, "prompts")
+        for b, row in enumerate(rows):
+            if (row == self.vocab.eos_id).any():
+                raise ValueError(
+                    f"prompts[{b}] holds eos (id {self.vocab.eos_id}) at position "
+                    f"{int(np.flatnonzero(row == self.vocab.eos_id)[0])}; a prompt is ordinary tokens only."
+                )
         bound = np.array([len(r) for r in rows], dtype=np.int64)  # (B,) prompt lengths: backspace stops here
         if generated is not None:
             rows = [np.concatenate((r, g)) for r, g in zip(rows, self._check_generated(generated, len(rows)))]

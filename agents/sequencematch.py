@@ -818,6 +818,10 @@ class SequenceMatch(Agent[SequenceMatchBatch]):
             logits = torch.cat([_pad_steps(logits, T + 1), _pad_steps(rep.logits, T + 1)])  # (B, T+1, A)
             acts = torch.cat([_pad_steps(acts, T), _pad_steps(rep.actions, T)])  # (B, T)
             step_mask = torch.cat([_pad_steps(step_mask, T), _pad_steps(rep.action_mask, T)])  # (B, T)
+        if bool(torch.isnan(logits).any() | torch.isposinf(logits).any()):
+            # a blown-up model: a NaN loss, which the training loop reports as NonFiniteLossError (no step)
+            nan = logits.nan_to_num(0.0, 0.0, 0.0).sum() * float("nan")
+            return nan, {"nonfinite_logits": torch.tensor(float(torch.isnan(logits).sum()))}
         B, T = acts.shape
         expert_np = np.ones((B, T), dtype=bool)  # False on the inserted mistake tokens of E
         kept_np = np.ones((B, T), dtype=bool)  # the steps the occupancy terms count

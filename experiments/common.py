@@ -449,9 +449,16 @@ class RunCache:
 def summarize(
     records: Iterable[Mapping[str, Any]], metrics: Sequence[str], *, by: str = "agent"
 ) -> dict[str, dict[str, list[float]]]:
-    """Group run records by ``record[by]`` and return ``{group: {metric: [mean, std, n]}}`` over seeds.
+    """Group run records by ``record[by]`` and return ``{group: {metric: [mean, std, n, n_nan]}}`` over seeds.
 
-    The standard deviation is the sample one (``ddof=1``; 0 for a single seed). NaN values are skipped.
+    ``n`` is the number of seeds behind the mean and the standard deviation (the sample one, ``ddof=1``; 0
+    for a single seed), ``n_nan`` the number of seeds whose value is NaN (a diverged or failed run): they are
+    left out of the mean but kept visible, and a metric that is NaN for every seed has mean and std NaN
+    (``n = 0``) instead of disappearing. A record without the metric (or with ``None``) is not counted.
+
+    Example:
+        >>> summarize([{"agent": "bc", "v": 0.5}, {"agent": "bc", "v": float("nan")}], ["v"])
+        {'bc': {'v': [0.5, 0.0, 1.0, 1.0]}}
     """
     groups: dict[str, list[Mapping[str, Any]]] = {}
     for r in records:
@@ -461,11 +468,15 @@ def summarize(
         out[group] = {}
         for m in metrics:
             vals = np.array([float(r[m]) for r in rs if m in r and r[m] is not None], dtype=float)
-            vals = vals[~np.isnan(vals)]
             if len(vals) == 0:
                 continue
+            nan = np.isnan(vals)
+            vals = vals[~nan]
+            if len(vals) == 0:
+                out[group][m] = [math.nan, math.nan, 0.0, float(nan.sum())]
+                continue
             std = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
-            out[group][m] = [float(vals.mean()), std, float(len(vals))]
+            out[group][m] = [float(vals.mean()), std, float(len(vals)), float(nan.sum())]
     return out
 
 
@@ -485,32 +496,49 @@ def mean_std(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, np.nan_to_num(std)
 
 
-def _fmt(mean: float, std: float, n: float) -> str:
-    if math.isinf(mean):
-        return "-inf" if mean < 0 else "inf"
-    digits = 3 if abs(mean) < 100 else 1
-    if n < 2:  # one run: no spread to report
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+def _fmt(mean: float, std: float, n: float, n_nan: float = 0.0, seeds: float | None = None) -> str:
+    """One table cell: ``mean ± std``; ``(n=k, j NaN)`` when fewer than the row's ``seeds`` are behind it."""
+    if math.isnan(mean):
+        text = "NaN"
+    elif math.isinf(mean):
+        text = "-inf" if mean < 0 else "inf"
+    else:
+        digits = 3 if abs(mean) < 100 else 1
+        text = (
+            f"{mean:.{digits}f}" if n < 2 else f"{mean:.{digits}f} ± {std:.{digits}f}"
+        )  # one run: no spread
+    if seeds is not None and n < seeds:
+        text += f" (n={int(n)}" + (f", {int(n_nan)} NaN)" if n_nan else ")")
+    return text
+
+
+def _cell(values: Sequence[float], seeds: int) -> str:
+    """``_fmt`` of a ``[mean, std, n]`` or ``[mean, std, n, n_nan]`` summary entry."""
+    n_nan = values[3] if len(values) > 3 else 0.0
+    return _fmt(values[0], values[1], values[2], n_nan, seeds=seeds)
 
 
 def format_table(
     summary: Mapping[str, Mapping[str, Sequence[float]]], metrics: Sequence[str], *, row_label: str = "agent"
 ) -> str:
     """A Markdown table: one row per group (``row_label`` heads the first column), one column per metric,
-    cells ``mean ± std`` (just the value where a metric comes from a single run).
+    cells ``mean ± std`` (just the value where a metric comes from a single run), and a last column with the
+    number of seeds of the row. A cell with fewer seeds behind it says how many, and how many were NaN.
 
     Example:
-        >>> print(format_table({"mle": {"validity": [0.5, 0.1, 3]}, "bc": {"validity": [0.7, 0.0, 1]}}, ["validity"]))
-        | agent | validity |
-        |---|---|
-        | mle | 0.500 ± 0.100 |
-        | bc | 0.700 |
+        >>> summary = {"mle": {"validity": [0.5, 0.1, 3, 0]}, "bc": {"validity": [0.7, 0.0, 1, 2]}}
+        >>> print(format_table(summary, ["validity"]))
+        | agent | validity | seeds |
+        |---|---|---|
+        | mle | 0.500 ± 0.100 | 3 |
+        | bc | 0.700 (n=1, 2 NaN) | 3 |
     """
-    lines = [f"| {row_label} | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+    lines = [f"| {row_label} | " + " | ".join(metrics) + " | seeds |", "|---|" + "---|" * (len(metrics) + 1)]
     for group, row in summary.items():
-        cells = [_fmt(*row[m][:3]) if m in row else "n/a" for m in metrics]
-        lines.append(f"| {group} | " + " | ".join(cells) + " |")
+        counts = [int(v[2]) + (int(v[3]) if len(v) > 3 else 0) for v in row.values() if len(v) > 2]
+        seeds = max(counts, default=0)
+        cells = [_cell(row[m], seeds) if m in row else "n/a" for m in metrics]
+        lines.append(f"| {group} | " + " | ".join(cells) + f" | {seeds} |")
     return "\n".join(lines)
 
 
