@@ -308,7 +308,7 @@ def check_agent_kwargs(agent: str, kwargs: Mapping[str, Any]) -> None:
     building anything; its complaint becomes a :class:`ConfigError`."""
     from agents import BC, MLE, SequenceMatch
 
-    cls = {"mle": MLE, "bc": BC, "sequencematch": SequenceMatch}[agent]
+    cls: Any = {"mle": MLE, "bc": BC, "sequencematch": SequenceMatch}[agent]
     try:
         cls.config_class.from_kwargs(dict(kwargs), owner=agent)
     except (TypeError, ValueError) as e:

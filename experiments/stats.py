@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["paired_differences"]
+__all__ = ["mean_interval", "paired_differences"]
 
 
 def paired_differences(
@@ -85,3 +85,25 @@ def paired_differences(
         )
         low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
     return {"mean": mean, "low": low, "high": high, "n": float(n)}
+
+
+def mean_interval(
+    values: Sequence[float] | np.ndarray,
+    *,
+    confidence: float = 0.95,
+    n_resamples: int = 10_000,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """Mean over seeds of ``values`` (shape ``(S,)``, NaN left out) and its bootstrap interval.
+
+    The interval comes from ``scipy.stats.bootstrap`` (BCa, percentile where BCa is undefined); it is
+    ``(nan, nan)`` with fewer than two values and the mean itself when every value is equal.
+
+    Example:
+        >>> m, lo, hi = mean_interval([0.5, 0.6, 0.7, 0.65, 0.55])
+        >>> round(m, 2), lo < m < hi
+        (0.6, True)
+    """
+    x = np.asarray(values, dtype=float)
+    d = paired_differences(x, np.zeros_like(x), confidence=confidence, n_resamples=n_resamples, seed=seed)
+    return d["mean"], d["low"], d["high"]

@@ -167,7 +167,7 @@ def main(cfg: Config) -> dict[str, Any]:
             )
     ordered = [records[j] for j in jobs]
     summary = summarize(ordered, ("validity", "backspace_rate"), by="setting")
-    table = format_table(summary, ("validity", "backspace_rate"), first="setting")
+    table = format_table(summary, ("validity", "backspace_rate"), row_label="setting")
     print(table)
     cfg.out.mkdir(parents=True, exist_ok=True)
     (cfg.out / "table.md").write_text(table + "\n", encoding="utf-8")
