@@ -31,6 +31,7 @@ def tiny_compare(out: Path, **overrides: object) -> compare.Config:
         "batch_size": 8,
         "out": out,
         "progress": False,
+        "recovery": False,
     }
     settings.update(overrides)
     return compare.Config(**settings)  # type: ignore[arg-type]

@@ -40,7 +40,6 @@ BAD = [
     ("compare", ["--noise-seeds", "6"], "--noise-seeds must be an int in [0, 5]"),
     ("compare", ["--task", "markov", "--lengths", "20"], "--lengths needs a task in"),
     ("compare", ["--temperatures", "0"], "--temperatures must be a number > 0.0"),
-    ("compare", ["--sm-terminal", "bad"], "--sm-terminal"),
     ("compare", ["--seeds", "0", "0"], "--seeds lists a seed twice"),
     ("compare", ["--agents", "mle", "ppo2"], "Unknown agent 'ppo2'"),
     ("compare", ["--n-embd", "63"], "--n-embd (63) must be a multiple of --n-head (2)"),
