@@ -26,7 +26,8 @@ def evaluate_recovery(
     CALLS.append((agent.name, n, seed))
     states = sample_recovery_states(source, n, seed=seed)
     starts = [p + g for p, g in zip(states.prompts, states.injected)]
-    gen = agent.generate(prompts=starts, seed=seed, temperature=temperature)
+    room = max(agent.max_length, max(map(len, starts)) + 2)  # the injected token can fill the last slot
+    gen = agent.generate(prompts=starts, seed=seed, temperature=temperature, max_length=room)
     after = [list(a) for a in gen.actions]
     rec = recovery_metrics(source, states.prompts, states.injected, after)
     clean = agent.generate(n, seed=seed + 1, temperature=temperature)
