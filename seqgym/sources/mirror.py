@@ -129,7 +129,8 @@ class Mirror:
             if len(ids) > self.max_half:
                 return out
             with np.errstate(divide="ignore"):
-                return np.log(self._first_half_probs(len(ids)))
+                logp: np.ndarray = np.log(self._first_half_probs(len(ids)))
+            return logp
         cut = ids.index(self.separator_id)
         w, tail = ids[:cut], ids[cut + 1 :]
         if not self.min_half <= len(w) <= self.max_half or tail != w[::-1][: len(tail)]:
