@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.stats
-from recovery_standin import CALLS, use_recovery_standin
+from recovery_spy import CALLS, spy_on_recovery
 
 from experiments import compare
 from experiments.common import SEQUENCEMATCH_FIELDS, AgentSettings
@@ -104,7 +104,7 @@ def tiny(out: Path, **overrides: object) -> compare.Config:
 def test_compare_reports_paired_differences_recovery_and_curves(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    standin = use_recovery_standin(monkeypatch)
+    spy_on_recovery(monkeypatch)
     cfg = tiny(tmp_path)
     results = compare.main(cfg)
     printed = capsys.readouterr().out
@@ -127,14 +127,14 @@ def test_compare_reports_paired_differences_recovery_and_curves(
         assert d["low"] <= d["mean"] <= d["high"]
     table = (tmp_path / "table.md").read_text()
     assert "Validity vs temperature" in table and "Validity vs prefix length" in table
-    if standin:  # every agent of a seed was judged on the same recovery states, with n_eval of them
-        seeds_by_agent = {a: sorted(s for name, n, s in CALLS if name == a) for a in cfg.agents}
-        assert len(set(map(tuple, seeds_by_agent.values()))) == 1 and len(seeds_by_agent["bc"]) == 2
-        assert all(n == cfg.n_eval for _, n, _ in CALLS)
+    # every agent of a seed was judged on the same recovery states, with n_eval of them
+    seeds_by_agent = {a: sorted(s for name, n, s in CALLS if name == a) for a in cfg.agents}
+    assert len(set(map(tuple, seeds_by_agent.values()))) == 1 and len(seeds_by_agent["bc"]) == 2
+    assert all(n == cfg.n_eval for _, n, _ in CALLS)
 
 
 def test_sb3_budget_and_reward_are_stated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    use_recovery_standin(monkeypatch)
+    spy_on_recovery(monkeypatch)
     cfg = tiny(
         tmp_path,
         agents=("maskable_ppo",),

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from recovery_standin import use_recovery_standin
+from recovery_spy import spy_on_recovery
 
 from agents import make_agent
 from experiments import compare
@@ -84,7 +84,7 @@ def test_the_progress_callback_follows_an_agents_whole_budget_over_several_learn
 def test_compare_prints_and_writes_every_table_and_a_gallery(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    use_recovery_standin(monkeypatch)
+    spy_on_recovery(monkeypatch)
     cfg = compare.Config(
         agents=("mle", "bc"),
         seeds=(0, 1),

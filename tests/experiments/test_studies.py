@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from recovery_standin import use_recovery_standin
+from recovery_spy import spy_on_recovery
 
 from experiments import arithmetic, compare, text
 from experiments.common import write_json_atomic
@@ -73,7 +73,7 @@ def test_compare_rejects_unknown_agents(tmp_path: Path) -> None:
 
 
 def test_arithmetic_study_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    use_recovery_standin(monkeypatch)
+    spy_on_recovery(monkeypatch)
     cfg = arithmetic.Config(
         noise_levels=(0.0, 0.2),
         seeds=(0,),
