@@ -7,12 +7,12 @@ import math
 import gymnasium as gym
 import numpy as np
 import pytest
+from source_checks import check_against_samples, enumerate_support
 
 from seqgym.metrics import sample_recovery_states, validity_rate
 from seqgym.registration import make_env
 from seqgym.sources import Mirror, make_source
 from seqgym.sources.base import Source, has_exact_probabilities, has_validity, sequence_logprob
-from tests.test_sources import check_against_samples, enumerate_support
 
 SRC = Mirror(3, min_half=2, max_half=4)
 V = SRC.vocab
