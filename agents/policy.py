@@ -1,12 +1,12 @@
 """The language-model policy: any Hugging Face causal LM plus a ``<backspace>`` action.
 
-The LM's logits over the environment's actions are the policy's Q-values (``sequencematch.md`` §2). Three
+The LM's logits over the environment's actions are the policy's Q-values (``docs/method.md`` §2). Three
 ways to run the model, all agreeing with :func:`seqgym.dynamics.states` (the one definition of what an action
 history means):
 
 - :meth:`LMPolicy.state_logits`: plain forward on visible sequences (the reference).
 - :meth:`LMPolicy.trajectory_logits`: ONE masked forward for whole action histories with backspaces
-  (``sequencematch.md`` §5); equal to :meth:`~LMPolicy.state_logits` on every visited state.
+  (``docs/method.md`` §5); equal to :meth:`~LMPolicy.state_logits` on every visited state.
 - :meth:`LMPolicy.generate`: batched sampling with backspace on a KV cache; a backspace never recomputes
   the prefix.
 
@@ -891,7 +891,7 @@ class LMPolicy(torch.nn.Module):
     def trajectory_logits(self, prompts: IdRows, actions: IdRows) -> TrajectoryLogits:
         """Logits of every state of a batch of action histories, in ONE masked forward (differentiable).
 
-        Layout (``sequencematch.md`` §5): row ``b`` is left-padded to ``S`` slots and holds
+        Layout (``docs/method.md`` §5): row ``b`` is left-padded to ``S`` slots and holds
         ``[BOS, prompt..., one slot per action]``. A token slot holds the token at position id
         ``len(state) - 1`` (BOS counted) and attends to the slots of the state it creates. A backspace slot
         holds a copy of the new last token (BOS if the state becomes empty) at that token's position id and
@@ -1032,7 +1032,7 @@ class LMPolicy(torch.nn.Module):
             output_logits: also return the logits of every step's state (``Generation.logits``).
             generated: optional ``B`` deletable generated parts (ordinary token ids): row ``b`` starts from the
                 state ``prompts[b] + generated[b]`` as if it had written ``generated[b]`` itself, so
-                ``<backspace>`` may delete it down to the prompt (``docs/method.md`` §4b). ``Generation.actions``
+                ``<backspace>`` may delete it down to the prompt (``docs/method.md`` §7). ``Generation.actions``
                 are the actions taken from there; ``Generation.sequences`` the final visible sequences.
 
         Returns:

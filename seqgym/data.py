@@ -6,7 +6,7 @@ defined once, in :mod:`seqgym.dynamics`; everything here is built on it and test
 
 - :func:`collect` draws clean expert trajectories from a source.
 - :func:`augment` inserts a wrong token followed by ``<backspace>`` before each expert action with probability
-  ``p_noise`` (``sequencematch.md`` §4), so a learner sees states it must recover from.
+  ``p_noise`` (``docs/method.md`` §4), so a learner sees states it must recover from.
 - :func:`to_transitions` flattens trajectories into ``(obs, acts, next_obs, dones)`` arrays in
   :class:`~seqgym.env.SequenceEnv`'s observation format, for SB3 / imitation-style consumers.
 - :func:`save_demonstrations` / :func:`load_demonstrations` store a set in one ``.npz`` file, written
@@ -436,7 +436,7 @@ def mistake_candidates(
 ) -> np.ndarray:
     """Which ordinary tokens count as a mistake before each chosen action: ``(K, n_tokens)`` bool.
 
-    ``sequencematch.md`` §4: a mistake must be a mistake. Where ``source`` knows its probabilities
+    ``docs/method.md`` §4: a mistake must be a mistake. Where ``source`` knows its probabilities
     (``next_token_logprobs``), the candidates at position ``i`` are the tokens it rules out after the state
     before action ``i`` (log-probability ``<= floor``; ``-inf`` by default: impossible tokens only), and a row
     is empty where it rules out none (no mistake exists there: :func:`augment` inserts none). Without such a
@@ -540,7 +540,7 @@ def augment(
 ) -> list[Trajectory]:
     """Insert a wrong token and ``<backspace>`` before each expert action with probability ``p_noise``.
 
-    ``sequencematch.md`` §4: clean expert data never shows a state to recover from. Before every action ``i``
+    ``docs/method.md`` §4: clean expert data never shows a state to recover from. Before every action ``i``
     with ``expert[i]`` True (every action of a clean trajectory, eos included), independently with probability
     ``p_noise``, the pair ``(w, <backspace>)`` is inserted, where ``w`` is an ordinary token different from
     ``actions[i]``. The pair leaves the state unchanged, so the augmented trajectory replays to exactly the

@@ -219,7 +219,7 @@ class SequenceEnv(gym.Env[np.ndarray, np.int64]):
             options: ``{"prompt": token ids}`` fixes the prompt; ``{"generated": token ids}`` starts after the
                 prompt from a *deletable* generated part, as if the agent had written it (it opens the action
                 history; the step count starts at 0; rewards count from the reset state). Recovery is
-                evaluated this way: a generated part ending with a wrong token (``docs/method.md`` §4b).
+                evaluated this way: a generated part ending with a wrong token (``docs/method.md`` §7).
 
         Returns:
             ``(observation (max_length,) int64, info)``.
