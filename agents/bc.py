@@ -1,4 +1,4 @@
-"""Behaviour cloning on backspace-augmented demonstrations ("MLE + backspace", ``sequencematch.md`` §4, §6).
+"""Behaviour cloning on backspace-augmented demonstrations ("MLE + backspace", ``docs/method.md`` §4, §6).
 
 Before each expert action, with probability ``p_noise``, a wrong token and the ``<backspace>`` that repairs it
 are inserted (:func:`seqgym.data.augment`): with ``noise="uniform"`` once, at construction, the wrong token

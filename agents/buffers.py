@@ -1,7 +1,7 @@
 """Replay buffer of the model's own trajectories, bounded in memory.
 
 SequenceMatch mixes expert trajectories with trajectories the current model generated (with ``<backspace>``)
-(``sequencematch.md`` §3). :class:`ReplayBuffer` keeps the most recent ``capacity`` of them in a ring: every
+(``docs/method.md`` §3). :class:`ReplayBuffer` keeps the most recent ``capacity`` of them in a ring: every
 array is allocated once, at construction, so the memory it holds never grows (:attr:`ReplayBuffer.nbytes`).
 
 Example:

@@ -4,7 +4,7 @@ Loss, for a batch of ``B`` clean sequences ``(prompt_b, x_b)`` with ``x_b`` endi
 
     L = (1 / B) * sum_b sum_i  -log pi(x_b[i] | prompt_b + x_b[:i])
 
-summed over the steps of a sequence and averaged over sequences (``sequencematch.md`` §3: a sequence's loss is
+summed over the steps of a sequence and averaged over sequences (``docs/method.md`` §3: a sequence's loss is
 never divided by its own length). ``pi`` is the softmax of the LM logits with ``<backspace>`` removed, the same
 distribution MLE samples from: the agent never emits ``<backspace>`` (``allow_backspace = False`` masks it in
 ``predict`` and ``generate``). Demonstrations that hold inserted mistakes are first reduced to their clean

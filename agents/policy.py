@@ -1,12 +1,12 @@
 """The language-model policy: any Hugging Face causal LM plus a ``<backspace>`` action.
 
-The LM's logits over the environment's actions are the policy's Q-values (``sequencematch.md`` §2). Three
+The LM's logits over the environment's actions are the policy's Q-values (``docs/method.md`` §2). Three
 ways to run the model, all agreeing with :func:`seqgym.dynamics.states` (the one definition of what an action
 history means):
 
 - :meth:`LMPolicy.state_logits`: plain forward on visible sequences (the reference).
 - :meth:`LMPolicy.trajectory_logits`: ONE masked forward for whole action histories with backspaces
-  (``sequencematch.md`` §5); equal to :meth:`~LMPolicy.state_logits` on every visited state.
+  (``docs/method.md`` §5); equal to :meth:`~LMPolicy.state_logits` on every visited state.
 - :meth:`LMPolicy.generate`: batched sampling with backspace on a KV cache; a backspace never recomputes
   the prefix.
 
@@ -30,6 +30,7 @@ Example:
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import json
 import math
@@ -224,15 +225,51 @@ class Generation:
 # ======================================================================================================
 # Sampling
 # ======================================================================================================
-def _check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    if not isinstance(temperature, (int, float)) or not temperature > 0:
-        raise ValueError(
-            f"temperature must be a number > 0, got {temperature!r}; use deterministic=True for argmax."
+def _check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> float:
+    """Check the sampling arguments (numpy scalars accepted where a Python number is); returns the
+    temperature as a float."""
+    if isinstance(temperature, (bool, np.bool_)) or not isinstance(
+        temperature, (int, float, np.integer, np.floating)
+    ):
+        raise TypeError(
+            f"temperature must be a number > 0, got {type(temperature).__name__}: {temperature!r}; use "
+            "deterministic=True for argmax."
         )
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+    if not (math.isfinite(float(temperature)) and float(temperature) > 0):
+        raise ValueError(
+            f"temperature must be a finite number > 0, got {temperature!r}; use deterministic=True for argmax."
+        )
+    if top_k is not None and (
+        isinstance(top_k, (bool, np.bool_)) or not isinstance(top_k, (int, np.integer)) or top_k < 1
+    ):
         raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}.")
-    if top_p is not None and (not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
+    if top_p is not None and (
+        isinstance(top_p, (bool, np.bool_))
+        or not isinstance(top_p, (int, float, np.integer, np.floating))
+        or not 0 < float(top_p) <= 1
+    ):
         raise ValueError(f"top_p must be None or a number in (0, 1], got {top_p!r}.")
+    return float(temperature)
+
+
+def check_logits_rows(logits: torch.Tensor) -> None:
+    """Refuse logits that cannot be sampled from: a NaN or ``+inf`` entry, or a row whose actions are all
+    ``-inf`` (nothing allowed).
+
+    Raises:
+        ValueError: naming the first offending row and the cause.
+    """
+    bad = torch.isnan(logits) | torch.isposinf(logits)  # (B, A)
+    if bool(bad.any()):
+        row = int(bad.any(dim=-1).nonzero()[0, 0])
+        kind = "NaN" if bool(torch.isnan(logits[row]).any()) else "+inf"
+        raise ValueError(
+            f"Row {row} of the logits holds {kind} (a non-finite model output); no action can be sampled from it."
+        )
+    empty = (logits == float("-inf")).all(dim=-1)  # (B,)
+    if bool(empty.any()):
+        row = int(empty.nonzero()[0, 0])
+        raise ValueError(f"Row {row} of the logits has no allowed action (all -inf).")
 
 
 def sample_actions(
@@ -252,7 +289,7 @@ def sample_actions(
     Args:
         logits: ``(B, A)`` logits over env actions; masked actions hold ``-inf``.
         generator: source of randomness (``None``: torch's global generator, not reproducible).
-        temperature: logits are divided by it (> 0).
+        temperature: logits are divided by it (finite, > 0; a numpy scalar is fine).
         top_k: keep only the ``top_k`` largest logits (>= 1).
         top_p: keep the smallest set of most likely actions whose probability reaches ``top_p`` (in (0, 1]).
         deterministic: argmax (no randomness consumed).
@@ -261,26 +298,31 @@ def sample_actions(
         ``(B,)`` long tensor of actions, on ``logits.device``.
 
     Raises:
-        ValueError: bad sampling arguments, ``logits`` not 2-D, or a row with no allowed action.
+        ValueError: bad sampling arguments (a temperature that is not finite and > 0...), ``logits`` not 2-D,
+            a NaN or ``+inf`` logit, or a row with no allowed action (all ``-inf``).
+        TypeError: a temperature that is not a number (numpy scalars are numbers).
     """
-    _check_sampling(temperature, top_k, top_p)
-    if logits.dim() != 2:
-        raise ValueError(f"logits must have shape (B, A), got {tuple(logits.shape)}.")
-    if bool((logits == float("-inf")).all(dim=-1).any()):
-        raise ValueError("A row of logits has no allowed action (all -inf).")
-    return _draw(logits, generator, temperature, top_k, top_p, deterministic)
+    temp = _check_sampling(temperature, top_k, top_p)
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"logits must be a tensor of shape (B, A), got {shape}.")
+    if logits.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.long, device=logits.device)
+    check_logits_rows(logits)
+    return _draw(logits, generator, temp, top_k, top_p, deterministic)
 
 
 def _draw(
     logits: torch.Tensor,
     generator: torch.Generator | None,
-    temperature: float,
+    temp: float,
     top_k: int | None,
     top_p: float | None,
     deterministic: bool = False,
 ) -> torch.Tensor:
-    """:func:`sample_actions` on checked arguments (no host synchronisation): ``(B, A)`` -> ``(B,)``."""
-    x = logits.detach().double() / float(temperature)  # (B, A)
+    """:func:`sample_actions` on checked arguments and rows (no host synchronisation): ``(B, A)`` -> ``(B,)``."""
+    x = logits.detach().double()  # (B, A)
+    x = (x - x.max(dim=-1, keepdim=True).values) / temp  # row max 0: no overflow at a small temperature
     if deterministic:
         return x.argmax(dim=-1)
     if top_k is not None and top_k < x.shape[-1]:
@@ -590,6 +632,22 @@ class LMPolicy(torch.nn.Module):
             raise ValueError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head}).")
         if "vocab_size" in gpt2_kwargs:
             raise ValueError("vocab_size is set from the vocabulary (len(vocab)); do not pass it.")
+        known = {
+            "attn_implementation",
+            *inspect.signature(GPT2Config.__init__).parameters,
+            *GPT2Config().to_dict(),
+        }
+        unknown = sorted(k for k in gpt2_kwargs if k not in known)
+        if unknown:
+            names = sorted(known | {"n_layer", "n_embd", "n_head", "n_positions", "seed"})
+            hints = []
+            for k in unknown:
+                close = difflib.get_close_matches(k, names, n=1)
+                hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise TypeError(
+                f"Unknown policy setting{'s' if len(unknown) > 1 else ''} {', '.join(hints)}: LMPolicy.from_config "
+                "takes n_layer, n_embd, n_head, n_positions, seed and transformers.GPT2Config fields."
+            )
         attn = gpt2_kwargs.pop("attn_implementation", None)
         kwargs: dict[str, Any] = {
             "vocab_size": len(vocab),
@@ -960,7 +1018,7 @@ class LMPolicy(torch.nn.Module):
     def trajectory_logits(self, prompts: IdRows, actions: IdRows) -> TrajectoryLogits:
         """Logits of every state of a batch of action histories, in ONE masked forward (differentiable).
 
-        Layout (``sequencematch.md`` §5): row ``b`` is left-padded to ``S`` slots and holds
+        Layout (``docs/method.md`` §5): row ``b`` is left-padded to ``S`` slots and holds
         ``[BOS, prompt..., one slot per action]``. A token slot holds the token at position id
         ``len(state) - 1`` (BOS counted) and attends to the slots of the state it creates. A backspace slot
         holds a copy of the new last token (BOS if the state becomes empty) at that token's position id and
@@ -1101,13 +1159,13 @@ class LMPolicy(torch.nn.Module):
             output_logits: also return the logits of every step's state (``Generation.logits``).
             generated: optional ``B`` deletable generated parts (ordinary token ids): row ``b`` starts from the
                 state ``prompts[b] + generated[b]`` as if it had written ``generated[b]`` itself, so
-                ``<backspace>`` may delete it down to the prompt (``docs/method.md`` §4b). ``Generation.actions``
+                ``<backspace>`` may delete it down to the prompt (``docs/method.md`` §7). ``Generation.actions``
                 are the actions taken from there; ``Generation.sequences`` the final visible sequences.
 
         Returns:
             :class:`Generation`.
         """
-        _check_sampling(temperature, top_k, top_p)
+        temp = _check_sampling(temperature, top_k, top_p)
         for name, value in (("max_steps", max_steps), ("max_length", max_length)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}.")
@@ -1117,6 +1175,12 @@ class LMPolicy(torch.nn.Module):
                 f"takes one); use max_length <= {self.n_positions}."
             )
         rows = self._check_prompts(prompts, "prompts")
+        for b, row in enumerate(rows):
+            if (row == self.vocab.eos_id).any():
+                raise ValueError(
+                    f"prompts[{b}] holds eos (id {self.vocab.eos_id}) at position "
+                    f"{int(np.flatnonzero(row == self.vocab.eos_id)[0])}; a prompt is ordinary tokens only."
+                )
         bound = np.array([len(r) for r in rows], dtype=np.int64)  # (B,) prompt lengths: backspace stops here
         if generated is not None:
             rows = [np.concatenate((r, g)) for r, g in zip(rows, self._check_generated(generated, len(rows)))]
@@ -1195,8 +1259,11 @@ class LMPolicy(torch.nn.Module):
                     )
                 x = logits if logits_processor is None else logits_processor(logits.clone())  # (B, A)
                 x = x.masked_fill(blocked, -math.inf)
-                empty = need & (x == -math.inf).all(dim=-1)  # (B,) rows with no allowed action
-                a = _draw(x, generator, temperature, top_k, top_p)
+                asked = need  # (B,) rows choosing an action at this call
+                unusable = need & (
+                    (x == -math.inf).all(dim=-1) | (x.isnan() | x.isposinf()).any(dim=-1)
+                )  # (B,)
+                a = _draw(x, generator, temp, top_k, top_p)
                 history[rows_t, at] = torch.where(need, a, history[rows_t, at])
                 appends, deletes = step_masks_torch(vis, P_t, a, bk)  # (B,) each
                 is_bk = need & deletes  # (B,) backspace (never at the boundary: masked above)
@@ -1212,10 +1279,10 @@ class LMPolicy(torch.nn.Module):
                 need = is_bk & ~done  # (B,) rows that backspaced and sample again at once
                 # the one host synchronisation of the step
                 resample, n_live, no_action = torch.stack(
-                    [need.any().long(), (~done).sum(), empty.any().long()]
+                    [need.any().long(), (~done).sum(), unusable.any().long()]
                 ).tolist()
-                if no_action:
-                    raise ValueError("A row of logits has no allowed action (all -inf).")
+                if no_action:  # raise the message sample_actions gives
+                    check_logits_rows(x[asked])
                 if not use_stack or not resample:
                     break
                 logits = torch.where(need[:, None], stack[rows_t, vis], logits)  # (B, A)

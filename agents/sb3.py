@@ -30,9 +30,12 @@ Example:
 from __future__ import annotations
 
 import importlib
+import io
 import json
 import os
+import re
 import typing
+import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -49,6 +52,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 
 from agents.common.config import check_choice
 from agents.policy import Generation, sample_actions
+from seqgym._files import atomic_write
 from seqgym.env import SequenceEnv
 from seqgym.rewards import Reward, RewardFn
 from seqgym.vocab import Vocabulary
@@ -613,40 +617,252 @@ class SB3Baseline:
 
     # --------------------------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write ``path/model.zip`` (SB3's own format) and ``path/sb3_baseline.json`` (algo and env id)."""
+        """Write ``path/model.zip`` (SB3's own format, which SB3's ``load`` opens too) and
+        ``path/sb3_baseline.json`` (algo, env id and the plain settings :meth:`load` rebuilds the model from),
+        each atomically."""
         directory = Path(path)
         directory.mkdir(parents=True, exist_ok=True)
-        self.model.save(directory / _MODEL_FILE)
-        meta = {"format": _FORMAT, "algo": self.algo, "env": self._spec.to_json()}
-        tmp = directory / (_META_FILE + ".tmp")
-        tmp.write_text(json.dumps(meta, indent=2))
-        tmp.replace(directory / _META_FILE)
+        buffer = io.BytesIO()
+        self.model.save(buffer)
+        atomic_write(directory / _MODEL_FILE, lambda f: f.write(buffer.getvalue()))
+        meta = {
+            "format": _FORMAT,
+            "algo": self.algo,
+            "env": self._spec.to_json(),
+            "settings": _plain_settings(self.model),
+        }
+        atomic_write(directory / _META_FILE, lambda f: f.write(json.dumps(meta, indent=2).encode()))
 
     @classmethod
     def load(
         cls, path: str | os.PathLike[str], env: str | gym.Env | None = None, device: str = "cpu"
     ) -> SB3Baseline:
-        """Load what :meth:`save` wrote. ``env`` is needed when the baseline was trained on an env instance
-        (only an env id and JSON-serialisable ``env_kwargs`` are stored)."""
+        """Load what :meth:`save` wrote, without running anything stored in the file.
+
+        SB3's ``model.zip`` keeps some entries of its ``data`` member as ``:serialized:`` cloudpickle blobs,
+        which SB3's own ``load`` unpickles (running whatever code they name). This method never unpickles: it
+        reads ``data`` as JSON, rebuilds each object the blobs held (policy class, ``policy_kwargs``, spaces,
+        schedules, buffer classes) from the algorithm, the plain settings stored beside them and the env, and
+        hands them to SB3 as ``custom_objects``, so SB3 never decodes a blob. The weights are read by SB3 with
+        ``torch.load(weights_only=True)``.
+
+        Args:
+            path: the directory written by :meth:`save`.
+            env: needed when the baseline was trained on an env instance (only an env id and JSON-serialisable
+                ``env_kwargs`` are stored); its spaces must match the saved ones.
+            device: torch device of the model.
+
+        Raises:
+            FileNotFoundError: no ``sb3_baseline.json`` / ``model.zip`` in ``path``.
+            ValueError: a corrupt or foreign file, a pickled entry that cannot be rebuilt from plain settings
+                (e.g. a custom class or a callable schedule), or an env whose spaces differ from the saved ones.
+        """
         directory = Path(path)
         meta_file = directory / _META_FILE
         if not meta_file.is_file():
             raise FileNotFoundError(
                 f"{meta_file} not found; is {directory} a directory written by SB3Baseline.save?"
             )
-        meta = json.loads(meta_file.read_text())
-        if meta.get("format") != _FORMAT:
-            raise ValueError(f"{meta_file} has format {meta.get('format')!r}; this version reads {_FORMAT}.")
+        try:
+            meta = json.loads(meta_file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{meta_file} is not valid JSON ({e}).") from None
+        if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
+            found = meta.get("format") if isinstance(meta, dict) else None
+            raise ValueError(f"{meta_file} has format {found!r}; this version reads {_FORMAT}.")
+        algo = meta.get("algo")
+        if not isinstance(algo, str):
+            raise ValueError(f"{meta_file} names no algorithm (its 'algo' entry is {algo!r}).")
+        algo_cls = _algo_class(algo)
         if env is not None:
             spec = _EnvSpec(env, None)
-        elif meta.get("env") is not None:
-            spec = _EnvSpec(meta["env"]["env_id"], meta["env"]["env_kwargs"])
+        elif isinstance(meta.get("env"), dict):
+            stored = meta["env"]
+            if not isinstance(stored.get("env_id"), str) or not isinstance(stored.get("env_kwargs"), dict):
+                raise ValueError(f"{meta_file} has a malformed 'env' entry: {stored!r}.")
+            spec = _EnvSpec(stored["env_id"], stored["env_kwargs"])
         else:
             raise ValueError(
                 "This baseline was trained on an env instance; pass env= (the same kind of env) to load."
             )
-        model = _algo_class(meta["algo"]).load(directory / _MODEL_FILE, device=device)
-        return cls(model, algo=meta["algo"], spec=spec)
+        model_file = directory / _MODEL_FILE
+        if not model_file.is_file():
+            raise FileNotFoundError(f"{model_file} not found; the save in {directory} is incomplete.")
+        content = model_file.read_bytes()  # read once: SB3 loads these very bytes, not the file again
+        data = _read_sb3_data(content, model_file)
+        stored_settings = meta.get("settings")
+        settings: dict[str, Any] = stored_settings if isinstance(stored_settings, dict) else {}
+        template = spec.make("none")
+        custom = _rebuild_serialized(data, algo_cls, settings, template, model_file)
+        model = algo_cls.load(io.BytesIO(content), device=device, custom_objects=custom)
+        return cls(model, algo=algo, spec=spec)
+
+
+# ============================================================================================================
+# Loading SB3 files without unpickling
+# ============================================================================================================
+_MAX_DATA_BYTES = 16 * 2**20  # the JSON member of a model.zip: a few kB in practice
+_SCHEDULE = re.compile(r"^ConstantSchedule\(val=([-+0-9.eE]+|inf|nan)\)$")
+
+
+def _plain_settings(model: BaseAlgorithm) -> dict[str, Any]:
+    """What :meth:`SB3Baseline.load` needs beyond SB3's plain JSON to rebuild a pickled entry: PPO's constant
+    clip range and DQN's training frequency (``None`` when the model has no such setting)."""
+    settings: dict[str, Any] = {}
+    clip = getattr(model, "clip_range", None)
+    if callable(clip):
+        start, end = float(clip(1.0)), float(clip(0.0))
+        settings["clip_range"] = start if start == end else None
+    train_freq = getattr(model, "train_freq", None)
+    if train_freq is not None and hasattr(train_freq, "frequency"):
+        settings["train_freq"] = [int(train_freq.frequency), str(train_freq.unit.value)]
+    return settings
+
+
+def _read_sb3_data(content: bytes, where: Path) -> dict[str, Any]:
+    """The ``data`` member of an SB3 ``model.zip`` as a JSON dict (size-limited, never unpickled)."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(content)) as archive:
+            try:
+                info = archive.getinfo("data")
+            except KeyError:
+                raise ValueError(f"{where} has no 'data' member; it is not an SB3 model file.") from None
+            if info.file_size > _MAX_DATA_BYTES:
+                raise ValueError(
+                    f"{where}: its 'data' member declares {info.file_size} bytes, over the "
+                    f"{_MAX_DATA_BYTES} allowed."
+                )
+            with archive.open(info) as member:
+                raw = member.read(_MAX_DATA_BYTES + 1)
+    except zipfile.BadZipFile as e:
+        raise ValueError(f"{where} is not a zip file ({e}); the save is corrupt.") from None
+    if len(raw) > _MAX_DATA_BYTES:
+        raise ValueError(f"{where}: its 'data' member is over {_MAX_DATA_BYTES} bytes.")
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{where}: its 'data' member is not valid JSON ({e}).") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: its 'data' member is not a JSON object.")
+    return data
+
+
+def _allowed_classes() -> dict[str, type]:
+    """Classes a ``policy_kwargs`` entry may name (by SB3's ``repr``): the token extractor, SB3's
+    extractors, torch activations and optimisers. Nothing else is ever imported from a name in a file."""
+    from stable_baselines3.common.torch_layers import FlattenExtractor
+
+    classes: list[type] = [TokenEmbeddingExtractor, FlattenExtractor]
+    nn = torch.nn
+    classes += [nn.ReLU, nn.Tanh, nn.GELU, nn.ELU, nn.LeakyReLU, nn.SiLU, nn.Sigmoid, nn.Identity]
+    classes += [torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD, torch.optim.RMSprop]
+    return {repr(c): c for c in classes}
+
+
+def _rebuild_policy_kwargs(entry: dict[str, Any], where: Path) -> dict[str, Any]:
+    allowed = _allowed_classes()
+    out: dict[str, Any] = {}
+    for key, value in entry.items():
+        if key in (":type:", ":serialized:"):
+            continue
+        if isinstance(value, str) and value.startswith("<"):
+            if value not in allowed:
+                raise ValueError(
+                    f"{where}: policy_kwargs[{key!r}] is {value}, which SB3Baseline.load does not rebuild "
+                    f"(allowed: {sorted(allowed)}); it never unpickles objects from a file."
+                )
+            out[key] = allowed[value]
+        else:
+            out[key] = value
+    return out
+
+
+def _check_space(name: str, entry: dict[str, Any], space: gym.Space, where: Path) -> None:
+    """Compare the plain fields SB3 stored beside a pickled space with the env's space."""
+    if isinstance(space, spaces.Discrete):
+        stored = entry.get("n")
+        if stored is not None and str(stored) != str(int(space.n)):
+            raise ValueError(f"{where} was trained with {stored} actions; the env has {int(space.n)}.")
+    shape = entry.get("_shape")
+    if shape is not None and tuple(shape) != tuple(space.shape or ()):
+        raise ValueError(
+            f"{where}: the saved {name} has shape {tuple(shape)}, the env's has {space.shape}; "
+            "pass the env the baseline was trained on."
+        )
+
+
+def _rebuild_serialized(
+    data: dict[str, Any],
+    algo_cls: type[BaseAlgorithm],
+    settings: dict[str, Any],
+    env: gym.Env,
+    where: Path,
+) -> dict[str, Any]:
+    """``custom_objects`` for every ``:serialized:`` entry of ``data``, built from plain values only.
+
+    Raises:
+        ValueError: an entry this bridge does not know how to rebuild (SB3 would have unpickled it), or a
+            plain ``env`` entry (SB3 would build an env from it).
+    """
+    if "env" in data:
+        raise ValueError(
+            f"{where}: its 'data' member holds an 'env' entry, which SB3 never saves; refusing it."
+        )
+    custom: dict[str, Any] = {}
+    for key, entry in data.items():
+        if not (isinstance(entry, dict) and ":serialized:" in entry):
+            continue
+        if key == "policy_class":
+            policy_cls = algo_cls.policy_aliases["MlpPolicy"]
+            module = entry.get("__module__")
+            if module is not None and module != policy_cls.__module__:
+                raise ValueError(
+                    f"{where}: the policy class comes from {module!r}; SB3Baseline.load rebuilds only the "
+                    f"{algo_cls.__name__} MlpPolicy ({policy_cls.__module__}.{policy_cls.__name__})."
+                )
+            custom[key] = policy_cls
+        elif key == "policy_kwargs":
+            custom[key] = _rebuild_policy_kwargs(entry, where)
+        elif key == "observation_space":
+            _check_space(key, entry, env.observation_space, where)
+            custom[key] = env.observation_space
+        elif key == "action_space":
+            _check_space(key, entry, env.action_space, where)
+            custom[key] = env.action_space
+        elif key in ("lr_schedule", "exploration_schedule"):
+            custom[key] = None  # rebuilt by the algorithm's _setup_model from its plain settings
+        elif key in ("rollout_buffer_class", "replay_buffer_class"):
+            custom[key] = None  # None = the algorithm's default buffer, the one train_sb3_baseline uses
+        elif key in (
+            "_last_obs",
+            "_last_episode_starts",
+            "_last_original_obs",
+            "ep_info_buffer",
+            "ep_success_buffer",
+        ):
+            custom[key] = None  # rollout state: recreated by the next learn()
+        elif key == "clip_range":
+            value = settings.get("clip_range")
+            if value is None:
+                match = _SCHEDULE.match(str(entry.get("value_schedule", "")))
+                if match is None:
+                    raise ValueError(
+                        f"{where}: clip_range is a schedule ({entry.get('value_schedule')!r}) that cannot be "
+                        "rebuilt from plain settings; SB3Baseline.load never unpickles it."
+                    )
+                value = float(match.group(1))
+            custom[key] = float(value)
+        elif key == "train_freq":
+            freq = settings.get("train_freq")
+            custom[key] = tuple(freq) if isinstance(freq, list) and len(freq) == 2 else (4, "step")
+        else:
+            raise ValueError(
+                f"{where}: its 'data' member holds a pickled entry {key!r} "
+                f"({entry.get(':type:', 'unknown type')}) that SB3Baseline.load cannot rebuild from plain "
+                "settings; it refuses to unpickle anything from a file. Open it with SB3's own load only if "
+                "you trust its origin."
+            )
+    return custom
 
 
 def train_sb3_baseline(

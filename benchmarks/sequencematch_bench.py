@@ -2,7 +2,7 @@
 
 (a) One update on the same batch and model: BC minimises its cross-entropy on ``batch_size`` augmented
     demonstrations ``E``; SequenceMatch (past its BC warm-up) runs ONE masked forward over ``E`` plus the
-    ``n_replay`` model trajectories of the mixture, and minimises the loss of ``sequencematch.md`` §3. Each
+    ``n_replay`` model trajectories of the mixture, and minimises the loss of ``docs/method.md`` §3. Each
     update is ``agent.train_step(batch)``: forward + loss + backward + clipping + NaN check + AdamW step (the
     batch is drawn beforehand with ``agent.sample_batch``, identical for every repeat). Also reported: the
     update including its share of the replay generation (one refresh every ``replay_refresh_interval``
@@ -60,8 +60,8 @@ class Config:
     """augmentation probability (both agents)"""
     bc_warmup_steps: int = 20
     """SequenceMatch's BC-only updates (part b)"""
-    replay_refresh_interval: int = 20
-    """updates between replay refreshes"""
+    replay_refresh_interval: int = 4
+    """updates between replay refreshes (the library default)"""
     repeats: int = 20
     """(a) timed updates per agent (median reported)"""
     budget: int = 200_000

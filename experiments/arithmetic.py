@@ -2,7 +2,8 @@
 
 Prompts are ``a+b=`` / ``a-b=`` (``seqgym/Arithmetic-v0``); a sample is correct when its answer is (the source's
 ``is_valid``). The *noise level* is the probability ``p_noise`` with which each expert action of a demonstration
-is preceded by a uniformly drawn wrong token and the ``<backspace>`` that repairs it (``sequencematch.md`` §4):
+is preceded by a wrong token (drawn uniformly among those the source rules out there) and the ``<backspace>``
+that repairs it (``docs/method.md`` §4):
 BC and SequenceMatch train on those augmented demonstrations; MLE trains on the clean answers (it cannot
 express a backspace), so its accuracy is one line across noise levels. Results go to ``--out``
 (``results.json``, ``table.md``, ``arithmetic.png`` with ± std over seeds, ``samples.md``); finished runs are

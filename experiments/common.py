@@ -34,12 +34,15 @@ __all__ = [
     "IMITATION_AGENTS",
     "LIBRARY_PACKAGES",
     "NOISY_AGENTS",
+    "SEQUENCEMATCH_FIELDS",
     "AgentSettings",
     "CacheError",
     "ConfigError",
     "Divergence",
+    "InsertedSteps",
     "RunCache",
     "StudyError",
+    "Terminal",
     "check_int",
     "check_number",
     "config_digest",
@@ -141,6 +144,22 @@ def check_number(
 Divergence = Literal["chi2", "kl", "js", "hellinger"]
 """SequenceMatch's divergences (``agents.SequenceMatchConfig.divergence``)."""
 
+Terminal = Literal["absorbing", "iq"]
+"""SequenceMatch's treatment of eos (``agents.SequenceMatchConfig.terminal``)."""
+InsertedSteps = Literal["bc_only", "all"]
+"""Which SequenceMatch terms see the inserted pairs (``agents.SequenceMatchConfig.inserted_steps``)."""
+SEQUENCEMATCH_FIELDS = (
+    "alpha",
+    "chi2_coef",
+    "bc_weight",
+    "bc_warmup_steps",
+    "divergence",
+    "terminal",
+    "inserted_steps",
+    "replay_refresh_interval",
+)
+"""The SequenceMatch hyperparameters a study can override (``AgentSettings.sm_<name>``)."""
+
 IMITATION_AGENTS = ("mle", "bc", "sequencematch")
 NOISY_AGENTS = ("bc", "sequencematch")  # the agents trained on backspace-augmented demonstrations
 
@@ -166,15 +185,25 @@ class AgentSettings:
     """Learning rate of the imitation agents."""
     batch_size: int = 16
     """Trajectories per update of the imitation agents."""
-    sm_chi2_coef: float = 5.0
-    """SequenceMatch χ² coefficient c. The SequenceMatch defaults here (c=5, λ_bc=2, warm-up 50) are the best
-    of a small sweep on Dyck (README); the library defaults (IQ-Learn's c=0.5, λ_bc=1, warm-up 100) lag BC."""
-    sm_bc_weight: float = 2.0
-    """SequenceMatch behaviour-cloning anchor weight λ_bc."""
-    sm_bc_warmup_steps: int = 50
-    """SequenceMatch updates of BC alone before the full loss."""
-    sm_divergence: Divergence = "chi2"
-    """SequenceMatch divergence."""
+    sm_alpha: float | None = None
+    """SequenceMatch scale α of ``Q = α·l`` (None: the library default, ``agents.SequenceMatchConfig``)."""
+    sm_chi2_coef: float | None = None
+    """SequenceMatch χ² coefficient c (None: the library default). The library defaults were chosen by
+    ``experiments.sweep`` on a development language and development seeds that no reported table uses; the
+    studies run them unchanged, and these flags exist to override them."""
+    sm_bc_weight: float | None = None
+    """SequenceMatch behaviour-cloning anchor weight λ_bc (None: the library default)."""
+    sm_bc_warmup_steps: int | None = None
+    """SequenceMatch updates of BC alone before the full loss (None: the library default)."""
+    sm_divergence: Divergence | None = None
+    """SequenceMatch divergence (None: the library default)."""
+    sm_terminal: Terminal | None = None
+    """SequenceMatch treatment of eos: absorbing or iq (None: the library default)."""
+    sm_inserted_steps: InsertedSteps | None = None
+    """Which SequenceMatch terms see the inserted (mistake, backspace) pairs: bc_only or all (None: the library
+    default)."""
+    sm_replay_refresh_interval: int | None = None
+    """SequenceMatch updates between refreshes of the replay buffer (None: the library default)."""
     threads: int = 1
     """torch CPU threads per run (one is the fastest for these small models on a 2-core CPU; the count can
     change floating-point results, so it is part of what a cached run depends on)."""
@@ -216,13 +245,24 @@ class AgentSettings:
                 raise ValueError(f"{agent} needs p_noise (its backspace augmentation).")
             kw["p_noise"] = p_noise
         if agent == "sequencematch":
-            kw.update(
-                chi2_coef=self.sm_chi2_coef,
-                bc_weight=self.sm_bc_weight,
-                bc_warmup_steps=self.sm_bc_warmup_steps,
-                divergence=self.sm_divergence,
-            )
+            kw.update(self.sequencematch_overrides())
         return kw
+
+    def sequencematch_overrides(self) -> dict[str, Any]:
+        """The SequenceMatch hyperparameters these settings set (the ``sm_*`` fields that are not None), by
+        their name in ``agents.SequenceMatchConfig``; the others keep the library defaults.
+
+        Example:
+            >>> AgentSettings().sequencematch_overrides()
+            {}
+            >>> AgentSettings(sm_chi2_coef=5.0, sm_terminal="iq").sequencematch_overrides()
+            {'chi2_coef': 5.0, 'terminal': 'iq'}
+        """
+        return {
+            name: getattr(self, "sm_" + name)
+            for name in SEQUENCEMATCH_FIELDS
+            if getattr(self, "sm_" + name) is not None
+        }
 
     def check(self) -> None:
         """Raise :class:`ConfigError` (naming the flag) for any invalid field.
@@ -238,13 +278,24 @@ class AgentSettings:
         if self.n_embd % self.n_head:
             raise ConfigError(f"--n-embd ({self.n_embd}) must be a multiple of --n-head ({self.n_head}).")
         check_number("learning_rate", self.learning_rate, low=0.0, low_open=True)
-        check_number("sm_chi2_coef", self.sm_chi2_coef, low=0.0, low_open=True)
-        check_number("sm_bc_weight", self.sm_bc_weight, low=0.0)
-        check_int("sm_bc_warmup_steps", self.sm_bc_warmup_steps, low=0)
-        if self.sm_divergence not in get_args(Divergence):
-            raise ConfigError(
-                f"--sm-divergence must be one of {', '.join(get_args(Divergence))}, got {self.sm_divergence!r}."
-            )
+        if self.sm_alpha is not None:
+            check_number("sm_alpha", self.sm_alpha, low=0.0, low_open=True)
+        if self.sm_chi2_coef is not None:
+            check_number("sm_chi2_coef", self.sm_chi2_coef, low=0.0, low_open=True)
+        if self.sm_bc_weight is not None:
+            check_number("sm_bc_weight", self.sm_bc_weight, low=0.0)
+        if self.sm_bc_warmup_steps is not None:
+            check_int("sm_bc_warmup_steps", self.sm_bc_warmup_steps, low=0)
+        if self.sm_replay_refresh_interval is not None:
+            check_int("sm_replay_refresh_interval", self.sm_replay_refresh_interval)
+        for name, kind in (
+            ("sm_divergence", Divergence),
+            ("sm_terminal", Terminal),
+            ("sm_inserted_steps", InsertedSteps),
+        ):
+            value = getattr(self, name)
+            if value is not None and value not in get_args(kind):
+                raise ConfigError(f"{flag(name)} must be one of {', '.join(get_args(kind))}, got {value!r}.")
         for name in ("resume", "progress"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{flag(name)} must be True or False, got {getattr(self, name)!r}.")
@@ -449,9 +500,16 @@ class RunCache:
 def summarize(
     records: Iterable[Mapping[str, Any]], metrics: Sequence[str], *, by: str = "agent"
 ) -> dict[str, dict[str, list[float]]]:
-    """Group run records by ``record[by]`` and return ``{group: {metric: [mean, std, n]}}`` over seeds.
+    """Group run records by ``record[by]`` and return ``{group: {metric: [mean, std, n, n_nan]}}`` over seeds.
 
-    The standard deviation is the sample one (``ddof=1``; 0 for a single seed). NaN values are skipped.
+    ``n`` is the number of seeds behind the mean and the standard deviation (the sample one, ``ddof=1``; 0
+    for a single seed), ``n_nan`` the number of seeds whose value is NaN (a diverged or failed run): they are
+    left out of the mean but kept visible, and a metric that is NaN for every seed has mean and std NaN
+    (``n = 0``) instead of disappearing. A record without the metric (or with ``None``) is not counted.
+
+    Example:
+        >>> summarize([{"agent": "bc", "v": 0.5}, {"agent": "bc", "v": float("nan")}], ["v"])
+        {'bc': {'v': [0.5, 0.0, 1.0, 1.0]}}
     """
     groups: dict[str, list[Mapping[str, Any]]] = {}
     for r in records:
@@ -461,11 +519,15 @@ def summarize(
         out[group] = {}
         for m in metrics:
             vals = np.array([float(r[m]) for r in rs if m in r and r[m] is not None], dtype=float)
-            vals = vals[~np.isnan(vals)]
             if len(vals) == 0:
                 continue
+            nan = np.isnan(vals)
+            vals = vals[~nan]
+            if len(vals) == 0:
+                out[group][m] = [math.nan, math.nan, 0.0, float(nan.sum())]
+                continue
             std = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
-            out[group][m] = [float(vals.mean()), std, float(len(vals))]
+            out[group][m] = [float(vals.mean()), std, float(len(vals)), float(nan.sum())]
     return out
 
 
@@ -485,32 +547,49 @@ def mean_std(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, np.nan_to_num(std)
 
 
-def _fmt(mean: float, std: float, n: float) -> str:
-    if math.isinf(mean):
-        return "-inf" if mean < 0 else "inf"
-    digits = 3 if abs(mean) < 100 else 1
-    if n < 2:  # one run: no spread to report
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+def _fmt(mean: float, std: float, n: float, n_nan: float = 0.0, seeds: float | None = None) -> str:
+    """One table cell: ``mean ± std``; ``(n=k, j NaN)`` when fewer than the row's ``seeds`` are behind it."""
+    if math.isnan(mean):
+        text = "NaN"
+    elif math.isinf(mean):
+        text = "-inf" if mean < 0 else "inf"
+    else:
+        digits = 3 if abs(mean) < 100 else 1
+        text = (
+            f"{mean:.{digits}f}" if n < 2 else f"{mean:.{digits}f} ± {std:.{digits}f}"
+        )  # one run: no spread
+    if seeds is not None and n < seeds:
+        text += f" (n={int(n)}" + (f", {int(n_nan)} NaN)" if n_nan else ")")
+    return text
+
+
+def _cell(values: Sequence[float], seeds: int) -> str:
+    """``_fmt`` of a ``[mean, std, n]`` or ``[mean, std, n, n_nan]`` summary entry."""
+    n_nan = values[3] if len(values) > 3 else 0.0
+    return _fmt(values[0], values[1], values[2], n_nan, seeds=seeds)
 
 
 def format_table(
     summary: Mapping[str, Mapping[str, Sequence[float]]], metrics: Sequence[str], *, row_label: str = "agent"
 ) -> str:
     """A Markdown table: one row per group (``row_label`` heads the first column), one column per metric,
-    cells ``mean ± std`` (just the value where a metric comes from a single run).
+    cells ``mean ± std`` (just the value where a metric comes from a single run), and a last column with the
+    number of seeds of the row. A cell with fewer seeds behind it says how many, and how many were NaN.
 
     Example:
-        >>> print(format_table({"mle": {"validity": [0.5, 0.1, 3]}, "bc": {"validity": [0.7, 0.0, 1]}}, ["validity"]))
-        | agent | validity |
-        |---|---|
-        | mle | 0.500 ± 0.100 |
-        | bc | 0.700 |
+        >>> summary = {"mle": {"validity": [0.5, 0.1, 3, 0]}, "bc": {"validity": [0.7, 0.0, 1, 2]}}
+        >>> print(format_table(summary, ["validity"]))
+        | agent | validity | seeds |
+        |---|---|---|
+        | mle | 0.500 ± 0.100 | 3 |
+        | bc | 0.700 (n=1, 2 NaN) | 3 |
     """
-    lines = [f"| {row_label} | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+    lines = [f"| {row_label} | " + " | ".join(metrics) + " | seeds |", "|---|" + "---|" * (len(metrics) + 1)]
     for group, row in summary.items():
-        cells = [_fmt(*row[m][:3]) if m in row else "n/a" for m in metrics]
-        lines.append(f"| {group} | " + " | ".join(cells) + " |")
+        counts = [int(v[2]) + (int(v[3]) if len(v) > 3 else 0) for v in row.values() if len(v) > 2]
+        seeds = max(counts, default=0)
+        cells = [_cell(row[m], seeds) if m in row else "n/a" for m in metrics]
+        lines.append(f"| {group} | " + " | ".join(cells) + f" | {seeds} |")
     return "\n".join(lines)
 
 

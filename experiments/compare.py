@@ -1,10 +1,22 @@
 """The main comparison: MLE, BC, SequenceMatch and an SB3 baseline on one toy task, side by side.
 
-Every agent trains for the same budget on the same demonstrations, for each seed; then each draws samples that
-are judged by the exact metrics of :mod:`seqgym.metrics`. The script prints its tables (mean ± std over seeds:
-the agents, and validity vs noise level) and writes ``results.json``, ``table.md`` (both tables),
-``compare.png`` (learning curves; validity vs noise level, with ± std over seeds) and ``samples.md`` (a gallery
-of each agent's samples, deleted tokens struck through) to ``--out``. Finished runs are cached under
+The protocol (``docs/method.md`` §7): the SequenceMatch settings are the library defaults (chosen by
+``experiments.sweep`` on a development language and development seeds), the seeds are fresh (10–14 by default:
+neither the sweep's 1000+ nor the 0–2 earlier tables were tuned on), and the agents of a seed are *paired*: they
+train on the same demonstrations and are judged on the same evaluation states (the same prompts, the same
+recovery start states), with ``--n-eval`` (2,000) samples per evaluation. For each metric the script reports the
+per-seed difference SequenceMatch − BC, SequenceMatch − MLE and BC − MLE with a 95% interval from
+``scipy.stats.bootstrap`` over seeds (:func:`experiments.stats.paired_differences`).
+
+Beside validity it reports recovery (``agents.evaluation.evaluate_recovery``): P(``<backspace>`` first) just after
+an injected impossible token, the recovery rate, false deletions of a clean generated part, deliberate mistakes
+in clean generation, and validity with ``<backspace>`` masked (what backspace buys is the difference). Options add
+validity against the sampling temperature (``--temperatures``) and against the length of a prefix beyond the
+training data (``--lengths``, Dyck and Mirror), and validity against the noise level (``--noise-levels``).
+
+The script prints its tables and writes ``results.json``, ``table.md``, ``compare.png`` (learning curves, the
+paired differences and the optional curves, each with 95% bootstrap intervals over seeds) and ``samples.md`` (a
+gallery of each agent's samples, deleted tokens struck through) to ``--out``. Finished runs are cached under
 ``--out/runs``: an interrupted comparison resumes where it stopped, and a changed setting or edited library code
 recomputes them. Every option is checked before the first run starts.
 
@@ -21,7 +33,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from agents import make_agent
+from agents import evaluation, make_agent
 from agents.evaluation import evaluate_generator, policy_heldout_nll
 from agents.sb3 import train_sb3_baseline
 from experiments.common import (
@@ -33,7 +45,6 @@ from experiments.common import (
     check_int,
     check_number,
     format_table,
-    mean_std,
     run_cli,
     run_stamp,
     summarize,
@@ -42,12 +53,22 @@ from experiments.common import (
 )
 from experiments.gallery import gallery_samples, write_gallery
 from experiments.progress import RunBar, StudyLog
+from experiments.stats import mean_interval, paired_differences
 from seqgym.data import collect
 from seqgym.metrics import source_statistics, validity_rate
 from seqgym.registration import make_env
-from seqgym.sources.base import has_validity
+from seqgym.sources.base import has_exact_probabilities, has_validity
+from seqgym.sources.dyck import Dyck
+from seqgym.sources.mirror import Mirror
 
-TASKS = {"dyck": "seqgym/Dyck-v0", "markov": "seqgym/Markov-v0", "arithmetic": "seqgym/Arithmetic-v0"}
+TASKS = {
+    "dyck": "seqgym/Dyck-v0",
+    "markov": "seqgym/Markov-v0",
+    "arithmetic": "seqgym/Arithmetic-v0",
+    "mirror": "seqgym/Mirror-v0",
+}
+LENGTH_TASKS = ("dyck", "mirror")
+"""Tasks with a length curve (``--lengths``): a prefix longer than any demonstration, to be completed."""
 IMITATION = IMITATION_AGENTS
 SB3_ALGOS = ("maskable_ppo", "ppo", "dqn")
 METRICS = (
@@ -59,6 +80,29 @@ METRICS = (
     "rep_2",
     "backspace_rate",
 )
+RECOVERY_METRICS = (
+    "validity_no_backspace",
+    "backspace_first",
+    "recovery",
+    "mistake_removed",
+    "false_deletions",
+    "deliberate_mistakes",
+    "deleted_allowed",
+    "deleted_ruled_out",
+)
+"""The keys of ``agents.evaluation.evaluate_recovery`` (imitation agents, sources with exact probabilities)."""
+DIFF_METRICS = (
+    "validity",
+    "validity_no_backspace",
+    "backspace_first",
+    "recovery",
+    "false_deletions",
+    "deliberate_mistakes",
+    "heldout_nll",
+)
+"""Metrics whose paired differences between agents the tables report."""
+DIFF_PAIRS = (("sequencematch", "bc"), ("sequencematch", "mle"), ("bc", "mle"))
+"""The differences reported (first − second), where both agents ran."""
 NOISE_METRICS = ("validity", "backspace_rate")
 GALLERY_SEED = 30_000  # samples of the gallery (not those the metrics judge)
 
@@ -67,24 +111,29 @@ GALLERY_SEED = 30_000  # samples of the gallery (not those the metrics judge)
 class Config(AgentSettings):
     """Compare imitation agents and an SB3 baseline on a toy task."""
 
-    task: Literal["dyck", "markov", "arithmetic"] = "dyck"
+    task: Literal["dyck", "markov", "arithmetic", "mirror"] = "dyck"
     """Toy task (a registered seqgym env with exact probabilities)."""
     source_kwargs: dict[str, int] = dataclasses.field(default_factory=dict)
     """Arguments of the task's source (e.g. ``base``, ``n_digits`` for arithmetic); empty: the env id's defaults."""
     agents: tuple[str, ...] = ("mle", "bc", "sequencematch", "maskable_ppo")
     """Agents to compare: imitation agents (mle, bc, sequencematch) and SB3 algorithms (maskable_ppo, ppo, dqn)."""
-    seeds: tuple[int, ...] = (0, 1, 2)
-    """Seeds; each seed draws its own demonstrations and initialises every agent."""
+    seeds: tuple[int, ...] = (10, 11, 12, 13, 14)
+    """Seeds; each seed draws its own demonstrations (shared by every agent of the seed) and initialises every
+    agent. Fresh by default: no default of the library or of this script was chosen on them."""
     budget: int = 200_000
     """Training budget per agent: (state, action) pairs for imitation agents, env steps for SB3."""
     p_noise: float = 0.1
     """Backspace-augmentation noise of BC and SequenceMatch in the main comparison."""
-    noise_levels: tuple[float, ...] = (0.0, 0.3)
-    """Extra noise levels for the validity-vs-noise study (BC and SequenceMatch; p_noise is included)."""
+    noise_levels: tuple[float, ...] = ()
+    """Extra noise levels for the validity-vs-noise study (BC and SequenceMatch; p_noise is included; empty:
+    no noise study)."""
     noise_seeds: int | None = None
     """How many of the seeds run the noise study (None: all; it trains 2 agents per extra level per seed)."""
-    sb3_reward: Literal["logprob", "valid"] = "logprob"
-    """Reward of the SB3 baseline (the env's exact log-probability, or sparse validity)."""
+    sb3_reward: Literal["logprob", "valid"] = "valid"
+    """Reward of the SB3 baseline: sparse validity (1 at eos for a valid sequence; the fair one), or the env's
+    exact log-probability per token (a trap: ending at once costs one floored step, README)."""
+    sb3_budget: int | None = None
+    """Env steps of the SB3 baseline (None: ``--budget``)."""
     sb3_n_envs: int = 8
     """Parallel envs of the SB3 baseline (a ``DummyVecEnv``; stepping them in one batch is ~4x faster than one)."""
     sb3_n_steps: int = 128
@@ -95,8 +144,17 @@ class Config(AgentSettings):
     """PPO epochs per rollout (SB3's default is 10)."""
     sb3_pooling: Literal["gru", "mean"] = "mean"
     """Pooling of the token features extractor (``agents.sb3.TokenEmbeddingExtractor``)."""
-    n_eval: int = 500
-    """Samples drawn per agent for the final metrics."""
+    n_eval: int = 2_000
+    """Samples per evaluation (the final metrics, each recovery metric, each curve point), the same evaluation
+    states for every agent of a seed."""
+    recovery: bool = True
+    """Evaluate recovery (``agents.evaluation.evaluate_recovery``) for the imitation agents."""
+    temperatures: tuple[float, ...] = ()
+    """Sampling temperatures of the validity-vs-temperature curve (e.g. 0.5 0.75 1 1.25 1.5; empty: none)."""
+    lengths: tuple[int, ...] = ()
+    """Prefix lengths of the validity-vs-length curve (Dyck: brackets of a valid prefix to complete; Mirror: the
+    first half ``w``, given with its separator); longer than the demonstrations to test length generalisation
+    (empty: none)."""
     n_curve: int = 4
     """Evaluation points on the learning curves."""
     n_curve_samples: int = 128
@@ -123,6 +181,16 @@ class Config(AgentSettings):
         check_source(self.task, self.source_kwargs)
         for name in ("budget", "n_eval", "n_curve", "n_curve_samples"):
             check_int(name, getattr(self, name))
+        if self.sb3_budget is not None:
+            check_int("sb3_budget", self.sb3_budget)
+        for t in self.temperatures:
+            check_number("temperatures", t, low=0.0, low_open=True)
+        if self.lengths and self.task not in LENGTH_TASKS:
+            raise ConfigError(f"--lengths needs a task in {LENGTH_TASKS}, got --task {self.task}.")
+        for n in self.lengths:
+            check_int("lengths", n)
+        if not isinstance(self.recovery, bool):
+            raise ConfigError(f"--recovery must be True or False, got {self.recovery!r}.")
         for name in ("sb3_n_envs", "sb3_n_steps", "sb3_batch_size", "sb3_n_epochs"):
             check_int(name, getattr(self, name))
         check_int("n_gallery", self.n_gallery, low=0)
@@ -210,6 +278,8 @@ def _run_one(
                 m = evaluate_generator(learner, source, n=cfg.n_curve_samples, seed=777, reference=reference)
                 curve_points.append([float(done), m.get("validity", float("nan"))])
     elif agent in SB3_ALGOS:
+        budget = sb3_budget(cfg)
+        chunk = max(1, budget // max(1, cfg.n_curve if curve else 1))
         t0 = time.perf_counter()
         learner = train_sb3_baseline(
             agent,
@@ -230,9 +300,9 @@ def _run_one(
             if curve:
                 m = evaluate_generator(learner, source, n=cfg.n_curve_samples, seed=777, reference=reference)
                 curve_points.append([float(done), m.get("validity", float("nan"))])
-            if done >= cfg.budget:
+            if done >= budget:
                 break
-            step = min(chunk, cfg.budget - done)
+            step = min(chunk, budget - done)
             t0 = time.perf_counter()
             learner.learn(step, reset_num_timesteps=False, progress_bar=False, callback=callback())
             train_time += time.perf_counter() - t0
@@ -241,11 +311,30 @@ def _run_one(
         raise ValueError(f"Unknown agent {agent!r}; choose from {IMITATION + SB3_ALGOS}.")
     if bar is not None:
         bar.update(cfg.budget)
-    metrics = evaluate_generator(learner, source, n=cfg.n_eval, seed=10_000 + seed, reference=reference)
+    # Evaluation states are drawn from seeds that depend on the run's seed only: every agent of a seed is judged
+    # on the same prompts and the same recovery start states (paired).
+    metrics = evaluate_generator(learner, source, n=cfg.n_eval, seed=EVAL_SEED + seed, reference=reference)
     if agent in IMITATION:
         metrics["heldout_nll"] = policy_heldout_nll(
-            learner.policy, source, n=500, seed=20_000 + seed, allow_backspace=learner.allow_backspace
+            learner.policy, source, n=500, seed=HELDOUT_SEED + seed, allow_backspace=learner.allow_backspace
         )
+        if cfg.recovery and has_exact_probabilities(source) and has_validity(source):
+            rec = evaluation.evaluate_recovery(learner, source, n=cfg.n_eval, seed=RECOVERY_SEED + seed)
+            metrics.update({k: float(v) for k, v in rec.items()})
+    temperature_curve = [
+        [float(t), validity_at(learner, source, n=cfg.n_eval, seed=EVAL_SEED + seed, temperature=t)]
+        for t in cfg.temperatures
+    ]
+    length_curve = []
+    if agent in IMITATION:
+        for n_tokens in cfg.lengths:
+            prompts, judge, room = long_prefixes(
+                cfg.task, source, cfg.lengths, n_tokens, cfg.n_eval, LENGTH_SEED + seed
+            )
+            gen = learner.generate(
+                prompts=prompts, seed=EVAL_SEED + seed, max_length=room, max_steps=3 * room
+            )
+            length_curve.append([float(n_tokens), validity_rate(judge, gen.sequences)])
     samples: list[dict[str, Any]] = []
     if cfg.n_gallery > 0:
         gen = learner.generate(cfg.n_gallery, seed=GALLERY_SEED)
@@ -257,9 +346,73 @@ def _run_one(
         "train_seconds": train_time,
         "updates": learner.n_updates if agent in IMITATION else None,
         "curve": curve_points,
+        "temperature_curve": temperature_curve,
+        "length_curve": length_curve,
         **metrics,
         "samples": samples,
     }
+
+
+EVAL_SEED = 10_000
+HELDOUT_SEED = 20_000
+RECOVERY_SEED = 40_000
+LENGTH_SEED = 50_000
+"""Offsets of the evaluation seeds (plus the run's seed): the same for every agent of a seed."""
+
+
+def sb3_budget(cfg: Config) -> int:
+    """Env steps of the SB3 baseline: ``--sb3-budget``, or ``--budget`` when it is None."""
+    return cfg.budget if cfg.sb3_budget is None else cfg.sb3_budget
+
+
+def validity_at(generator: Any, source: Any, *, n: int, seed: int, temperature: float) -> float:
+    """Validity of ``n`` samples of ``generator`` at sampling ``temperature`` (prompts drawn with ``seed``)."""
+    gen = generator.generate(n, seed=seed, temperature=temperature)
+    return validity_rate(source, gen.sequences)
+
+
+def long_prefixes(
+    task: str, source: Any, lengths: tuple[int, ...], n_tokens: int, n: int, seed: int
+) -> tuple[list[list[int]], Any, int]:
+    """``n`` prompts holding a correct prefix of ``n_tokens`` tokens to complete, a judge of the completed
+    sequences and the length limit of a generation.
+
+    - Mirror: a uniformly random first half ``w`` of ``n_tokens`` symbols and the separator; the model must
+      write ``w`` reversed and eos. The judge accepts first halves up to ``max(lengths)``.
+    - Dyck: ``n_tokens`` brackets drawn from the source's process with eos left out (a valid, unfinished
+      prefix within the depth limit); the model must close it. The judge is the same Dyck with room for
+      ``max(lengths)`` brackets and a full stack.
+
+    The judge differs from the training source only in its length limit, so validity here is "completed
+    correctly", for prefixes that may be longer than any demonstration.
+    """
+    rng = np.random.default_rng(seed)
+    longest = max(max(lengths), n_tokens)
+    if task == "mirror":
+        judge: Any = Mirror(source.n_symbols, min_half=1, max_half=max(longest, source.max_half))
+        prompts = [
+            [*map(int, rng.integers(source.n_symbols, size=n_tokens)), judge.separator_id] for _ in range(n)
+        ]
+        return prompts, judge, 2 * n_tokens + 2
+    if task == "dyck":
+        limit = max(source.max_length, longest + 2 * source.max_depth)
+        judge = Dyck(
+            source.n_types,
+            p_open=source.p_open,
+            p_end=source.p_end,
+            max_depth=source.max_depth,
+            max_length=limit + limit % 2,
+        )
+        prompts = []
+        for _ in range(n):
+            prefix: list[int] = []
+            for _ in range(n_tokens):
+                p = np.exp(judge.next_token_logprobs(prefix))
+                p[judge.vocab.eos_id] = 0.0
+                prefix.append(int(rng.choice(len(p), p=p / p.sum())))
+            prompts.append(prefix)
+        return prompts, judge, judge.max_sequence_length
+    raise ValueError(f"No length curve for task {task!r}; choose from {LENGTH_TASKS}.")
 
 
 def _validity_judge(source: Any) -> Any:
@@ -333,7 +486,8 @@ def main(cfg: Config) -> dict[str, Any]:
             log.run(run.describe(), cached=True)
         else:
             what = "training" if run.curve else "noise study: training"
-            log.run(f"{what} {run.describe()} on {cfg.task} for {cfg.budget} steps")
+            steps = sb3_budget(cfg) if run.agent in SB3_ALGOS else cfg.budget
+            log.run(f"{what} {run.describe()} on {cfg.task} for {steps} steps")
             with log.bar(f"{run.agent} seed {run.seed}", cfg.budget) as bar:
                 rec = run_one(cfg, run.agent, run.seed, p_noise=run.p_noise, curve=run.curve, bar=bar)
             cache.put(*key, rec)
@@ -342,13 +496,31 @@ def main(cfg: Config) -> dict[str, Any]:
     noise_records = [
         r for r in records if r["agent"] in NOISY_AGENTS and r["seed"] in noise_seeds
     ] + noise_records
-    summary = summarize(records, [*METRICS, "train_seconds"])
+    shown = [*METRICS, *(m for m in RECOVERY_METRICS if any(m in r for r in records))]
+    summary = summarize(records, [*shown, "train_seconds"])
+    differences = paired_table(records, cfg.seeds)
     noise_summary = summarize(_noise_rows(noise_records), NOISE_METRICS, by="label")
-    header = (
-        f"Task {cfg.task}, budget {cfg.budget}, seeds {list(cfg.seeds)}, {cfg.n_eval} samples per agent\n\n"
+    sb3 = [a for a in cfg.agents if a in SB3_ALGOS]
+    sb3_note = (
+        f"; {', '.join(sb3)} on the `{cfg.sb3_reward}` reward for {sb3_budget(cfg)} env steps" if sb3 else ""
     )
-    table = header + format_table(summary, [*METRICS, "train_seconds"])
-    tables = [table]
+    spread_note = ", mean ± std over seeds" if len(cfg.seeds) > 1 else ""
+    header = (
+        f"Task {cfg.task}, budget {cfg.budget} (state, action) pairs{sb3_note}, seeds {list(cfg.seeds)} "
+        f"(paired), {cfg.n_eval} samples per evaluation{spread_note}\n\n"
+    )
+    main_cols = ["validity", *(m for m in RECOVERY_METRICS[:6] if m in shown)]
+    tables = [header + format_table(summary, main_cols)]
+    tables.append("All metrics\n\n" + format_table(summary, [*shown, "train_seconds"]))
+    if differences:
+        tables.append(
+            f"Paired differences over seeds {list(cfg.seeds)}: mean [95% bootstrap interval, "
+            "scipy.stats.bootstrap BCa]\n\n" + format_differences(differences)
+        )
+    for name, label in (("temperature_curve", "temperature"), ("length_curve", "prefix length")):
+        rows = curve_rows(records, name)
+        if rows:
+            tables.append(f"Validity vs {label}: mean [95% bootstrap interval over seeds]\n\n" + rows)
     if noise_summary:
         spread = ", mean ± std over seeds" if len(noise_seeds) > 1 else ""
         noise_header = (
@@ -358,6 +530,7 @@ def main(cfg: Config) -> dict[str, Any]:
     results = {
         "config": dataclasses.asdict(cfg),
         "summary": summary,
+        "differences": differences,
         "noise_summary": noise_summary,
         "runs": records,
         "noise_study": noise_records,
@@ -366,7 +539,13 @@ def main(cfg: Config) -> dict[str, Any]:
     cfg.out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(cfg.out / "results.json", results)
     (cfg.out / "table.md").write_text("\n\n".join(tables) + "\n")
-    plot(records, noise_records, cfg.out / "compare.png", title=f"{cfg.task} (budget {cfg.budget})")
+    plot(
+        records,
+        noise_records,
+        differences,
+        cfg.out / "compare.png",
+        title=f"{cfg.task} (budget {cfg.budget})",
+    )
     first = cfg.seeds[0]
     write_gallery(
         cfg.out / "samples.md",
@@ -380,65 +559,172 @@ def main(cfg: Config) -> dict[str, Any]:
     return results
 
 
+def paired_table(
+    records: list[dict[str, Any]], seeds: tuple[int, ...]
+) -> dict[str, dict[str, dict[str, float]]]:
+    """``{"a − b": {metric: paired_differences(...)}}`` for each pair of :data:`DIFF_PAIRS` that ran, over the
+    seeds where both agents have the metric (each seed's two runs share demonstrations and evaluation states)."""
+    by = {(r["agent"], int(r["seed"])): r for r in records}
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for a, b in DIFF_PAIRS:
+        row: dict[str, dict[str, float]] = {}
+        for m in DIFF_METRICS:
+            pairs = [
+                (float(by[a, s][m]), float(by[b, s][m]))
+                for s in seeds
+                if (a, s) in by
+                and (b, s) in by
+                and by[a, s].get(m) is not None
+                and by[b, s].get(m) is not None
+            ]
+            if pairs:
+                x, y = np.array(pairs).T
+                row[m] = paired_differences(x, y)
+        if row:
+            out[f"{a} − {b}"] = row
+    return out
+
+
+def _interval(d: dict[str, float]) -> str:
+    if np.isnan(d["low"]):
+        return f"{d['mean']:+.3f} (one seed)"
+    return f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+
+
+def format_differences(differences: dict[str, dict[str, dict[str, float]]]) -> str:
+    """A Markdown table: one row per pair (``a − b``), one column per metric, cells ``mean [low, high]``."""
+    metrics = [m for m in DIFF_METRICS if any(m in row for row in differences.values())]
+    lines = ["| difference | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+    for name, row in differences.items():
+        lines.append(
+            f"| {name} | " + " | ".join(_interval(row[m]) if m in row else "n/a" for m in metrics) + " |"
+        )
+    return "\n".join(lines)
+
+
+def _curves(records: list[dict[str, Any]], name: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{agent: (xs, values of shape (seeds, len(xs)))}`` of a per-run curve (NaN where a seed lacks a point)."""
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for agent in dict.fromkeys(r["agent"] for r in records):
+        curves = [dict(map(tuple, r.get(name) or [])) for r in records if r["agent"] == agent]
+        xs = np.array(sorted({x for c in curves for x in c}), dtype=float)
+        if len(xs):
+            out[agent] = (xs, np.array([[c.get(x, np.nan) for x in xs] for c in curves], dtype=float))
+    return out
+
+
+def curve_rows(records: list[dict[str, Any]], name: str) -> str:
+    """A Markdown table of a curve (``temperature_curve`` / ``length_curve``): one row per agent, one column per
+    point, cells ``mean [95% bootstrap interval over seeds]``; empty when no run has the curve."""
+    curves = _curves(records, name)
+    if not curves:
+        return ""
+    xs = sorted({float(x) for x_arr, _ in curves.values() for x in x_arr})
+    lines = ["| agent | " + " | ".join(f"{x:g}" for x in xs) + " |", "|---|" + "---|" * len(xs)]
+    for agent, (ax, vals) in curves.items():
+        cells = []
+        for x in xs:
+            col = vals[:, list(ax).index(x)] if x in ax else np.array([np.nan])
+            m, lo, hi = mean_interval(col)
+            cells.append(f"{m:.3f}" if np.isnan(lo) else f"{m:.3f} [{lo:.3f}, {hi:.3f}]")
+        lines.append(f"| {agent} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _noise_rows(noise_records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = [{**r, "label": f"{r['agent']} p={r['p_noise']}"} for r in noise_records]
     return sorted(rows, key=lambda r: (NOISY_AGENTS.index(r["agent"]), float(r["p_noise"])))
 
 
+def _band(ax: Any, xs: np.ndarray, values: np.ndarray, label: str, **kw: Any) -> None:
+    """Mean over seeds (rows of ``values``) with its 95% bootstrap interval as a band (none with one seed)."""
+    stats = np.array([mean_interval(values[:, j]) for j in range(values.shape[1])])  # (X, 3)
+    (line,) = ax.plot(xs, stats[:, 0], marker="o", label=label, **kw)
+    if not np.isnan(stats[:, 1]).all():
+        ax.fill_between(xs, stats[:, 1], stats[:, 2], alpha=0.2, color=line.get_color())
+
+
 def plot(
-    records: list[dict[str, Any]], noise_records: list[dict[str, Any]], path: Path, *, title: str
+    records: list[dict[str, Any]],
+    noise_records: list[dict[str, Any]],
+    differences: dict[str, dict[str, dict[str, float]]],
+    path: Path,
+    *,
+    title: str,
 ) -> None:
-    """Learning curves (validity vs training steps) and validity vs noise level: means over seeds with a
-    ± one-standard-deviation band / error bars (none with a single seed, as the titles say)."""
+    """The figure: learning curves (validity vs training steps), the paired differences between agents per
+    metric, and, where the runs have them, validity vs temperature, vs prefix length and vs noise level. Every
+    mean over seeds carries its 95% bootstrap interval (a band or error bars; none with a single seed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    n_curve_seeds = 0
+    extra = [n for n in ("temperature_curve", "length_curve") if _curves(records, n)]
+    has_noise = any(r.get("p_noise") is not None for r in noise_records)
+    n_panels = 2 + len(extra) + has_noise
+    fig, axes = plt.subplots(1, n_panels, figsize=(5 * n_panels, 4.2))
+    ax1, ax_diff, *rest = axes
+    n_seeds = len({int(r["seed"]) for r in records})
     for agent in dict.fromkeys(r["agent"] for r in records):
         curves = [np.asarray(r["curve"]) for r in records if r["agent"] == agent and r["curve"]]
-        if not curves:
-            continue
-        n_curve_seeds = max(n_curve_seeds, len(curves))
-        n = min(len(c) for c in curves)
-        xs = curves[0][:n, 0]
-        mean, std = mean_std(np.stack([c[:n, 1] for c in curves]))
-        (line,) = ax1.plot(xs, mean, marker="o", label=agent)
-        if len(curves) > 1:
-            ax1.fill_between(xs, mean - std, mean + std, alpha=0.2, color=line.get_color())
+        if curves:
+            n = min(len(c) for c in curves)
+            _band(ax1, curves[0][:n, 0], np.stack([c[:n, 1] for c in curves]), agent)
     ax1.xaxis.set_major_formatter(matplotlib.ticker.EngFormatter(sep=""))
     ax1.set_xlabel("training steps ((state, action) pairs; env steps for SB3)")
     ax1.set_ylabel("validity of samples")
-    ax1.set_title(f"Learning curves: {title}\n{_over_seeds(n_curve_seeds)}", fontsize=10)
+    ax1.set_title(f"Learning curves: {title}\n{_over_seeds(n_seeds)}", fontsize=10)
     ax1.set_ylim(-0.02, 1.02)
     if ax1.get_legend_handles_labels()[0]:
-        ax1.legend()
-    for agent in NOISY_AGENTS:
-        pts: dict[float, list[float]] = {}
-        for r in noise_records:
-            if r["agent"] == agent and r.get("p_noise") is not None:
-                pts.setdefault(float(r["p_noise"]), []).append(float(r.get("validity", np.nan)))
-        if pts:
-            levels = sorted(pts)
-            stats = [mean_std(np.array(pts[x])) for x in levels]
-            ax2.errorbar(
-                levels,
-                [float(m) for m, _ in stats],
-                yerr=[float(s) for _, s in stats],
-                marker="o",
-                capsize=4,
-                label=agent,
-            )
-    ax2.set_xlabel("p_noise (backspace augmentation)")
-    ax2.set_ylabel("validity of samples")
-    seeds = sorted({int(r["seed"]) for r in noise_records})
-    ax2.set_title(f"Validity vs noise level\n{_over_seeds(len(seeds), seeds)}", fontsize=10)
-    ax2.set_ylim(-0.02, 1.02)
-    if ax2.get_legend_handles_labels()[0]:
-        ax2.legend()
+        ax1.legend(fontsize=8)
+    metrics = [
+        m for m in DIFF_METRICS if m != "heldout_nll" and any(m in row for row in differences.values())
+    ]
+    for k, (name, row) in enumerate(differences.items()):
+        ys = np.arange(len(metrics)) + (k - (len(differences) - 1) / 2) * 0.22
+        d = [row.get(m, {"mean": np.nan, "low": np.nan, "high": np.nan}) for m in metrics]
+        mean = np.array([x["mean"] for x in d])
+        err = np.abs(np.array([[x["low"] for x in d], [x["high"] for x in d]]) - mean)
+        ax_diff.errorbar(mean, ys, xerr=np.nan_to_num(err), fmt="o", capsize=3, label=name)
+    ax_diff.axvline(0.0, color="gray", lw=0.8)
+    ax_diff.set_yticks(range(len(metrics)), metrics, fontsize=8)
+    ax_diff.invert_yaxis()
+    ax_diff.set_xlabel("paired difference (per seed, then mean)")
+    ax_diff.set_title("Differences between agents\nmean and 95% bootstrap interval over seeds", fontsize=10)
+    if ax_diff.get_legend_handles_labels()[0]:
+        ax_diff.legend(fontsize=8)
+    for ax, name in zip(rest, extra):
+        for agent, (xs, vals) in _curves(records, name).items():
+            _band(ax, xs, vals, agent)
+        ax.set_xlabel(
+            "sampling temperature" if name == "temperature_curve" else "length of the prefix to complete"
+        )
+        ax.set_ylabel("validity")
+        ax.set_ylim(-0.02, 1.02)
+        what = "temperature" if name == "temperature_curve" else "prefix length (beyond training)"
+        ax.set_title(f"Validity vs {what}\n{_over_seeds(n_seeds)}", fontsize=10)
+        ax.legend(fontsize=8)
+    if has_noise:
+        ax2 = rest[-1]
+        for agent in NOISY_AGENTS:
+            pts: dict[float, dict[int, float]] = {}
+            for r in noise_records:
+                if r["agent"] == agent and r.get("p_noise") is not None:
+                    pts.setdefault(float(r["p_noise"]), {})[int(r["seed"])] = float(r.get("validity", np.nan))
+            if pts:
+                levels = sorted(pts)
+                seeds = sorted({s for v in pts.values() for s in v})
+                vals = np.array([[pts[x].get(s, np.nan) for x in levels] for s in seeds])
+                _band(ax2, np.array(levels), vals, agent)
+        ax2.set_xlabel("p_noise (backspace augmentation)")
+        ax2.set_ylabel("validity of samples")
+        seeds_n = sorted({int(r["seed"]) for r in noise_records})
+        ax2.set_title(f"Validity vs noise level\n{_over_seeds(len(seeds_n), seeds_n)}", fontsize=10)
+        ax2.set_ylim(-0.02, 1.02)
+        if ax2.get_legend_handles_labels()[0]:
+            ax2.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -448,7 +734,7 @@ def plot(
 def _over_seeds(n: int, seeds: list[int] | None = None) -> str:
     which = f" ({', '.join(map(str, seeds))})" if seeds else ""
     if n > 1:
-        return f"mean ± std over {n} seeds{which}"
+        return f"mean and 95% bootstrap interval over {n} seeds{which}"
     return f"one seed{which}: no interval"
 
 

@@ -96,11 +96,6 @@ class Config(AgentSettings):
     """Windows per update."""
     n_eval: int = 500
     """Held-out prompts (and reference continuations) for MAUVE and the diversity metrics."""
-    sm_chi2_coef: float = 20.0
-    """SequenceMatch χ² coefficient c (larger than on the toy tasks: the best of c in {5, 20} here)."""
-    sm_bc_warmup_steps: int = 50
-    """SequenceMatch updates of BC alone before the full loss (fewer than on toy tasks: it starts from the
-    pre-trained model, which only has to learn ``<backspace>``)."""
     temperature: float = 1.0
     """Sampling temperature."""
     top_p: float | None = None

@@ -1,7 +1,7 @@
 """seqgym: sequence generation as a reinforcement-learning problem, with a ``<backspace>`` action.
 
 Importing ``seqgym`` needs only numpy and gymnasium, and registers the environment ids
-``seqgym/Markov-v0``, ``seqgym/Dyck-v0``, ``seqgym/Arithmetic-v0`` and ``seqgym/Text-v0``.
+``seqgym/Markov-v0``, ``seqgym/Dyck-v0``, ``seqgym/Arithmetic-v0``, ``seqgym/Mirror-v0`` and ``seqgym/Text-v0``.
 
 Example:
     >>> import gymnasium as gym

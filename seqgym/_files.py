@@ -6,16 +6,34 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import stat
 from collections.abc import Callable
 from typing import IO
 
-__all__ = ["atomic_write", "default_mode"]
+__all__ = ["atomic_write", "default_mode", "fsync_directory", "fsync_tree"]
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object]) -> None:
-    """Call ``write`` on a fresh temporary file beside ``path`` (binary, created with the umask's permissions as
-    ``open()`` would), fsync it and rename it over ``path``; the rename is made durable where the platform allows.
-    An interruption or an error in ``write`` leaves ``path`` as it was and removes the temporary file.
+def atomic_write(
+    path: str | os.PathLike[str],
+    write: Callable[[IO[bytes]], object],
+    *,
+    follow_symlinks: bool = False,
+) -> None:
+    """Call ``write`` on a fresh temporary file beside ``path`` (binary), fsync it and rename it over ``path``;
+    the rename is made durable where the platform allows. An interruption or an error (in ``write`` or in any
+    later step) leaves ``path`` as it was and removes the temporary file.
+
+    Permissions: an existing target keeps its permission bits; a new one gets the umask's, as ``open()`` would.
+
+    Args:
+        path: the file to (re)write.
+        write: called once with the open temporary file.
+        follow_symlinks: a ``path`` that is a symbolic link is refused unless this is ``True``; then the file
+            the link points to is replaced (the link stays).
+
+    Raises:
+        ValueError: ``path`` is a symbolic link and ``follow_symlinks`` is ``False``.
+        IsADirectoryError: ``path`` is a directory.
 
     Example:
         >>> import tempfile, pathlib
@@ -25,6 +43,19 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], obje
         (b'hello', ['x.txt'])
     """
     path = os.fspath(path)
+    if os.path.islink(path):
+        if not follow_symlinks:
+            raise ValueError(
+                f"Refusing to write {path}: it is a symbolic link (to {os.readlink(path)}); pass "
+                "follow_symlinks=True to replace the file it points to."
+            )
+        path = os.path.realpath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"Cannot write {path}: it is a directory.")
+    try:
+        mode: int | None = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        mode = None
     directory = os.path.dirname(os.path.abspath(path))
     base = os.path.basename(path)
     while True:  # a fresh, unique temporary name next to the target (O_EXCL: never reuse an existing file)
@@ -35,7 +66,14 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], obje
         except FileExistsError:
             continue
     try:
-        with os.fdopen(fd, "wb") as f:
+        try:
+            f = os.fdopen(fd, "wb")
+        except BaseException:
+            os.close(fd)
+            raise
+        with f:
+            if mode is not None:
+                os.fchmod(f.fileno(), mode)
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -44,13 +82,34 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], obje
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    # Make the rename itself durable; not possible on every platform (e.g. Windows), hence best effort.
+    fsync_directory(directory)
+
+
+def fsync_directory(directory: str | os.PathLike[str]) -> None:
+    """Make the entries of ``directory`` (creations, renames) durable; best effort, since not every platform
+    can open a directory (e.g. Windows)."""
     with contextlib.suppress(OSError):
         dfd = os.open(directory, os.O_RDONLY)
         try:
             os.fsync(dfd)
         finally:
             os.close(dfd)
+
+
+def fsync_tree(root: str | os.PathLike[str]) -> None:
+    """fsync every file under ``root``, then every folder (deepest first, ``root`` last), so that a rename of
+    ``root`` that follows publishes complete, durable contents."""
+    folders = []
+    for current, _, files in os.walk(root):
+        folders.append(current)
+        for name in files:
+            fd = os.open(os.path.join(current, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    for folder in reversed(folders):
+        fsync_directory(folder)
 
 
 def default_mode(*, directory: bool) -> int:

@@ -6,7 +6,7 @@ defined once, in :mod:`seqgym.dynamics`; everything here is built on it and test
 
 - :func:`collect` draws clean expert trajectories from a source.
 - :func:`augment` inserts a wrong token followed by ``<backspace>`` before each expert action with probability
-  ``p_noise`` (``sequencematch.md`` §4), so a learner sees states it must recover from.
+  ``p_noise`` (``docs/method.md`` §4), so a learner sees states it must recover from.
 - :func:`to_transitions` flattens trajectories into ``(obs, acts, next_obs, dones)`` arrays in
   :class:`~seqgym.env.SequenceEnv`'s observation format, for SB3 / imitation-style consumers.
 - :func:`save_demonstrations` / :func:`load_demonstrations` store a set in one ``.npz`` file, written
@@ -43,7 +43,7 @@ import json
 import math
 import os
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -56,6 +56,7 @@ from seqgym.vocab import Vocabulary
 
 __all__ = [
     "FORMAT_VERSION",
+    "MAX_DEMONSTRATION_BYTES",
     "DemonstrationFileError",
     "NoiseFn",
     "Trajectory",
@@ -435,7 +436,7 @@ def mistake_candidates(
 ) -> np.ndarray:
     """Which ordinary tokens count as a mistake before each chosen action: ``(K, n_tokens)`` bool.
 
-    ``sequencematch.md`` §4: a mistake must be a mistake. Where ``source`` knows its probabilities
+    ``docs/method.md`` §4: a mistake must be a mistake. Where ``source`` knows its probabilities
     (``next_token_logprobs``), the candidates at position ``i`` are the tokens it rules out after the state
     before action ``i`` (log-probability ``<= floor``; ``-inf`` by default: impossible tokens only), and a row
     is empty where it rules out none (no mistake exists there: :func:`augment` inserts none). Without such a
@@ -539,7 +540,7 @@ def augment(
 ) -> list[Trajectory]:
     """Insert a wrong token and ``<backspace>`` before each expert action with probability ``p_noise``.
 
-    ``sequencematch.md`` §4: clean expert data never shows a state to recover from. Before every action ``i``
+    ``docs/method.md`` §4: clean expert data never shows a state to recover from. Before every action ``i``
     with ``expert[i]`` True (every action of a clean trajectory, eos included), independently with probability
     ``p_noise``, the pair ``(w, <backspace>)`` is inserted, where ``w`` is an ordinary token different from
     ``actions[i]``. The pair leaves the state unchanged, so the augmented trajectory replays to exactly the
@@ -858,20 +859,65 @@ def _vocab_difference(in_file: Vocabulary, given: Vocabulary) -> str:
     return f"the separators differ ({in_file.separator!r} in the file, {given.separator!r} given)"
 
 
-def load_demonstrations(path: str | os.PathLike[str], *, vocab: Vocabulary | None = None) -> list[Trajectory]:
+#: Default limit on the decompressed size of a demonstration file (:func:`load_demonstrations`'s ``max_bytes``).
+MAX_DEMONSTRATION_BYTES = 4 * 2**30
+
+
+def _check_npz_sizes(f: IO[bytes], max_bytes: int) -> str | None:
+    """Why the ``.npz`` archive in ``f`` must not be decompressed (its members declare more than ``max_bytes``
+    in all, or an array header claims more data than its member holds), or ``None``. Reads headers only."""
+    import zipfile
+
+    try:
+        archive = zipfile.ZipFile(f)
+    except zipfile.BadZipFile:
+        return None  # not a zip: np.load reports it
+    with archive:
+        members = archive.infolist()
+        total = sum(info.file_size for info in members)
+        if total > max_bytes:
+            return (
+                f"it decompresses to {total} bytes, over the limit of {max_bytes} (pass max_bytes= to "
+                "load_demonstrations to allow more)."
+            )
+        for info in members:
+            if not info.filename.endswith(".npy"):
+                continue
+            with archive.open(info) as member:
+                try:
+                    version = np.lib.format.read_magic(member)
+                    if version == (1, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+                    else:
+                        shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+                except (ValueError, OSError):
+                    return None  # a damaged header: np.load reports it
+            need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+            if need > info.file_size:
+                return f"the array {info.filename} declares {need} bytes but holds {info.file_size}: corrupt."
+    f.seek(0)
+    return None
+
+
+def load_demonstrations(
+    path: str | os.PathLike[str], *, vocab: Vocabulary | None = None, max_bytes: int = MAX_DEMONSTRATION_BYTES
+) -> list[Trajectory]:
     """Read a demonstration set written by :func:`save_demonstrations`.
 
     Args:
         path: the file.
         vocab: if given, the file's vocabulary must equal it, and the trajectories use this object; otherwise
             the file's vocabulary is used.
+        max_bytes: refuse, before decompressing anything, a file whose arrays decompress to more than this
+            (default :data:`MAX_DEMONSTRATION_BYTES`, 4 GiB): a small file cannot exhaust memory.
 
     Returns:
         The trajectories, in the order saved (all sharing one ``Vocabulary`` object); ``[]`` for an empty set.
 
     Raises:
         FileNotFoundError: no such file.
-        DemonstrationFileError: the file is corrupt or truncated, not a seqgym demonstration file, of another
+        DemonstrationFileError: the file decompresses beyond ``max_bytes``, is corrupt or truncated, not a
+            seqgym demonstration file, of another
             format version, holds invalid trajectories, or its vocabulary differs from ``vocab``. The message
             names the problem and the file.
 
@@ -891,7 +937,16 @@ def load_demonstrations(path: str | os.PathLike[str], *, vocab: Vocabulary | Non
     def fail(problem: str) -> DemonstrationFileError:
         return DemonstrationFileError(f"{p}: {problem}")
 
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer)) or max_bytes < 1:
+        raise ValueError(f"max_bytes must be an int >= 1, got {max_bytes!r}.")
     with open(p, "rb") as f:  # FileNotFoundError / PermissionError pass through unchanged
+        try:
+            problem = _check_npz_sizes(f, int(max_bytes))
+        except Exception as e:  # damaged zip structures raise many types: all mean corrupt
+            raise fail(f"corrupt or truncated file, cannot be read as .npz ({type(e).__name__}: {e}).") from e
+        if problem is not None:
+            raise fail(problem)
+        f.seek(0)
         try:
             npz = np.load(f, allow_pickle=False)
             if not isinstance(npz, np.lib.npyio.NpzFile):

@@ -10,7 +10,7 @@ this module. It holds the rules in two forms, tested against each other:
   :func:`surviving_actions`, :func:`state_matrix` and :func:`slot_layout` (the input layout of the one-pass
   masked forward), with :func:`pad_histories` to build the padded form.
 
-Rules (``sequencematch.md`` §1):
+Rules (``docs/method.md`` §1):
 
 - a token action (or ``eos``) appends itself to the state;
 - ``backspace`` removes the last *generated* token; at the prompt boundary it is a no-op (agents see it masked);

@@ -219,7 +219,7 @@ class SequenceEnv(gym.Env[np.ndarray, np.int64]):
             options: ``{"prompt": token ids}`` fixes the prompt; ``{"generated": token ids}`` starts after the
                 prompt from a *deletable* generated part, as if the agent had written it (it opens the action
                 history; the step count starts at 0; rewards count from the reset state). Recovery is
-                evaluated this way: a generated part ending with a wrong token (``docs/method.md`` §4b).
+                evaluated this way: a generated part ending with a wrong token (``docs/method.md`` §7).
 
         Returns:
             ``(observation (max_length,) int64, info)``.
@@ -275,19 +275,29 @@ class SequenceEnv(gym.Env[np.ndarray, np.int64]):
         state = self._state
         before = tuple(state) if self.reward_fn.needs_states else ()
         n_before = len(state)
+        last = state[-1] if state else None  # what a backspace deletes, to undo the step if the reward fails
         apply_action(state, self._prompt_length, a, self.vocab)
         n = len(state)
         if n > n_before:
             self._obs[n - 1] = a
         elif n < n_before:
             self._obs[n] = self.vocab.pad_id
+        terminated = a == self.vocab.eos_id
+        truncated = not terminated and (n >= self.max_length or self._steps + 1 >= self.max_steps)
+        after = tuple(state) if self.reward_fn.needs_states else ()
+        try:
+            reward = float(self.reward_fn(before, a, after, terminated))
+        except BaseException:  # a reward that raises leaves the env as it was before this step
+            if n > n_before:
+                state.pop()
+                self._obs[n - 1] = self.vocab.pad_id
+            elif n < n_before and last is not None:
+                state.append(last)
+                self._obs[n] = last
+            raise
         self._steps += 1
         self._history.append(a)
-        terminated = a == self.vocab.eos_id
-        truncated = not terminated and (n >= self.max_length or self._steps >= self.max_steps)
         self._needs_reset = terminated or truncated
-        after = tuple(state) if self.reward_fn.needs_states else ()
-        reward = float(self.reward_fn(before, a, after, terminated))
         return self._obs.copy(), reward, terminated, truncated, self._info()
 
     def action_masks(self) -> np.ndarray:
@@ -328,6 +338,11 @@ class SequenceEnv(gym.Env[np.ndarray, np.int64]):
 
     def _check_action(self, action: Any) -> int:
         # Same acceptance rule as ``Discrete.contains``: Python ints, numpy integer scalars or 0-d arrays.
+        if isinstance(action, (bool, np.bool_)):
+            raise ValueError(
+                f"Action must be an integer in 0..{self.vocab.n_actions - 1}, got the bool {action!r} "
+                "(True / False are not action ids)."
+            )
         if isinstance(action, int):
             a = int(action)
         elif (

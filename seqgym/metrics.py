@@ -611,7 +611,7 @@ def evaluate_samples(
 
 
 # ------------------------------------------------------------------------------------------------------------
-# recovery: evaluation from states with a deletable generated prefix (sequencematch.md §4b)
+# recovery: evaluation from states with a deletable generated prefix (docs/method.md §7)
 @dataclass(frozen=True)
 class RecoveryStates:
     """Start states for recovery evaluation, one per row: a prompt and a deletable generated prefix.

@@ -1,6 +1,7 @@
 """Gymnasium ids of the built-in sources.
 
-``seqgym/Markov-v0``, ``seqgym/Dyck-v0``, ``seqgym/Arithmetic-v0`` and ``seqgym/Text-v0`` each build a
+``seqgym/Markov-v0``, ``seqgym/Dyck-v0``, ``seqgym/Arithmetic-v0``, ``seqgym/Mirror-v0`` and ``seqgym/Text-v0``
+each build a
 :class:`~seqgym.env.SequenceEnv` with ``gymnasium.make`` and a natively batched
 :class:`~seqgym.vector.SequenceVectorEnv` with
 ``gymnasium.make_vec(id, num_envs=n, vectorization_mode="vector_entry_point")``.
@@ -16,12 +17,13 @@ Toy defaults (small enough to train on a laptop CPU):
 | ``seqgym/Markov-v0``     | ``Markov()`` (8 tokens, sequences up to 20 + eos)  | 21         | 63        |
 | ``seqgym/Dyck-v0``       | ``Dyck(2, max_depth=4, max_length=16)``             | 17         | 51        |
 | ``seqgym/Arithmetic-v0`` | ``Arithmetic()`` (``ab+cd=`` / ``ab-cd=``, base 10) | 10         | 30        |
+| ``seqgym/Mirror-v0``     | ``Mirror(3, min_half=1, max_half=8)`` (``w|reverse(w)``) | 18 | 54        |
 | ``seqgym/Text-v0``       | ``Text(path)`` (32-token prompt, 64 to complete)  | 97         | 291       |
 
 By default ``max_length = source.max_sequence_length`` (the longest prompt + completion, eos included, that
 the source emits, so an expert never hits the length limit) and ``max_steps = 3 * max_length`` (room for
 backspaces: an augmented demonstration inserts two actions per mistake). The default reward is the source's
-validity (``reward="valid"``: ``1.0`` at eos for a valid sequence) for Markov, Dyck and Arithmetic, so an
+validity (``reward="valid"``: ``1.0`` at eos for a valid sequence) for Markov, Dyck, Arithmetic and Mirror, so an
 episode's return says whether the sequence is right, and ``"none"`` for Text (no judge of text); pass
 ``reward="logprob"`` for a dense reward, ``"none"`` to drop it, or a callable.
 
@@ -54,6 +56,7 @@ ENV_IDS: dict[str, str] = {
     "seqgym/Markov-v0": "markov",
     "seqgym/Dyck-v0": "dyck",
     "seqgym/Arithmetic-v0": "arithmetic",
+    "seqgym/Mirror-v0": "mirror",
     "seqgym/Text-v0": "text",
 }
 """Registered id -> source name (as in ``seqgym.sources.registry``)."""

@@ -252,6 +252,11 @@ def _check_floor(logprob_floor: float) -> float:
     value = float(logprob_floor)
     if not math.isfinite(value):
         raise ValueError(f"logprob_floor must be finite (e.g. -20.0), got {value}.")
+    if value > 0:
+        raise ValueError(
+            f"logprob_floor must be <= 0 (a log-probability floor, e.g. -20.0), got {value}: a positive floor "
+            "would pay impossible tokens more than certain ones."
+        )
     return value
 
 

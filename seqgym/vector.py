@@ -238,10 +238,19 @@ class SequenceVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
             parts = [options["generated"]] * n
 
         idx = np.flatnonzero(mask)
-        for i in idx.tolist():
-            if seeds[i] is not None:
-                self._rngs[i] = seeding.np_random(seeds[i])[0]
-        self._reset_rows(idx, prompts, parts)
+        # A reset that fails (a bad prompt, a source that raises) leaves every sub-env as it was, RNGs included.
+        saved_rngs = list(self._rngs)
+        saved_states = {i: r.bit_generator.state for i, r in enumerate(self._rngs) if r is not None}
+        try:
+            for i in idx.tolist():
+                if seeds[i] is not None:
+                    self._rngs[i] = seeding.np_random(seeds[i])[0]
+            self._reset_rows(idx, prompts, parts)
+        except BaseException:
+            self._rngs = saved_rngs
+            for i, state in saved_states.items():
+                saved_rngs[i].bit_generator.state = state  # type: ignore[union-attr]
+            raise
         return self._obs.copy(), self._info(mask.copy())
 
     def step(
@@ -308,7 +317,7 @@ class SequenceVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
         info: dict[str, Any] = {}
         if next_step:
             if len(pending):
-                self._reset_rows(pending, None)
+                self._autoreset_rows(pending)
             self._autoreset = done
         elif self.autoreset_mode == AutoresetMode.SAME_STEP:
             if done.any():
@@ -318,7 +327,7 @@ class SequenceVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
                     final_obs[i] = obs[i].copy()
                 info["final_obs"], info["_final_obs"] = final_obs, done.copy()
                 info["final_info"], info["_final_info"] = self._info(done.copy()), done.copy()
-                self._reset_rows(di, None)
+                self._autoreset_rows(di)
         else:
             self._needs_reset = done
         info.update(self._info(self._all.copy()))
@@ -347,17 +356,26 @@ class SequenceVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
         return tuple(render_history(self.vocab, prompt, actions) for prompt, actions in episodes)
 
     # ----------------------------------------------------------------------------------------------------
+    def _autoreset_rows(self, idx: np.ndarray) -> None:
+        """Autoreset sub-envs ``idx`` inside :meth:`step`; if drawing their prompts fails, they are marked as
+        needing a reset (the next :meth:`step` raises ``ResetNeeded``) instead of being left half-reset."""
+        try:
+            self._reset_rows(idx, None)
+        except BaseException:
+            self._needs_reset[idx] = True
+            self._autoreset[idx] = False
+            raise
+
     def _reset_rows(self, idx: np.ndarray, prompts: list[Any] | None, parts: list[Any] | None = None) -> None:
         """Start new episodes in sub-envs ``idx`` (prompts given, or drawn from each sub-env's generator),
-        optionally followed by deletable generated ``parts``."""
+        optionally followed by deletable generated ``parts``.
+
+        Every prompt (and part) is drawn and checked before any sub-env changes, so an error leaves them all as
+        they were.
+        """
         obs, v = self._obs, self.vocab
-        self._buf[idx] = v.pad_id
-        self._steps[idx] = 0
-        self._autoreset[idx] = False
-        self._needs_reset[idx] = False
-        lengths = np.zeros(len(idx), dtype=np.int64)
-        prompt_lengths = np.zeros(len(idx), dtype=np.int64)
-        for k, i in enumerate(idx.tolist()):
+        new_prompts, new_parts = [], []
+        for i in idx.tolist():
             if prompts is None:
                 rng = self._rngs[i]
                 if rng is None:
@@ -365,7 +383,15 @@ class SequenceVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
                 p = check_prompt(sample_prompt(self.source, rng), v, self.max_length, sampled=True)
             else:
                 p = check_prompt(prompts[i], v, self.max_length)
-            g = [] if parts is None else check_generated(parts[i], p, v, self.max_length)
+            new_prompts.append(p)
+            new_parts.append([] if parts is None else check_generated(parts[i], p, v, self.max_length))
+        self._buf[idx] = v.pad_id
+        self._steps[idx] = 0
+        self._autoreset[idx] = False
+        self._needs_reset[idx] = False
+        lengths = np.zeros(len(idx), dtype=np.int64)
+        prompt_lengths = np.zeros(len(idx), dtype=np.int64)
+        for k, (i, p, g) in enumerate(zip(idx.tolist(), new_prompts, new_parts)):
             self._generated[i] = g
             if p or g:
                 obs[i, : len(p) + len(g)] = p + g

@@ -149,7 +149,7 @@ class ActingMixin(AgentHooks[BatchT]):
                 sampling generator.
             generated: one deletable generated part per prompt (requires ``prompts``): each row starts from
                 ``prompt + generated`` and may delete the generated part (recovery evaluation,
-                ``docs/method.md`` §4b).
+                ``docs/method.md`` §7).
             backspace: False masks ``<backspace>`` everywhere (validity without backspace, for comparison).
 
         Returns:

@@ -96,6 +96,56 @@ if TYPE_CHECKING:
 __all__ = ["Agent", "DemonstrationsLike", "EnvLike"]
 
 
+#: Refuse a configuration whose estimated training memory exceeds this share of the device's memory.
+MEMORY_SHARE = 0.9
+
+
+def device_memory(device: torch.device) -> int | None:
+    """Bytes of memory of ``device`` (the GPU's, or the machine's RAM for the CPU); ``None`` if unknown."""
+    if device.type == "cuda" and torch.cuda.is_available():
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):  # not every platform has sysconf
+        return None
+
+
+def check_memory(
+    *,
+    max_length: int,
+    max_steps: int,
+    batch_size: int,
+    n_positions: int,
+    n_layer: int,
+    n_embd: int,
+    n_head: int,
+    device: torch.device,
+    available: int | None = None,
+) -> int:
+    """A lower bound on the bytes one training update needs, refused up front when it exceeds
+    :data:`MEMORY_SHARE` of the device's memory (instead of failing, or swapping, minutes later).
+
+    Counted: the position embeddings with their gradient and two AdamW moments (``4·n_positions·n_embd``
+    floats, when a policy is built), and the attention scores the masked forward keeps for the backward pass
+    (``batch_size·n_layer·n_head·T²`` floats with ``T = max_length + max_steps + 1`` positions a trajectory
+    can span). Returns the estimate in bytes.
+
+    Raises:
+        ValueError: the estimate exceeds the memory (the message gives both and what to shrink).
+    """
+    T = int(max_length) + int(max_steps) + 1
+    need = 4 * (4 * int(n_positions) * int(n_embd) + int(batch_size) * int(n_layer) * int(n_head) * T * T)
+    total = device_memory(device) if available is None else available
+    if total is not None and need > MEMORY_SHARE * total:
+        raise ValueError(
+            f"max_length={max_length}, max_steps={max_steps} with batch_size={batch_size}, n_layer={n_layer}, "
+            f"n_head={n_head} need at least {need / 2**30:.1f} GiB per update (attention over {T} positions), "
+            f"more than the {total / 2**30:.1f} GiB of the {device.type} device; shrink max_length, max_steps "
+            "or batch_size."
+        )
+    return need
+
+
 class Agent(TrainingMixin[BatchT], ActingMixin[BatchT], CheckpointMixin[BatchT]):
     """Base class of every learner; see the module docstring for the interface and the subclass hooks.
 
@@ -184,10 +234,21 @@ class Agent(TrainingMixin[BatchT], ActingMixin[BatchT], CheckpointMixin[BatchT])
         self._train_rng_state = None
         self._in_training = False
 
+        policy_is_given = policy is not None
         if policy is None:
             kwargs = dict(config.policy_kwargs)
             kwargs.setdefault("seed", self.seed)
             kwargs.setdefault("n_positions", max(128, self.max_length + 1))
+            check_memory(
+                max_length=self.max_length,
+                max_steps=self.max_steps,
+                batch_size=config.batch_size,
+                n_positions=kwargs["n_positions"],
+                n_layer=kwargs.get("n_layer", 2),
+                n_embd=kwargs.get("n_embd", 64),
+                n_head=kwargs.get("n_head", 2),
+                device=self.device,
+            )
             policy = LMPolicy.from_config(vocab, **kwargs)
         elif not isinstance(policy, LMPolicy):
             raise TypeError(f"policy must be an agents.policy.LMPolicy or None, got {type(policy).__name__}.")
@@ -201,6 +262,18 @@ class Agent(TrainingMixin[BatchT], ActingMixin[BatchT], CheckpointMixin[BatchT])
             raise ValueError(
                 f"The policy has {policy.n_positions} positions but the env needs max_length + 1 = "
                 f"{self.max_length + 1} (BOS included); build the policy with more positions."
+            )
+        if policy_is_given:
+            cfg = policy.model.config
+            check_memory(
+                max_length=self.max_length,
+                max_steps=self.max_steps,
+                batch_size=config.batch_size,
+                n_positions=0,  # the weights exist already
+                n_layer=int(getattr(cfg, "n_layer", getattr(cfg, "num_hidden_layers", 1))),
+                n_embd=0,
+                n_head=int(getattr(cfg, "n_head", getattr(cfg, "num_attention_heads", 1))),
+                device=self.device,
             )
         self.policy = policy.to(self.device)
         self._generator = torch.Generator(device=self.device)

@@ -13,9 +13,11 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -26,7 +28,7 @@ from agents.common.hooks import AgentHooks, BatchT, EpochSampler
 from agents.common.registry import lookup, registered_name
 from agents.common.resolve import env_spec, resolve_device, resolve_env
 from agents.policy import LMPolicy
-from seqgym._files import default_mode
+from seqgym._files import default_mode, fsync_directory, fsync_tree
 from seqgym.data import load_demonstrations, save_demonstrations
 from seqgym.vocab import Vocabulary
 
@@ -45,6 +47,19 @@ _POLICY_DIR = "policy"
 _STATE_FILE = "training_state.pt"
 _DEMOS_FILE = "demonstrations.npz"
 _VOCAB_FILE = "vocab.json"
+#: The entries of ``agent.json`` that :meth:`CheckpointMixin.load` needs, with their JSON types.
+_REQUIRED_FIELDS: dict[str, type] = {
+    "agent": str,
+    "hyperparameters": dict,
+    "seed": int,
+    "num_timesteps": int,
+    "n_updates": int,
+    "total_timesteps": int,
+    "schedule": list,
+    "rng": dict,
+}
+_STEP_DIR = re.compile(r"step_(\d+)")
+_TMP_DIR = re.compile(r"\..+\.tmp-(\d+)-[^/]*")
 
 _C = TypeVar("_C", bound="CheckpointMixin[Any]")
 
@@ -76,13 +91,46 @@ def _quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
+def _check_files(root: Path) -> str | None:
+    """Why ``root`` is not a complete save (its ``agent.json`` missing, unreadable, or not matching the sizes
+    and SHA-256 of the files it lists), or ``None`` when it is."""
+    meta_path = root / _AGENT_FILE
+    if not meta_path.is_file():
+        return f"it holds no {_AGENT_FILE}; it is not an agent directory (or the save was interrupted)."
+    try:
+        meta = json.loads(meta_path.read_text())
+        files = meta["files"]
+        for rel, info in files.items():
+            p = root / rel
+            if not p.is_file():
+                return f"the file {rel} is missing."
+            if p.stat().st_size != info["size"]:
+                return f"the file {rel} has {p.stat().st_size} bytes, {info['size']} were saved (truncated?)."
+            if _file_digest(p) != info["sha256"]:
+                return f"the file {rel} does not match its saved SHA-256 (corrupt or modified)."
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        return f"{_AGENT_FILE} is truncated or corrupt ({e})."
+    except (KeyError, TypeError, AttributeError) as e:
+        return f"{_AGENT_FILE} lacks or garbles the entry {e}."
+    return None
+
+
+def _remove_stale_temporaries(folder: Path) -> None:
+    """Delete the temporary folders (``.<name>.tmp-<pid>-*``) that saves killed before their rename left in
+    ``folder``: those whose process no longer runs. Folders of a live save (this or another process) stay."""
+    for p in folder.glob(".*.tmp-*"):
+        match = _TMP_DIR.fullmatch(p.name)
+        if match is None or not p.is_dir():
+            continue
+        pid = int(match.group(1))
+        if pid == os.getpid():
+            continue
         try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            os.kill(pid, 0)  # signal 0: only asks whether the process exists
+        except ProcessLookupError:
+            shutil.rmtree(p, ignore_errors=True)
+        except (OverflowError, OSError):  # another user's process, or cannot tell: keep its folder
+            pass
 
 
 class CheckpointMixin(AgentHooks[BatchT]):
@@ -113,12 +161,27 @@ class CheckpointMixin(AgentHooks[BatchT]):
 
     @staticmethod
     def latest_checkpoint(checkpoint_dir: str | os.PathLike[str]) -> Path | None:
-        """The newest complete checkpoint (``step_*`` holding ``agent.json``) in a folder, or ``None``."""
+        """The newest complete checkpoint in a folder, or ``None``.
+
+        Checkpoints are the ``step_<number>`` folders, ordered by their step number (``step_100000000`` comes
+        after ``step_99999999``). One whose ``agent.json`` is missing, unreadable, or whose files do not match
+        the sizes and SHA-256 it records (a partial or corrupt save) is skipped with a warning, and the newest
+        good one before it is returned.
+        """
         folder = Path(checkpoint_dir)
         if not folder.is_dir():
             return None
-        done = sorted(p for p in folder.glob("step_*") if (p / _AGENT_FILE).is_file())
-        return done[-1] if done else None
+        steps = []
+        for p in folder.iterdir():
+            match = _STEP_DIR.fullmatch(p.name)
+            if match is not None and p.is_dir():
+                steps.append((int(match.group(1)), p))
+        for _, p in sorted(steps, reverse=True):
+            problem = _check_files(p)
+            if problem is None:
+                return p
+            warnings.warn(f"Skipping the checkpoint {p}: {problem}", stacklevel=2)
+        return None
 
     def _training_state(self) -> dict[str, Any]:
         if self._in_training:
@@ -159,7 +222,8 @@ class CheckpointMixin(AgentHooks[BatchT]):
         ):
             raise ValueError(f"Refusing to overwrite {target}: it exists and is not an agent directory.")
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        _remove_stale_temporaries(target.parent)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
         os.chmod(tmp, default_mode(directory=True))  # mkdtemp makes it owner-only
         try:
             with _quiet_transformers():
@@ -193,9 +257,7 @@ class CheckpointMixin(AgentHooks[BatchT]):
             }
             with open(tmp / _AGENT_FILE, "w") as f:  # written last: its presence marks a complete save
                 json.dump(meta, f, indent=1)
-                f.flush()
-                os.fsync(f.fileno())
-            _fsync_dir(tmp)
+            fsync_tree(tmp)  # weights, training state, agent.json and the folders, before the rename
             if target.exists():
                 aside = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
                 os.rename(target, aside)
@@ -203,7 +265,7 @@ class CheckpointMixin(AgentHooks[BatchT]):
                 shutil.rmtree(aside, ignore_errors=True)
             else:
                 os.rename(tmp, target)
-            _fsync_dir(target.parent)
+            fsync_directory(target.parent)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -269,22 +331,22 @@ class CheckpointMixin(AgentHooks[BatchT]):
         version = meta.get("format_version")
         if not isinstance(version, int) or version > FORMAT_VERSION:
             raise fail(f"format version {version!r}; this seqgym reads versions <= {FORMAT_VERSION}.")
-        try:
-            files: dict[str, dict[str, int | str]] = meta["files"]
-            for rel, info in files.items():
-                p = root / rel
-                if not p.is_file():
-                    raise fail(f"the file {rel} is missing.")
-                if p.stat().st_size != info["size"]:
-                    raise fail(
-                        f"the file {rel} has {p.stat().st_size} bytes, {info['size']} were saved (truncated?)."
-                    )
-                if _file_digest(p) != info["sha256"]:
-                    raise fail(f"the file {rel} does not match its saved SHA-256 (corrupt or modified).")
-            name = str(meta["agent"])
-            hp = dict(meta["hyperparameters"])
-        except (KeyError, TypeError, AttributeError) as e:
-            raise fail(f"{_AGENT_FILE} lacks or garbles the entry {e}.") from None
+        problem = _check_files(root)
+        if problem is not None:
+            raise fail(problem)
+        for key, kind in _REQUIRED_FIELDS.items():
+            if key not in meta:
+                raise fail(f"{_AGENT_FILE} lacks the entry {key!r}.")
+            value = meta[key]
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise fail(
+                    f"{_AGENT_FILE} has {key}={value!r} ({type(value).__name__}); expected {kind.__name__}."
+                )
+        schedule = meta["schedule"]
+        if len(schedule) != 3:
+            raise fail(f"{_AGENT_FILE} has schedule={schedule!r}; expected [unit, start, end].")
+        name = meta["agent"]
+        hp = dict(meta["hyperparameters"])
 
         try:
             saved_cls = lookup(name)

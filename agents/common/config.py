@@ -105,13 +105,19 @@ def _literal_fields(cls: type) -> Mapping[str, tuple[str, ...]]:
     return out
 
 
+def _bool_fields(cls: type) -> tuple[str, ...]:
+    """Names of the fields of dataclass ``cls`` annotated ``bool`` (checked strictly: ``"no"`` is not False)."""
+    return tuple(f.name for f in dataclasses.fields(cls) if f.type in (bool, "bool"))
+
+
 @dataclasses.dataclass(kw_only=True)
 class AgentConfig:
     """Hyperparameters shared by every agent; an algorithm derives a dataclass adding its own.
 
     Every field is a keyword argument of :func:`~agents.common.registry.make_agent` (and of the agent's
     constructor); unknown names raise ``TypeError`` naming the valid ones. The values are saved with the agent
-    (``agent.json``). Fields annotated with a ``Literal`` are checked by :func:`check_choice`.
+    (``agent.json``). Fields annotated with a ``Literal`` are checked by :func:`check_choice`; fields annotated
+    ``bool`` must be ``True`` or ``False`` (a string such as ``"no"`` is refused, not taken as truthy).
 
     Attributes:
         learning_rate: AdamW peak learning rate (> 0).
@@ -172,6 +178,11 @@ class AgentConfig:
         positive("n_demonstrations", self.n_demonstrations, integer=True)
         for name, choices in _literal_fields(type(self)).items():
             check_choice(name, getattr(self, name), choices)
+        for name in _bool_fields(type(self)):
+            value = getattr(self, name)
+            if not isinstance(value, (bool, np.bool_)):
+                raise TypeError(f"{name} must be True or False, got {type(value).__name__}: {value!r}.")
+            setattr(self, name, bool(value))
         if not is_int(self.warmup_steps) or self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be an int >= 0, got {self.warmup_steps!r}.")
         if self.max_grad_norm is not None:

@@ -1,4 +1,4 @@
-"""Backspace in the data (``sequencematch.md`` §4): the augmentation BC and SequenceMatch share.
+"""Backspace in the data (``docs/method.md`` §4): the augmentation BC and SequenceMatch share.
 
 Before each expert action, with probability ``p_noise``, a wrong token and the ``<backspace>`` that repairs it
 are inserted (:func:`seqgym.data.augment`). How the wrong token is drawn is the noise kind

@@ -4,6 +4,7 @@ from seqgym.sources.arithmetic import Arithmetic
 from seqgym.sources.base import Source, has_exact_probabilities, has_validity, sequence_logprob
 from seqgym.sources.dyck import Dyck
 from seqgym.sources.markov import Markov
+from seqgym.sources.mirror import Mirror
 from seqgym.sources.registry import list_sources, make_source, register_source
 from seqgym.sources.text import Text
 from seqgym.sources.tokenizers import BPETokenizer, CharTokenizer, TextTokenizer, tokenizer_from_json
@@ -14,6 +15,7 @@ __all__ = [
     "CharTokenizer",
     "Dyck",
     "Markov",
+    "Mirror",
     "Source",
     "Text",
     "TextTokenizer",

@@ -13,6 +13,7 @@ __all__ = ["Arithmetic"]
 
 _DIGITS = "0123456789abcdef"
 _OPS = OPERATORS
+_MAX_OPERANDS = 2**62  # operand values are drawn with numpy int64 and their sum must fit too
 
 
 def _sum_clipped(x0: int, x1: int, width: int) -> int:
@@ -51,7 +52,7 @@ class Arithmetic:
 
     Args:
         base: the number base, ``2 .. 16``.
-        n_digits: digits of each operand (>= 1).
+        n_digits: digits of each operand (>= 1, and ``base**n_digits <= 2**62``: 62 in base 2, 18 in base 10).
         ops: the operators to draw from, a non-empty subset of ``("+", "-")``.
 
     Attributes:
@@ -90,6 +91,12 @@ class Arithmetic:
             raise ValueError(f"Arithmetic base must be in 2..16, got {base}.")
         if n_digits < 1:
             raise ValueError(f"Arithmetic n_digits must be >= 1, got {n_digits}.")
+        most = max(d for d in range(1, 64) if int(base) ** d <= _MAX_OPERANDS)  # without computing base**n
+        if n_digits > most:
+            raise ValueError(
+                f"Arithmetic n_digits={n_digits} in base {base} gives operands beyond what int64 sampling holds "
+                f"(base**n_digits must be <= 2**62); use n_digits <= {most} in base {base}."
+            )
         if isinstance(ops, str):
             raise TypeError(
                 f"Arithmetic ops must be a sequence of operators such as ('+', '-'), got {ops!r}."

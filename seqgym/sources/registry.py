@@ -1,6 +1,6 @@
 """A registry of sequence sources by name, so configs and command lines can say ``"dyck"``.
 
-Built-ins: ``"arithmetic"``, ``"dyck"``, ``"markov"``, ``"text"``.
+Built-ins: ``"arithmetic"``, ``"dyck"``, ``"markov"``, ``"mirror"``, ``"text"``.
 
 Example:
     >>> from seqgym.sources.registry import list_sources, make_source, register_source
@@ -23,6 +23,7 @@ from seqgym.sources.arithmetic import Arithmetic
 from seqgym.sources.base import Source
 from seqgym.sources.dyck import Dyck
 from seqgym.sources.markov import Markov
+from seqgym.sources.mirror import Mirror
 from seqgym.sources.text import Text
 
 __all__ = ["list_sources", "make_source", "register_source"]
@@ -67,5 +68,11 @@ def list_sources() -> list[str]:
     return sorted(_REGISTRY)
 
 
-for _name, _factory in (("arithmetic", Arithmetic), ("dyck", Dyck), ("markov", Markov), ("text", Text)):
+for _name, _factory in (
+    ("arithmetic", Arithmetic),
+    ("dyck", Dyck),
+    ("markov", Markov),
+    ("mirror", Mirror),
+    ("text", Text),
+):
     register_source(_name, _factory)

@@ -269,20 +269,59 @@ def tokenizer_from_dict(d: dict[str, Any]) -> CharTokenizer | BPETokenizer:
     """Rebuild a tokenizer from its :meth:`to_dict` output.
 
     Raises:
-        ValueError: for an unknown or malformed description.
+        ValueError: for an unknown or malformed description; the message names what is missing or wrong.
     """
-    kind = d.get("type") if isinstance(d, dict) else None
+    if not isinstance(d, dict):
+        raise ValueError(
+            f"A tokenizer description must be a JSON object with a 'type' ('char' or 'bpe'), got "
+            f"{type(d).__name__}."
+        )
+    kind = d.get("type")
     if kind == "char":
-        return CharTokenizer(d["chars"], unk_token=d.get("unk_token"))
+        chars = d.get("chars")
+        if not isinstance(chars, list) or not all(isinstance(c, str) for c in chars):
+            what = "lacks 'chars'" if "chars" not in d else f"has 'chars' of type {type(chars).__name__}"
+            raise ValueError(
+                f"The 'char' tokenizer description {what}; expected a list of one-character strings."
+            )
+        unk = d.get("unk_token")
+        if unk is not None and not isinstance(unk, str):
+            raise ValueError(f"The 'char' tokenizer's 'unk_token' must be a string or null, got {unk!r}.")
+        return CharTokenizer(chars, unk_token=unk)
     if kind == "bpe":
+        if not isinstance(d.get("tokenizer"), dict):
+            raise ValueError(
+                "The 'bpe' tokenizer description lacks 'tokenizer' (the tokenizers library's JSON object)."
+            )
         tk = _import_tokenizers()
-        return BPETokenizer(tk.Tokenizer.from_str(json.dumps(d["tokenizer"])))
+        try:
+            return BPETokenizer(tk.Tokenizer.from_str(json.dumps(d["tokenizer"])))
+        except Exception as e:  # the tokenizers library raises its own exception types
+            raise ValueError(
+                f"The 'bpe' tokenizer description is not a valid tokenizers JSON ({e})."
+            ) from None
+    if "type" not in d:
+        raise ValueError(
+            f"The tokenizer description lacks 'type' ('char' or 'bpe'); it has the keys {sorted(d)}. Is this a "
+            "file written by a tokenizer's to_json()?"
+        )
     raise ValueError(f"Unknown tokenizer description (type {kind!r}); expected type 'char' or 'bpe'.")
 
 
-def tokenizer_from_json(s: str) -> CharTokenizer | BPETokenizer:
-    """Rebuild a tokenizer from its ``to_json()`` string."""
-    return tokenizer_from_dict(json.loads(s))
+def tokenizer_from_json(s: str | bytes) -> CharTokenizer | BPETokenizer:
+    """Rebuild a tokenizer from its ``to_json()`` string.
+
+    Raises:
+        TypeError: ``s`` is not a string.
+        ValueError: ``s`` is not JSON, or not a tokenizer description (the message names what is missing).
+    """
+    if not isinstance(s, (str, bytes)):
+        raise TypeError(f"tokenizer_from_json takes the JSON text, got {type(s).__name__}.")
+    try:
+        d = json.loads(s)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"Not a tokenizer description: the text is not valid JSON ({e}).") from None
+    return tokenizer_from_dict(d)
 
 
 def as_tokenizer(obj: object) -> TextTokenizer:

@@ -53,3 +53,18 @@ def test_fine_tuning_starts_from_the_saved_agents_policy(tmp_path: Path) -> None
     assert any(not torch.equal(p, q) for p, q in zip(sm.policy.parameters(), mle.policy.parameters()))
     with pytest.raises(ValueError, match="Cannot load"):
         make_agent("bc", env="seqgym/Dyck-v0", seed=1, policy=str(tmp_path / "missing"), **kw)
+
+
+def test_library_defaults_are_the_setting_the_sweep_chose() -> None:
+    from agents import SequenceMatchConfig
+    from experiments.sweep import CHOSEN
+
+    defaults = SequenceMatchConfig()
+    assert {k: getattr(defaults, k) for k in CHOSEN} == CHOSEN
+
+
+def test_the_sequencematch_benchmark_measures_the_library_default_refresh() -> None:
+    from agents import SequenceMatchConfig
+    from benchmarks.sequencematch_bench import Config
+
+    assert Config().replay_refresh_interval == SequenceMatchConfig().replay_refresh_interval

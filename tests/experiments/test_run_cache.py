@@ -31,6 +31,7 @@ def tiny_compare(out: Path, **overrides: object) -> compare.Config:
         "batch_size": 8,
         "out": out,
         "progress": False,
+        "recovery": False,
     }
     settings.update(overrides)
     return compare.Config(**settings)  # type: ignore[arg-type]
@@ -139,7 +140,7 @@ def test_an_unreadable_cached_run_names_its_file_and_how_to_recover(
             args=["--agents", "mle", "--seeds", "0", "--budget", "64", "--n-demonstrations", "16",
                   "--noise-levels", "--n-eval", "8", "--n-curve", "1", "--n-curve-samples", "4",
                   "--n-gallery", "2", "--n-layer", "1", "--n-embd", "16", "--batch-size", "8",
-                  "--no-progress", "--out", str(tmp_path)],
+                  "--no-progress", "--no-recovery", "--out", str(tmp_path)],
         )  # fmt: skip
     assert exit_.value.code == 2
     err = capsys.readouterr().err

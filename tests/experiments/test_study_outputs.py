@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from recovery_spy import spy_on_recovery
 
 from agents import make_agent
 from experiments import compare
@@ -81,8 +82,9 @@ def test_the_progress_callback_follows_an_agents_whole_budget_over_several_learn
 
 
 def test_compare_prints_and_writes_every_table_and_a_gallery(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    spy_on_recovery(monkeypatch)
     cfg = compare.Config(
         agents=("mle", "bc"),
         seeds=(0, 1),

@@ -1,4 +1,4 @@
-"""Tests of SequenceMatch: the loss of ``sequencematch.md`` §3 against a deliberately naive per-state
+"""Tests of SequenceMatch: the loss of ``docs/method.md`` §3 against a deliberately naive per-state
 reference, the identities of §2, the direction of each term's gradient, and the agent."""
 
 from __future__ import annotations

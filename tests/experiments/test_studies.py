@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from recovery_spy import spy_on_recovery
 
 from experiments import arithmetic, compare, text
 from experiments.common import write_json_atomic
@@ -33,6 +34,7 @@ def test_compare_runs_end_to_end_and_resumes(tmp_path: Path, capsys: pytest.Capt
         sb3_n_epochs=1,
         out=tmp_path,
         progress=False,
+        recovery=False,
         **TINY_SM,
     )
     results = compare.main(cfg)
@@ -70,7 +72,8 @@ def test_compare_rejects_unknown_agents(tmp_path: Path) -> None:
         compare.main(compare.Config(agents=("ppo2",), out=tmp_path))
 
 
-def test_arithmetic_study_runs(tmp_path: Path) -> None:
+def test_arithmetic_study_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spy_on_recovery(monkeypatch)
     cfg = arithmetic.Config(
         noise_levels=(0.0, 0.2),
         seeds=(0,),

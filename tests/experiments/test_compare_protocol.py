@@ -1,0 +1,152 @@
+"""The comparison's protocol: library defaults, fresh paired seeds, enough samples, bootstrap intervals of the
+paired differences, recovery beside validity, and the temperature and length curves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.stats
+from recovery_spy import CALLS, spy_on_recovery
+
+from experiments import compare
+from experiments.common import SEQUENCEMATCH_FIELDS, AgentSettings
+from experiments.stats import mean_interval, paired_differences
+from seqgym.sources import Dyck, Mirror
+
+
+def test_defaults_are_the_honest_protocol() -> None:
+    cfg = compare.Config()
+    assert len(cfg.seeds) >= 5
+    assert all(10 <= s < 1000 for s in cfg.seeds)  # neither the old tables' 0-2 nor the sweep's 1000+
+    assert cfg.n_eval >= 2000 and cfg.recovery
+    assert cfg.sb3_reward == "valid" and "maskable_ppo" in cfg.agents
+    assert set(compare.TASKS) == {"dyck", "markov", "arithmetic", "mirror"}
+    cfg.check()
+
+
+def test_sequencematch_runs_the_library_defaults_unless_overridden() -> None:
+    kw = AgentSettings().agent_kwargs("sequencematch", p_noise=0.1)
+    assert not set(kw) & set(SEQUENCEMATCH_FIELDS)  # nothing passed: the library's defaults apply
+    over = AgentSettings(sm_chi2_coef=5.0, sm_alpha=0.5, sm_terminal="iq", sm_replay_refresh_interval=8)
+    kw = over.agent_kwargs("sequencematch", p_noise=0.1)
+    assert kw["chi2_coef"] == 5.0 and kw["alpha"] == 0.5 and kw["terminal"] == "iq"
+    assert kw["replay_refresh_interval"] == 8
+    assert "chi2_coef" not in over.agent_kwargs("bc", p_noise=0.1)
+
+
+def test_paired_differences_match_scipy_and_handle_edge_cases() -> None:
+    a = np.array([0.9, 0.7, 0.8, 0.95, 0.6])
+    b = np.array([0.8, 0.72, 0.6, 0.9, 0.5])
+    d = paired_differences(a, b)
+    ref = scipy.stats.bootstrap(
+        (a - b,), np.mean, method="BCa", n_resamples=10_000, rng=np.random.default_rng(0)
+    ).confidence_interval
+    assert d["mean"] == pytest.approx(float((a - b).mean()))
+    assert (d["low"], d["high"]) == pytest.approx((ref.low, ref.high))
+    assert d["low"] < d["mean"] < d["high"] and d["n"] == 5
+    one = paired_differences([0.5], [0.4])
+    assert one["mean"] == pytest.approx(0.1) and np.isnan(one["low"])
+    same = paired_differences([0.5, 0.6, 0.7], [0.4, 0.5, 0.6])
+    assert same["low"] == pytest.approx(0.1) == same["high"]
+    assert paired_differences([0.5, np.nan, 0.7, 0.2], [0.4, 0.3, np.nan, 0.1])["n"] == 2
+    with pytest.raises(ValueError, match="paired"):
+        paired_differences([1.0, 2.0], [1.0])
+    m, lo, hi = mean_interval([0.2, 0.4, 0.3, 0.5])
+    assert m == pytest.approx(0.35) and lo < m < hi
+
+
+def test_long_prefixes_are_correct_and_longer_than_training() -> None:
+    mirror = Mirror(3, max_half=4)
+    prompts, judge, room = compare.long_prefixes("mirror", mirror, (2, 10), 10, 20, seed=1)
+    assert room == 22 and all(len(p) == 11 and p[-1] == mirror.separator_id for p in prompts)
+    w = prompts[0][:-1]
+    assert judge.is_valid([*prompts[0], *w[::-1], judge.vocab.eos_id])
+    assert not mirror.is_valid([*prompts[0], *w[::-1], mirror.vocab.eos_id])  # beyond the training language
+    again, _, _ = compare.long_prefixes("mirror", mirror, (2, 10), 10, 20, seed=1)
+    assert again == prompts  # same seed, same prefixes: every agent of a seed completes the same ones
+    dyck = Dyck(2, max_depth=3, max_length=8)
+    prompts, judge, room = compare.long_prefixes("dyck", dyck, (4, 20), 20, 30, seed=2)
+    assert judge.max_length >= 26 and room == judge.max_sequence_length
+    for p in prompts:
+        assert len(p) == 20 and np.isfinite(judge.next_token_logprobs(p)).any()  # a valid unfinished prefix
+    with pytest.raises(ValueError, match="No length curve"):
+        compare.long_prefixes("markov", dyck, (4,), 4, 2, seed=0)
+
+
+def tiny(out: Path, **overrides: object) -> compare.Config:
+    settings: dict[str, object] = {
+        "task": "mirror",
+        "source_kwargs": {"n_symbols": 2, "max_half": 3},
+        "agents": ("mle", "bc", "sequencematch"),
+        "seeds": (10, 11),
+        "budget": 96,
+        "n_demonstrations": 16,
+        "n_eval": 12,
+        "n_curve": 1,
+        "n_curve_samples": 4,
+        "n_gallery": 0,
+        "n_layer": 1,
+        "n_embd": 16,
+        "batch_size": 4,
+        "sm_bc_warmup_steps": 1,
+        "temperatures": (0.5, 1.5),
+        "lengths": (2, 5),
+        "out": out,
+        "progress": False,
+    }
+    settings.update(overrides)
+    return compare.Config(**settings)  # type: ignore[arg-type]
+
+
+def test_compare_reports_paired_differences_recovery_and_curves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spy_on_recovery(monkeypatch)
+    cfg = tiny(tmp_path)
+    results = compare.main(cfg)
+    printed = capsys.readouterr().out
+    assert "backspace_first" in printed and "recovery" in printed and "Paired differences" in printed
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert (tmp_path / "compare.png").stat().st_size > 0
+    for rec in saved["runs"]:
+        for key in compare.RECOVERY_METRICS:
+            assert 0.0 <= rec[key] or np.isnan(rec[key])
+        assert [t for t, _ in rec["temperature_curve"]] == [0.5, 1.5]
+        assert [n for n, _ in rec["length_curve"]] == [2, 5]
+        assert all(0.0 <= v <= 1.0 for _, v in rec["temperature_curve"] + rec["length_curve"])
+    diffs = results["differences"]
+    assert set(diffs) == {"sequencematch − bc", "sequencematch − mle", "bc − mle"}
+    by = {(r["agent"], r["seed"]): r for r in saved["runs"]}
+    for metric in ("validity", "recovery", "false_deletions"):
+        d = diffs["sequencematch − bc"][metric]
+        per_seed = [by["sequencematch", s][metric] - by["bc", s][metric] for s in cfg.seeds]
+        assert d["mean"] == pytest.approx(float(np.mean(per_seed))) and d["n"] == 2
+        assert d["low"] <= d["mean"] <= d["high"]
+    table = (tmp_path / "table.md").read_text()
+    assert "Validity vs temperature" in table and "Validity vs prefix length" in table
+    # every agent of a seed was judged on the same recovery states, with n_eval of them
+    seeds_by_agent = {a: sorted(s for name, n, s in CALLS if name == a) for a in cfg.agents}
+    assert len(set(map(tuple, seeds_by_agent.values()))) == 1 and len(seeds_by_agent["bc"]) == 2
+    assert all(n == cfg.n_eval for _, n, _ in CALLS)
+
+
+def test_sb3_budget_and_reward_are_stated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spy_on_recovery(monkeypatch)
+    cfg = tiny(
+        tmp_path,
+        agents=("maskable_ppo",),
+        seeds=(10,),
+        sb3_budget=128,
+        sb3_n_envs=2,
+        sb3_n_steps=32,
+        sb3_batch_size=32,
+        sb3_n_epochs=1,
+        temperatures=(),
+        lengths=(),
+    )
+    compare.main(cfg)
+    table = (tmp_path / "table.md").read_text()
+    assert "maskable_ppo on the `valid` reward for 128 env steps" in table
