@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import torch
 
+from agents.common.distributed import is_main_process
 from agents.common.hooks import AgentHooks, BatchT, EpochSampler
 from agents.common.registry import lookup, registered_name
 from agents.common.resolve import env_spec, resolve_device, resolve_env
@@ -207,14 +208,10 @@ class CheckpointMixin(AgentHooks[BatchT]):
         existing save at ``path`` is first renamed aside and deleted only after the new one is in place, so an
         interruption never loses the previous save (at worst it waits at ``.<name>.old-*`` beside ``path``).
 
-        In a multi-process run only rank 0 writes (every rank holds the same state); on the other ranks this
-        returns at once.
-
         Raises:
             ValueError: ``path`` exists and is not an agent directory (nothing is overwritten).
         """
-        dist = torch.distributed
-        if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+        if not is_main_process():  # several processes hold the same state: rank 0 alone writes it
             return
         target = Path(path)
         if target.exists() and not (

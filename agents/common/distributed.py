@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["ProcessGroup", "launched_world_size", "local_rank", "process_group"]
+__all__ = ["ProcessGroup", "is_main_process", "launched_world_size", "local_rank", "process_group"]
 
 
 def launched_world_size() -> int:
@@ -47,6 +47,12 @@ def launched_world_size() -> int:
         return max(1, int(os.environ.get("WORLD_SIZE", "1")))
     except ValueError:
         return 1
+
+
+def is_main_process() -> bool:
+    """False only on the ranks other than 0 of an initialised ``torch.distributed`` process group."""
+    dist = torch.distributed
+    return not (dist.is_available() and dist.is_initialized() and dist.get_rank() != 0)
 
 
 def local_rank() -> int:

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from agents.common.distributed import ProcessGroup, process_group
+from agents.common.distributed import ProcessGroup, is_main_process, process_group
 from agents.common.hooks import AgentHooks, BatchT
 
 __all__ = ["EngineMixin"]
@@ -28,8 +28,7 @@ class EngineMixin(AgentHooks[BatchT]):
     @property
     def is_main_process(self) -> bool:
         """False only on the ranks other than 0 of an initialised process group (rank 0 logs and saves)."""
-        dist = torch.distributed
-        return not (dist.is_available() and dist.is_initialized() and dist.get_rank() != 0)
+        return is_main_process()
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """The mixed-precision context of the agent's forwards: ``torch.autocast`` to bfloat16 on the agent's

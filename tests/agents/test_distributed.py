@@ -14,15 +14,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import distributed_worker
 import pytest
 import torch
 
 from agents.common.distributed import ProcessGroup, process_group
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-
-import distributed_worker  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
