@@ -717,16 +717,7 @@ class SequenceMatch(Agent[SequenceMatchBatch]):
 
     # -- data ----------------------------------------------------------------------------------------------
     def _setup(self) -> None:
-        c = self.config
-        self.augmentation = Augmentation(
-            self.demonstrations,
-            p_noise=c.p_noise,
-            noise=c.noise,
-            policy=self.policy,
-            rng=self.setup_rng(),
-            max_length=self.max_length,
-            source=getattr(self._seq_env, "source", None),
-        )
+        self.augmentation = Augmentation.for_agent(self)
         self.train_trajectories: list[Trajectory] = self.augmentation.trajectories
         self.model_noise = self.augmentation.model_noise
         max_prompt = max([t.prompt_length for t in self.demonstrations], default=0)

@@ -119,6 +119,22 @@ class Augmentation:
         )
         self.model_noise = ModelNoise(policy, source=source)
 
+    @classmethod
+    def for_agent(cls, agent: Any) -> Augmentation:
+        """The augmentation of ``agent`` (an agent whose config derives from :class:`AugmentationConfig`), built
+        in its ``_setup``: its demonstrations, ``p_noise`` and ``noise``, policy, setup generator, length limit,
+        and its env's source (which tells real mistakes)."""
+        c: AugmentationConfig = agent.config
+        return cls(
+            agent.demonstrations,
+            p_noise=c.p_noise,
+            noise=c.noise,
+            policy=agent.policy,
+            rng=agent.setup_rng(),
+            max_length=agent.max_length,
+            source=getattr(agent._seq_env, "source", None),
+        )
+
     def batch(self, batch: list[Trajectory], rng: np.random.Generator) -> list[Trajectory]:
         """``batch`` (drawn from :attr:`trajectories`) as trained on: augmented afresh with model noise (one
         forward over the batch, mistakes drawn from ``rng``), else unchanged."""
