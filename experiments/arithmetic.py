@@ -22,12 +22,14 @@ from experiments.common import (
     IMITATION_AGENTS,
     AgentSettings,
     ConfigError,
+    Job,
     RunCache,
     check_int,
     check_number,
     format_table,
     mean_std,
     run_cli,
+    run_jobs,
     run_stamp,
     summarize,
     write_json_atomic,
@@ -64,6 +66,9 @@ class Config(AgentSettings):
     """Test problems per run (fresh prompts)."""
     n_gallery: int = 6
     """Test problems per agent shown in the gallery (samples.md; 0: none)."""
+    workers: int = 2
+    """Independent runs trained at once, one worker process each (1: one after another in this process, with a
+    progress bar per run). Every run seeds itself, so the records do not depend on the count."""
     out: Path = Path("results/arithmetic")
     """Output folder."""
 
@@ -89,6 +94,7 @@ class Config(AgentSettings):
         for name in ("budget", "n_eval"):
             check_int(name, getattr(self, name))
         check_int("n_gallery", self.n_gallery, low=0)
+        check_int("workers", self.workers)
 
     def compare_config(self) -> CompareConfig:
         """The ``experiments.compare`` config that each run of this study trains and evaluates with."""
@@ -122,19 +128,16 @@ def main(cfg: Config) -> dict[str, Any]:
         for p in ([0.0] if agent == "mle" else list(dict.fromkeys(cfg.noise_levels)))
     ]
     log = StudyLog("arithmetic", len(runs), progress=cfg.progress)
-    records = []
-    for seed, agent, p in runs:
-        key = ("arithmetic", agent, f"seed{seed}", f"noise{p}")
-        what = f"{agent} seed {seed} p_noise={p}"
-        rec = cache.get(*key)
-        if rec is not None:
-            log.run(what, cached=True)
-        else:
-            log.run(what)
-            with log.bar(f"{agent} seed {seed} p={p}", cfg.budget) as bar:
-                rec = run_one(base, agent, seed, p_noise=p, curve=False, bar=bar)
-            cache.put(*key, rec)
-        records.append(rec)
+    jobs = [
+        Job(
+            key=("arithmetic", agent, f"seed{seed}", f"noise{p}"),
+            label=f"{agent} seed {seed} p_noise={p}",
+            args=(base, agent, seed, p, False),
+            total=cfg.budget,
+        )
+        for seed, agent, p in runs
+    ]
+    records = run_jobs(run_one, jobs, cache=cache, log=log, workers=cfg.workers)
     rows = []
     for r in records:
         rows.append({**r, "agent": _label(r), "accuracy": r.get("validity", float("nan"))})

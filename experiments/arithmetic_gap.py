@@ -28,13 +28,16 @@ import torch
 from agents.bc import BC
 from experiments.common import (
     ConfigError,
+    Job,
     RunCache,
     check_int,
     run_cli,
+    run_jobs,
     run_stamp,
     torch_threads,
     write_json_atomic,
 )
+from experiments.progress import RunBar, StudyLog
 from experiments.stats import paired_differences
 
 VARIANTS = ("mle", "bc", "bc_masked")
@@ -94,13 +97,26 @@ class Config:
     """Test problems per run."""
     threads: int = 1
     """torch CPU threads per run."""
+    workers: int = 2
+    """Runs trained at once (one process each)."""
     out: Path = Path("results/arithmetic_gap")
     """Output folder."""
     resume: bool = True
     """Reuse finished runs cached under out/runs."""
+    progress: bool = True
+    """Show a progress bar per run when runs go one after another (``--workers 1``)."""
 
     def check(self) -> None:
-        for name in ("budget", "n_demonstrations", "batch_size", "n_layer", "n_embd", "n_eval", "threads"):
+        for name in (
+            "budget",
+            "n_demonstrations",
+            "batch_size",
+            "n_layer",
+            "n_embd",
+            "n_eval",
+            "threads",
+            "workers",
+        ):
             check_int(name, getattr(self, name))
         check_int("base", self.base, low=2)
         check_int("n_digits", self.n_digits)
@@ -111,8 +127,9 @@ class Config:
             raise ConfigError(f"--variants must be among {VARIANTS}, got {list(self.variants)}.")
 
 
-def run_one(cfg: Config, variant: str, seed: int) -> dict[str, Any]:
-    """Train one learner with one seed and return its accuracy on ``cfg.n_eval`` fresh problems."""
+def run_one(cfg: Config, variant: str, seed: int, *, bar: RunBar | None = None) -> dict[str, Any]:
+    """Train one learner with one seed and return its accuracy on ``cfg.n_eval`` fresh problems (``bar``
+    follows the training steps)."""
     from agents import make_agent
     from agents.evaluation import evaluate_generator
     from seqgym.data import collect
@@ -135,7 +152,7 @@ def run_one(cfg: Config, variant: str, seed: int) -> dict[str, Any]:
         else:
             agent = make_agent(variant, env=env, demonstrations=demos, seed=seed, **kw)
         start = time.perf_counter()
-        agent.learn(cfg.budget, log_interval=0)
+        agent.learn(cfg.budget, log_interval=0, callback=None if bar is None else bar.callback())
         seconds = time.perf_counter() - start
         m = evaluate_generator(agent, source, n=cfg.n_eval, seed=10_000 + seed, n_reference=500)
     return {
@@ -153,20 +170,19 @@ def main(cfg: Config) -> dict[str, Any]:
     cache = RunCache(
         cfg.out / "runs",
         enabled=cfg.resume,
-        stamp=run_stamp(cfg, ignore=("seeds", "variants", "out", "resume")),
+        stamp=run_stamp(cfg, ignore=("seeds", "variants", "out", "resume", "workers", "progress")),
     )
-    records: list[dict[str, Any]] = []
-    for seed in cfg.seeds:
-        for v in cfg.variants:
-            rec = cache.get(v, seed)
-            if rec is None:
-                rec = run_one(cfg, v, seed)
-                cache.put(v, seed, rec)
-            print(
-                f"[gap] {v} seed {seed}: accuracy {rec['accuracy']:.3f} ({rec['updates']} updates)",
-                flush=True,
-            )
-            records.append(rec)
+    jobs = [
+        Job(key=(v, seed), label=f"{v} seed {seed}", args=(cfg, v, seed), total=cfg.budget)
+        for seed in cfg.seeds
+        for v in cfg.variants
+    ]
+    log = StudyLog("gap", len(jobs), progress=cfg.progress)
+    records = run_jobs(run_one, jobs, cache=cache, log=log, workers=cfg.workers)
+    for rec in records:
+        log.note(
+            f"{rec['variant']} seed {rec['seed']}: accuracy {rec['accuracy']:.3f} ({rec['updates']} updates)"
+        )
     acc = {v: np.array([r["accuracy"] for r in records if r["variant"] == v]) for v in cfg.variants}
     lines = ["| learner | accuracy per seed | mean |", "|---|---|---|"]
     for v in cfg.variants:

@@ -6,6 +6,8 @@
   library's source code and version (:func:`run_stamp`), so a rerun resumes, and edited code or a changed
   setting never reuses stale results.
 - :func:`run_cli`: the command line (tyro), with a study's errors printed as one line instead of a traceback.
+- :func:`run_jobs`: a study's independent runs, cached ones skipped, the rest one after another or in worker
+  processes (``--workers``), with the same records either way.
 - atomic JSON, mean ± std tables, torch thread counts.
 
 The logic being compared lives in ``seqgym`` and ``agents``.
@@ -13,22 +15,28 @@ The logic being compared lives in ``seqgym`` and ``agents``.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import hashlib
 import importlib
 import json
 import math
+import multiprocessing
 import os
 import sys
+import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
 
 import numpy as np
 
 from seqgym._files import atomic_write
+
+if TYPE_CHECKING:
+    from experiments.progress import StudyLog
 
 __all__ = [
     "IMITATION_AGENTS",
@@ -40,6 +48,7 @@ __all__ = [
     "ConfigError",
     "Divergence",
     "InsertedSteps",
+    "Job",
     "RunCache",
     "StudyError",
     "Terminal",
@@ -52,6 +61,7 @@ __all__ = [
     "mean_std",
     "package_version",
     "run_cli",
+    "run_jobs",
     "run_stamp",
     "source_digest",
     "stamp_digest",
@@ -492,6 +502,78 @@ class RunCache:
         """``put(*key, record)``: store ``record`` (with the cache's stamp) atomically."""
         *key, record = key_and_record
         write_json_atomic(self.path(*key), {"stamp": self.stamp, "record": record})
+
+
+# ==========================================================================================================
+# Running a study's runs
+# ==========================================================================================================
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One independent run of a study.
+
+    Attributes:
+        key: its key in the study's :class:`RunCache`.
+        label: what the log calls it (e.g. ``"bc (seed 10)"``).
+        args: the positional arguments of the study's run function.
+        total: its budget in steps, for the progress bar of a run in this process.
+    """
+
+    key: tuple[Any, ...]
+    label: str
+    args: tuple[Any, ...]
+    total: int = 1
+
+
+def run_jobs(
+    fn: Callable[..., dict[str, Any]],
+    jobs: Sequence[Job],
+    *,
+    cache: RunCache,
+    log: StudyLog,
+    workers: int = 1,
+) -> list[dict[str, Any]]:
+    """Run every job not in ``cache`` as ``fn(*job.args, bar=...)``, store each record as it finishes, and
+    return the records in the order of ``jobs``.
+
+    With ``workers == 1`` (or one job to run) the runs go one after another in this process, each with a
+    progress bar (``bar``: a :class:`~experiments.progress.RunBar`). Otherwise they run in ``workers`` fresh
+    (spawned) processes with ``bar=None``, and the log says when each one finishes. ``fn`` must be a module-level
+    function, its arguments picklable, and it must seed everything it draws from, so that its record does not
+    depend on where or when it runs.
+
+    Raises:
+        ValueError: ``workers`` is not a positive int.
+    """
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be an int >= 1, got {workers!r}.")
+    records: dict[int, dict[str, Any]] = {}
+    todo: list[int] = []
+    for i, job in enumerate(jobs):
+        hit = cache.get(*job.key)
+        if hit is not None:
+            log.run(job.label, cached=True)
+            records[i] = hit
+        else:
+            todo.append(i)
+    if workers == 1 or len(todo) <= 1:
+        for i in todo:
+            job = jobs[i]
+            log.run(f"training {job.label}")
+            with log.bar(job.label, max(1, job.total)) as bar:
+                records[i] = fn(*job.args, bar=bar)
+            cache.put(*job.key, records[i])
+    else:
+        log.note(f"training {len(todo)} runs in {min(workers, len(todo))} worker processes")
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            started = time.perf_counter()
+            futures = {pool.submit(fn, *jobs[i].args, bar=None): i for i in todo}
+            for fut in concurrent.futures.as_completed(futures):
+                i = futures[fut]
+                records[i] = fut.result()
+                cache.put(*jobs[i].key, records[i])
+                log.run(f"finished {jobs[i].label} at {time.perf_counter() - started:.0f} s")
+    return [records[i] for i in range(len(jobs))]
 
 
 # ==========================================================================================================

@@ -41,11 +41,13 @@ from experiments.common import (
     NOISY_AGENTS,
     AgentSettings,
     ConfigError,
+    Job,
     RunCache,
     check_int,
     check_number,
     format_table,
     run_cli,
+    run_jobs,
     run_stamp,
     summarize,
     torch_threads,
@@ -161,6 +163,9 @@ class Config(AgentSettings):
     """Samples per learning-curve point."""
     n_gallery: int = 6
     """Samples per agent shown in the gallery (samples.md; 0: none)."""
+    workers: int = 2
+    """Independent runs trained at once, one worker process each (1: one after another in this process, with a
+    progress bar per run). Every run seeds itself, so the records do not depend on the count."""
     out: Path = Path("results/compare")
     """Output folder (results.json, table.md, compare.png, samples.md, runs/)."""
 
@@ -194,6 +199,7 @@ class Config(AgentSettings):
         for name in ("sb3_n_envs", "sb3_n_steps", "sb3_batch_size", "sb3_n_epochs"):
             check_int(name, getattr(self, name))
         check_int("n_gallery", self.n_gallery, low=0)
+        check_int("workers", self.workers)
         check_number("p_noise", self.p_noise, low=0.0, high=1.0)
         for p in self.noise_levels:
             check_number("noise_levels", p, low=0.0, high=1.0)
@@ -233,7 +239,7 @@ def _sb3_kwargs(cfg: Config, algo: str) -> dict[str, Any]:
 
 
 def run_one(
-    cfg: Config, agent: str, seed: int, *, p_noise: float, curve: bool = True, bar: RunBar | None = None
+    cfg: Config, agent: str, seed: int, p_noise: float, curve: bool = True, *, bar: RunBar | None = None
 ) -> dict[str, Any]:
     """Train one agent with one seed (on ``cfg.threads`` torch threads) and evaluate it; returns a JSON-ready
     record. ``bar`` follows the training steps (``None``: no progress shown)."""
@@ -423,7 +429,7 @@ def _validity_judge(source: Any) -> Any:
 
 
 _REFERENCES: dict[str, Any] = {}
-NOT_IN_RUN = ("agents", "seeds", "noise_levels", "noise_seeds", "out", "resume", "progress")
+NOT_IN_RUN = ("agents", "seeds", "noise_levels", "noise_seeds", "out", "resume", "progress", "workers")
 """Config fields that a single run does not depend on (left out of its cache stamp)."""
 
 
@@ -477,21 +483,17 @@ def main(cfg: Config) -> dict[str, Any]:
     cache = RunCache(cfg.out / "runs", enabled=cfg.resume, stamp=run_stamp(cfg, ignore=NOT_IN_RUN))
     log = StudyLog("compare", len(main_runs) + len(noise_runs), progress=cfg.progress)
     started = time.perf_counter()
-    records: list[dict[str, Any]] = []
-    noise_records: list[dict[str, Any]] = []
-    for run in [*main_runs, *noise_runs]:
-        key = (cfg.task, run.agent, f"seed{run.seed}", f"noise{run.p_noise}")
-        rec = cache.get(*key)
-        if rec is not None:
-            log.run(run.describe(), cached=True)
-        else:
-            what = "training" if run.curve else "noise study: training"
-            steps = sb3_budget(cfg) if run.agent in SB3_ALGOS else cfg.budget
-            log.run(f"{what} {run.describe()} on {cfg.task} for {steps} steps")
-            with log.bar(f"{run.agent} seed {run.seed}", cfg.budget) as bar:
-                rec = run_one(cfg, run.agent, run.seed, p_noise=run.p_noise, curve=run.curve, bar=bar)
-            cache.put(*key, rec)
-        (records if run.curve else noise_records).append(rec)
+    jobs = [
+        Job(
+            key=(cfg.task, run.agent, f"seed{run.seed}", f"noise{run.p_noise}"),
+            label=("" if run.curve else "noise study: ") + run.describe(),
+            args=(cfg, run.agent, run.seed, run.p_noise, run.curve),
+            total=sb3_budget(cfg) if run.agent in SB3_ALGOS else cfg.budget,
+        )
+        for run in [*main_runs, *noise_runs]
+    ]
+    done = run_jobs(run_one, jobs, cache=cache, log=log, workers=cfg.workers)
+    records, noise_records = done[: len(main_runs)], done[len(main_runs) :]
     noise_seeds = {r.seed for r in noise_runs}
     noise_records = [
         r for r in records if r["agent"] in NOISY_AGENTS and r["seed"] in noise_seeds

@@ -13,7 +13,6 @@ Run ``python -m experiments.finetune --help`` for every option.
 
 from __future__ import annotations
 
-import concurrent.futures
 import copy
 import dataclasses
 import time
@@ -21,15 +20,18 @@ from pathlib import Path
 from typing import Any
 
 from experiments.common import (
+    Job,
     RunCache,
     check_int,
     format_table,
     run_cli,
+    run_jobs,
     run_stamp,
     summarize,
     torch_threads,
     write_json_atomic,
 )
+from experiments.progress import RunBar, StudyLog
 
 TASKS = {"dyck": "seqgym/Dyck-v0", "mirror": "seqgym/Mirror-v0"}
 METRICS = ("validity", "validity_no_backspace", "backspace_first", "recovery", "deliberate_mistakes")
@@ -80,8 +82,9 @@ class Config:
             raise ConfigError(f"--task must be one of {list(TASKS)}, got {self.task!r}.")
 
 
-def run_seed(cfg: Config, seed: int) -> list[dict[str, Any]]:
-    """Every arm for one seed."""
+def run_seed(cfg: Config, seed: int, *, bar: RunBar | None = None) -> dict[str, Any]:
+    """Every arm for one seed: ``{"arms": [record per arm]}`` (``bar`` is not used: a seed's arms have no
+    single budget to follow)."""
     import gymnasium as gym
 
     from agents import make_agent
@@ -122,30 +125,18 @@ def run_seed(cfg: Config, seed: int) -> list[dict[str, Any]]:
         for name in ARMS:
             m = evaluate_recovery(arms[name], source, n=cfg.n_eval, seed=seed + 1)
             out.append({"arm": name, "seed": seed, **m, "seed_seconds": seconds})
-    return out
+    return {"arms": out}
 
 
 def main(cfg: Config) -> dict[str, Any]:
     cfg.check()
     stamp = run_stamp(cfg, ignore=("seeds", "workers", "out", "resume"))
     cache = RunCache(cfg.out / "runs", enabled=cfg.resume, stamp=stamp)
-    records: dict[int, list[dict[str, Any]]] = {}
-    todo = []
-    for seed in cfg.seeds:
-        hit = cache.get("seed", seed)
-        if hit is not None:
-            records[seed] = hit["arms"]
-        else:
-            todo.append(seed)
-    print(f"[finetune] {len(cfg.seeds)} seeds, {len(cfg.seeds) - len(todo)} cached", flush=True)
-    with concurrent.futures.ProcessPoolExecutor(max_workers=cfg.workers) as pool:
-        futures = {pool.submit(run_seed, cfg, seed): seed for seed in todo}
-        for k, fut in enumerate(concurrent.futures.as_completed(futures), 1):
-            seed = futures[fut]
-            records[seed] = fut.result()
-            cache.put("seed", seed, {"arms": records[seed]})
-            print(f"[finetune] seed {seed} done (run {k} of {len(todo)})", flush=True)
-    rows = [r for seed in cfg.seeds for r in records[seed]]
+    jobs = [Job(key=("seed", seed), label=f"seed {seed} (every arm)", args=(cfg, seed)) for seed in cfg.seeds]
+    log = StudyLog("finetune", len(jobs), progress=False)
+    rows = [
+        r for rec in run_jobs(run_seed, jobs, cache=cache, log=log, workers=cfg.workers) for r in rec["arms"]
+    ]
     summary = summarize(rows, METRICS, by="arm")
     table = format_table({a: summary[a] for a in ARMS if a in summary}, METRICS, row_label="arm")
     print(table)

@@ -15,7 +15,6 @@ Run ``python -m experiments.sweep --help`` for every option.
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import time
 from pathlib import Path
@@ -24,15 +23,18 @@ from typing import Any
 import numpy as np
 
 from experiments.common import (
+    Job,
     RunCache,
     check_int,
     format_table,
     run_cli,
+    run_jobs,
     run_stamp,
     summarize,
     torch_threads,
     write_json_atomic,
 )
+from experiments.progress import RunBar, StudyLog
 
 #: The development language: ``seqgym/Markov-v0`` with these source arguments.
 DEV_SOURCE: dict[str, Any] = {
@@ -106,6 +108,8 @@ class Config:
     """Output folder."""
     resume: bool = True
     """Reuse finished runs cached under out/runs."""
+    progress: bool = True
+    """Show a progress bar per run when runs go one after another (``--workers 1``)."""
 
     def check(self) -> None:
         for name in ("budget", "n_demonstrations", "n_eval", "batch_size", "n_layer", "n_embd", "workers"):
@@ -117,8 +121,9 @@ class Config:
             raise ConfigError(f"Unknown --settings {unknown}; choose from {list(SETTINGS)}.")
 
 
-def run_one(cfg: Config, setting: str, seed: int) -> dict[str, Any]:
-    """Train one agent of ``setting`` with ``seed`` and evaluate it (one torch thread)."""
+def run_one(cfg: Config, setting: str, seed: int, *, bar: RunBar | None = None) -> dict[str, Any]:
+    """Train one agent of ``setting`` with ``seed`` and evaluate it (one torch thread); ``bar`` follows the
+    training steps."""
     import gymnasium as gym
 
     from agents import make_agent
@@ -138,7 +143,7 @@ def run_one(cfg: Config, setting: str, seed: int) -> dict[str, Any]:
     with torch_threads(1):
         start = time.perf_counter()
         agent = make_agent(agent_name, env=env, seed=seed, **kw)
-        agent.learn(cfg.budget)
+        agent.learn(cfg.budget, callback=None if bar is None else bar.callback())
         seconds = time.perf_counter() - start
         m = evaluate_generator(agent, env.unwrapped.source, n=cfg.n_eval, seed=seed + 1)  # type: ignore[attr-defined]
     return {
@@ -152,29 +157,17 @@ def run_one(cfg: Config, setting: str, seed: int) -> dict[str, Any]:
 
 def main(cfg: Config) -> dict[str, Any]:
     cfg.check()
-    stamp = run_stamp(cfg, ignore=("settings", "seeds", "workers", "out", "resume"))
+    stamp = run_stamp(cfg, ignore=("settings", "seeds", "workers", "out", "resume", "progress"))
     cache = RunCache(cfg.out / "runs", enabled=cfg.resume, stamp=stamp)
-    jobs = [(s, seed) for s in cfg.settings for seed in cfg.seeds]
-    records: dict[tuple[str, int], dict[str, Any]] = {}
-    todo = []
-    for s, seed in jobs:
-        hit = cache.get(s, seed)
-        if hit is not None:
-            records[(s, seed)] = hit
-        else:
-            todo.append((s, seed))
-    print(f"[sweep] {len(jobs)} runs, {len(jobs) - len(todo)} cached", flush=True)
-    with concurrent.futures.ProcessPoolExecutor(max_workers=cfg.workers) as pool:
-        futures = {pool.submit(run_one, cfg, s, seed): (s, seed) for s, seed in todo}
-        for k, fut in enumerate(concurrent.futures.as_completed(futures), 1):
-            s, seed = futures[fut]
-            rec = fut.result()
-            cache.put(s, seed, rec)
-            records[(s, seed)] = rec
-            print(
-                f"[sweep] run {k} of {len(todo)}: {s} seed {seed}: validity {rec['validity']:.3f}", flush=True
-            )
-    ordered = [records[j] for j in jobs]
+    jobs = [
+        Job(key=(s, seed), label=f"{s} seed {seed}", args=(cfg, s, seed), total=cfg.budget)
+        for s in cfg.settings
+        for seed in cfg.seeds
+    ]
+    log = StudyLog("sweep", len(jobs), progress=cfg.progress)
+    ordered = run_jobs(run_one, jobs, cache=cache, log=log, workers=cfg.workers)
+    for rec in ordered:
+        log.note(f"{rec['setting']} seed {rec['seed']}: validity {rec['validity']:.3f}")
     summary = summarize(ordered, ("validity", "backspace_rate"), by="setting")
     table = format_table(summary, ("validity", "backspace_rate"), row_label="setting")
     print(table)

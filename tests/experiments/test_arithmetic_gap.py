@@ -51,6 +51,7 @@ def test_gap_study_writes_paired_differences(tmp_path: Path) -> None:
         n_embd=16,
         n_eval=8,
         out=tmp_path,
+        workers=1,
     )
     results = arithmetic_gap.main(cfg)
     assert {r["variant"] for r in results["runs"]} == set(arithmetic_gap.VARIANTS)

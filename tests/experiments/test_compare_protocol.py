@@ -96,6 +96,7 @@ def tiny(out: Path, **overrides: object) -> compare.Config:
         "lengths": (2, 5),
         "out": out,
         "progress": False,
+        "workers": 1,  # the spies count calls in this process
     }
     settings.update(overrides)
     return compare.Config(**settings)  # type: ignore[arg-type]

@@ -31,6 +31,7 @@ def tiny_compare(out: Path, **overrides: object) -> compare.Config:
         "batch_size": 8,
         "out": out,
         "progress": False,
+        "workers": 1,
         "recovery": False,
     }
     settings.update(overrides)

@@ -67,6 +67,32 @@ def test_compare_runs_end_to_end_and_resumes(tmp_path: Path, capsys: pytest.Capt
     assert changed["runs"][0]["validity"] is not None
 
 
+def test_worker_processes_give_the_records_of_one_process(tmp_path: Path) -> None:
+    cfg = compare.Config(
+        agents=("mle", "bc"),
+        seeds=(3, 4),
+        budget=128,
+        n_demonstrations=16,
+        n_eval=16,
+        n_curve=2,
+        n_curve_samples=8,
+        n_layer=1,
+        n_embd=16,
+        batch_size=8,
+        out=tmp_path / "two",
+        progress=False,
+        workers=2,
+    )
+    two = compare.main(cfg)
+    one = compare.main(dataclasses.replace(cfg, workers=1, out=tmp_path / "one"))
+
+    def measured(runs: list[dict[str, object]]) -> str:  # everything but wall times
+        return json.dumps([{k: v for k, v in r.items() if "seconds" not in k} for r in runs])
+
+    assert len(two["runs"]) == 4
+    assert measured(two["runs"]) == measured(one["runs"])
+
+
 def test_compare_rejects_unknown_agents(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="Unknown agent 'ppo2'"):
         compare.main(compare.Config(agents=("ppo2",), out=tmp_path))
@@ -85,6 +111,7 @@ def test_arithmetic_study_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         batch_size=8,
         out=tmp_path,
         progress=False,
+        workers=1,
         **TINY_SM,
     )
     results = arithmetic.main(cfg)

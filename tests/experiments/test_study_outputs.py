@@ -100,6 +100,7 @@ def test_compare_prints_and_writes_every_table_and_a_gallery(
         batch_size=8,
         out=tmp_path,
         progress=True,
+        workers=1,  # progress bars (and the recovery spy) live in this process
     )
     results = compare.main(cfg)
     printed = capsys.readouterr().out
