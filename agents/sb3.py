@@ -50,9 +50,9 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.type_aliases import MaybeCallback
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from agents.common.config import check_choice
 from agents.policy import Generation, sample_actions
 from seqgym._files import atomic_write
+from seqgym._options import check_option
 from seqgym.env import SequenceEnv
 from seqgym.rewards import Reward, RewardFn
 from seqgym.vocab import Vocabulary
@@ -142,7 +142,7 @@ class TokenEmbeddingExtractor(BaseFeaturesExtractor):
                 "TokenEmbeddingExtractor needs a 1-D Box observation space of token ids, "
                 f"got {observation_space}."
             )
-        check_choice("pooling", pooling, typing.get_args(Pooling))
+        check_option("pooling", pooling, typing.get_args(Pooling))
         for name, value in (("features_dim", features_dim), ("embed_dim", embed_dim)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}.")
@@ -253,7 +253,7 @@ class RewardWrapper(gym.Wrapper):
             raise TypeError(
                 f"critic must have a reward(prompts, action_histories) method, got {type(critic).__name__}."
             )
-        check_choice("mode", mode, typing.get_args(CriticMode))
+        check_option("mode", mode, typing.get_args(CriticMode))
         self.critic = critic
         self.mode = mode
         self._prompt: list[int] = []
@@ -327,7 +327,7 @@ def _is_critic(reward: object) -> bool:
 
 def _check_reward(reward: object) -> None:
     if isinstance(reward, str):
-        check_choice("reward", reward, ENV_REWARDS, hint="a callable or a critic")
+        check_option("reward", reward, ENV_REWARDS, hint=", a callable or a critic")
     elif not (callable(reward) or _is_critic(reward)):
         raise TypeError(
             "reward must be 'none' / 'logprob' / 'valid', a callable (state, action, next_state, terminated) "
@@ -448,7 +448,7 @@ def make_env(
 # ============================================================================================================
 def _algo_class(algo: str) -> type[BaseAlgorithm]:
     """The SB3 class of an :data:`Algo` name (checked: a ``str`` from a config or a saved file is fine)."""
-    check_choice("algo", algo, ALGOS)
+    check_option("algo", algo, ALGOS)
     if algo == "ppo":
         from stable_baselines3 import PPO
 
@@ -463,7 +463,7 @@ def _algo_class(algo: str) -> type[BaseAlgorithm]:
         except ImportError as e:
             raise ImportError('MaskablePPO needs sb3-contrib: pip install "seqgym[sb3]"') from e
         return MaskablePPO
-    raise AssertionError(algo)  # unreachable: check_choice
+    raise AssertionError(algo)  # unreachable: check_option
 
 
 class SB3Baseline:

@@ -50,10 +50,10 @@ import torch
 
 from agents.buffers import ReplayBuffer, Rollouts
 from agents.common.agent import Agent
-from agents.common.config import check_choice
 from agents.common.distributed import ProcessGroup
 from agents.common.noise import Augmentation, AugmentationConfig
 from agents.common.registry import register_agent
+from seqgym._options import check_option
 from seqgym.data import Trajectory
 
 __all__ = [
@@ -139,7 +139,7 @@ def phi_weights(
         >>> [round(x, 4) for x in phi_weights(r, "kl").tolist()]
         [2.7183, 0.3679, 0.1353]
     """
-    check_choice("divergence", divergence, DIVERGENCES)
+    check_option("divergence", divergence, DIVERGENCES)
     if not max_weight > 0:
         raise ValueError(f"max_weight must be > 0, got {max_weight!r}.")
     with torch.no_grad():
@@ -436,7 +436,7 @@ def soft_q(
             action whose logit is ``-inf`` (a backspace taken at the prompt boundary).
     """
     _check_gamma_alpha(gamma, alpha)
-    check_choice("terminal_mode", terminal_mode, TERMINAL_MODES)
+    check_option("terminal_mode", terminal_mode, TERMINAL_MODES)
     actions, step_mask, terminal, state_mask = _padded_batch(logits, actions, step_mask, terminal)
     dev = logits.device
     B, T = actions.shape

@@ -1,8 +1,8 @@
 """Hyperparameters shared by every agent (:class:`AgentConfig`), and the checks every config uses.
 
 Every string option is a ``Literal`` type; :class:`AgentConfig` checks every field annotated with one (its own
-and those of any subclass) in one place, :func:`check_choice`, so an algorithm's config declares an option
-by its type alone::
+and those of any subclass) in one place, :func:`seqgym._options.check_option`, so an algorithm's config
+declares an option by its type alone::
 
     >>> import dataclasses
     >>> from typing import Literal
@@ -12,7 +12,7 @@ by its type alone::
     >>> MyConfig(reduction="max")
     Traceback (most recent call last):
     ...
-    ValueError: Unknown reduction 'max': reduction must be 'sum' or 'mean'.
+    ValueError: Unknown reduction 'max'; choose one of ['sum', 'mean'].
 """
 
 from __future__ import annotations
@@ -29,12 +29,13 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 import torch
 
+from seqgym._options import check_option
+
 __all__ = [
     "LR_SCHEDULES",
     "AgentConfig",
     "LRSchedule",
     "MixedPrecision",
-    "check_choice",
     "is_int",
     "is_number",
 ]
@@ -57,25 +58,6 @@ def is_int(x: object) -> bool:
 def is_number(x: object) -> bool:
     """``x`` is a real number (Python or numpy int / float), not a bool."""
     return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_))
-
-
-def check_choice(name: str, value: object, choices: tuple[str, ...], *, hint: str = "") -> None:
-    """The one check of a string option: ``value`` must be one of ``choices`` (the arguments of its ``Literal``).
-
-    Args:
-        name: the option's name, for the message.
-        value: what was passed.
-        choices: the allowed strings, ``typing.get_args`` of the option's ``Literal``.
-        hint: what else the option accepts besides the strings (added to the message), if anything.
-
-    Raises:
-        ValueError: ``Unknown <name> <value>: <name> must be 'a', 'b' or 'c'.``
-    """
-    if not isinstance(value, str) or value not in choices:
-        quoted = [repr(c) for c in choices]
-        allowed = quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
-        more = f" (or {hint})" if hint else ""
-        raise ValueError(f"Unknown {name} {value!r}: {name} must be {allowed}{more}.")
 
 
 _LITERAL_FIELDS: dict[type, dict[str, tuple[str, ...]]] = {}
@@ -116,8 +98,9 @@ class AgentConfig:
 
     Every field is a keyword argument of :func:`~agents.common.registry.make_agent` (and of the agent's
     constructor); unknown names raise ``TypeError`` naming the valid ones. The values are saved with the agent
-    (``agent.json``). Fields annotated with a ``Literal`` are checked by :func:`check_choice`; fields annotated
-    ``bool`` must be ``True`` or ``False`` (a string such as ``"no"`` is refused, not taken as truthy).
+    (``agent.json``). Fields annotated with a ``Literal`` are checked by
+    :func:`seqgym._options.check_option`; fields annotated ``bool`` must be ``True`` or ``False`` (a string such
+    as ``"no"`` is refused, not taken as truthy).
 
     Attributes:
         learning_rate: AdamW peak learning rate (> 0).
@@ -177,7 +160,7 @@ class AgentConfig:
         positive("adam_eps", self.adam_eps)
         positive("n_demonstrations", self.n_demonstrations, integer=True)
         for name, choices in _literal_fields(type(self)).items():
-            check_choice(name, getattr(self, name), choices)
+            check_option(name, getattr(self, name), choices)
         for name in _bool_fields(type(self)):
             value = getattr(self, name)
             if not isinstance(value, (bool, np.bool_)):

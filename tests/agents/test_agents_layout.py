@@ -11,7 +11,8 @@ from typing import Literal
 import pytest
 
 import agents
-from agents.common.config import AgentConfig, check_choice
+from agents.common.config import AgentConfig
+from seqgym._options import check_option
 
 ROOT = Path(agents.__file__).parent
 ALGORITHMS = {"agents.mle", "agents.bc", "agents.sequencematch"}
@@ -55,9 +56,10 @@ def test_literal_options_are_checked_by_the_config():
         reduction: Literal["sum", "mean"] = "sum"
 
     assert Cfg(reduction="mean").reduction == "mean"
-    with pytest.raises(ValueError, match=r"Unknown reduction 'max': reduction must be 'sum' or 'mean'\."):
+    with pytest.raises(ValueError, match=r"Unknown reduction 'max'; choose one of \['sum', 'mean'\]\."):
         Cfg(reduction="max")
-    with pytest.raises(ValueError, match=r"lr_schedule must be 'constant', 'linear' or 'cosine'"):
+    schedules = r"\['constant', 'linear', 'cosine'\]"
+    with pytest.raises(ValueError, match=rf"Unknown lr_schedule 'step'; choose one of {schedules}"):
         AgentConfig(lr_schedule="step")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="Unknown noise"):
-        check_choice("noise", 3, ("uniform", "model"))
+        check_option("noise", 3, ("uniform", "model"))

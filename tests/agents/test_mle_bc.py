@@ -128,7 +128,7 @@ def test_bc_augmentation_is_seeded_and_bounded_by_max_length() -> None:
     assert 0.2 < rate < 0.4
     with pytest.raises(TypeError, match="p_noise"):
         make_agent("bc", env=env, p_noise="0.1", policy_kwargs=dict(TINY))
-    with pytest.raises(ValueError, match="noise must be 'uniform' or 'model'"):
+    with pytest.raises(ValueError, match=r"Unknown noise 'gaussian'; choose one of \['uniform', 'model'\]"):
         make_agent("bc", env=env, noise="gaussian", policy_kwargs=dict(TINY))
 
 
