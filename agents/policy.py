@@ -312,6 +312,18 @@ def sample_actions(
     return _draw(logits, generator, temp, top_k, top_p, deterministic)
 
 
+def _processed(processor: Callable[[torch.Tensor], torch.Tensor], logits: torch.Tensor) -> torch.Tensor:
+    """``processor(logits)``, checked to be a tensor of the same shape (a ``logits_processor`` of ``generate``)."""
+    out = processor(logits)
+    if not isinstance(out, torch.Tensor) or out.shape != logits.shape:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(
+            f"logits_processor must return a tensor of the shape it was given, {tuple(logits.shape)} (rows "
+            f"choosing an action, actions); got {got}."
+        )
+    return out
+
+
 def _draw(
     logits: torch.Tensor,
     generator: torch.Generator | None,
@@ -319,8 +331,14 @@ def _draw(
     top_k: int | None,
     top_p: float | None,
     deterministic: bool = False,
+    rows: tuple[torch.Tensor, int] | None = None,
 ) -> torch.Tensor:
-    """:func:`sample_actions` on checked arguments and rows (no host synchronisation): ``(B, A)`` -> ``(B,)``."""
+    """:func:`sample_actions` on checked arguments and rows (no host synchronisation): ``(R, A)`` -> ``(R,)``.
+
+    ``rows = (ix, B)``: the ``R`` rows are rows ``ix`` of a batch of ``B``; the uniform draws are made for all
+    ``B`` rows and row ``ix[r]``'s is used, so the generator advances as for a draw over the whole batch and each
+    row gets the action it would get there.
+    """
     x = logits.detach().double()  # (B, A)
     x = (x - x.max(dim=-1, keepdim=True).values) / temp  # row max 0: no overflow at a small temperature
     if deterministic:
@@ -337,8 +355,9 @@ def _draw(
     cdf = x.softmax(dim=-1).cumsum(dim=-1)  # (B, A)
     cdf = cdf / cdf[:, -1:]  # last entry exactly 1
     device = generator.device if generator is not None else logits.device
-    u = torch.rand(x.shape[0], 1, generator=generator, device=device, dtype=torch.float64)  # (B, 1)
-    u = u.to(x.device)
+    n = x.shape[0] if rows is None else rows[1]
+    u = torch.rand(n, 1, generator=generator, device=device, dtype=torch.float64)  # (B, 1)
+    u = u.to(x.device) if rows is None else u.to(x.device)[rows[0]]  # (R, 1)
     return torch.searchsorted(cdf, u, right=True)[:, 0].clamp_(max=x.shape[-1] - 1).to(logits.device)
 
 
@@ -1154,8 +1173,10 @@ class LMPolicy(torch.nn.Module):
             max_length: most visible ids per row, prompt included (``<= n_positions``).
             temperature, top_k, top_p, generator: as in :func:`sample_actions`.
             allow_backspace: False masks backspace at every step.
-            logits_processor: optional ``(B, A) -> (B, A)`` function applied to (a copy of) the logits before
-                masking and sampling, e.g. a logit bias.
+            logits_processor: optional ``(R, A) -> (R, A)`` function applied to (a copy of) the logits of the
+                ``R <= B`` rows that choose an action at a sampling call, before masking and sampling, e.g. a
+                logit bias. It must treat each row on its own: the rows it sees change from call to call (the
+                live rows, then only those that backspaced and sample again at once).
             output_logits: also return the logits of every step's state (``Generation.logits``).
             generated: optional ``B`` deletable generated parts (ordinary token ids): row ``b`` starts from the
                 state ``prompts[b] + generated[b]`` as if it had written ``generated[b]`` itself, so
@@ -1249,22 +1270,22 @@ class LMPolicy(torch.nn.Module):
             # sample until every live row has taken a token (or eos); a row that backspaces samples again
             # at once from the stored logits of its new state
             need = ~done  # (B,)
+            ix = act  # (R,) rows drawn at this call: the live rows, then only those that backspaced
             while True:
-                frozen = ~backspace_allowed_torch(vis, P_t) | (not allow_backspace)  # (B,)
-                blocked = frozen[:, None] & bk_col  # (B, A) backspace masked
-                at = steps.clamp(max=max_steps - 1)  # (B,)
+                nd, v_ix = need[ix], vis[ix]  # (R,) each
+                frozen = ~backspace_allowed_torch(v_ix, P_t[ix]) | (not allow_backspace)  # (R,)
+                blocked = frozen[:, None] & bk_col  # (R, A) backspace masked
+                at = steps[ix].clamp(max=max_steps - 1)  # (R,)
+                lg = logits[ix]  # (R, A)
                 if output_logits:
-                    seen[rows_t, at] = torch.where(
-                        need[:, None], logits.masked_fill(blocked, -math.inf), seen[rows_t, at]
-                    )
-                x = logits if logits_processor is None else logits_processor(logits.clone())  # (B, A)
-                x = x.masked_fill(blocked, -math.inf)
-                asked = need  # (B,) rows choosing an action at this call
-                unusable = need & (
-                    (x == -math.inf).all(dim=-1) | (x.isnan() | x.isposinf()).any(dim=-1)
-                )  # (B,)
-                a = _draw(x, generator, temp, top_k, top_p)
-                history[rows_t, at] = torch.where(need, a, history[rows_t, at])
+                    seen[ix, at] = torch.where(nd[:, None], lg.masked_fill(blocked, -math.inf), seen[ix, at])
+                if logits_processor is not None:
+                    lg = _processed(logits_processor, lg.clone())
+                x = lg.masked_fill(blocked, -math.inf)  # (R, A)
+                unusable = nd & ((x == -math.inf).all(dim=-1) | (x.isnan() | x.isposinf()).any(dim=-1))  # (R,)
+                a_ix = _draw(x, generator, temp, top_k, top_p, rows=None if len(ix) == B else (ix, B))  # (R,)
+                a = torch.zeros_like(rows_t).index_copy(0, ix, a_ix)  # (B,) (rows outside ix: not used)
+                history[ix, at] = torch.where(nd, a_ix, history[ix, at])
                 appends, deletes = step_masks_torch(vis, P_t, a, bk)  # (B,) each
                 is_bk = need & deletes  # (B,) backspace (never at the boundary: masked above)
                 is_tok = need & appends  # (B,) token or eos
@@ -1279,13 +1300,14 @@ class LMPolicy(torch.nn.Module):
                 need = is_bk & ~done  # (B,) rows that backspaced and sample again at once
                 # the one host synchronisation of the step
                 resample, n_live, no_action = torch.stack(
-                    [need.any().long(), (~done).sum(), unusable.any().long()]
+                    [need.sum(), (~done).sum(), unusable.any().long()]
                 ).tolist()
                 if no_action:  # raise the message sample_actions gives
-                    check_logits_rows(x[asked])
+                    check_logits_rows(x[nd])
                 if not use_stack or not resample:
                     break
-                logits = torch.where(need[:, None], stack[rows_t, vis], logits)  # (B, A)
+                ix = need.nonzero()[:, 0]  # (R,) the rows that sample again
+                logits = logits.index_copy(0, ix, stack[ix, vis[ix]])  # (B, A)
             if n_live == 0:
                 break
             if n_live < n_cache:  # drop finished rows from the cache and the forward

@@ -333,6 +333,28 @@ def test_generate_is_reproducible_and_can_forbid_backspace(policy: LMPolicy) -> 
     assert c.sequences == [replay(p, acts, VOCAB) for p, acts in zip([[0], [1, 2]], c.actions)]
 
 
+def test_generate_processor_sees_only_the_rows_that_choose(policy: LMPolicy) -> None:
+    """After a backspace only the rows that sample again are drawn (and processed); a processor must keep the
+    shape it is given."""
+    bias = _backspace_bias(1.0)
+    seen: list[int] = []
+
+    def spy(x: torch.Tensor) -> torch.Tensor:
+        seen.append(x.shape[0])
+        return bias(x)
+
+    prompts = [[0], [1, 2], [3], [2, 2, 1]]
+    gen = policy.generate(
+        prompts, max_steps=12, max_length=12, generator=torch.Generator().manual_seed(3), logits_processor=spy
+    )
+    assert seen[0] == len(prompts) and min(seen) < len(
+        prompts
+    )  # the first call sees every row, later ones fewer
+    assert gen.sequences == [replay(p, a, VOCAB) for p, a in zip(prompts, gen.actions)]
+    with pytest.raises(ValueError, match="logits_processor must return a tensor of the shape"):
+        policy.generate(prompts, max_steps=5, max_length=10, logits_processor=lambda x: x[:1])
+
+
 def test_generate_truncates_exactly() -> None:
     policy = LMPolicy.from_config(VOCAB, n_layer=1, n_embd=16, n_head=2, n_positions=16)
     no_eos = _backspace_bias(-30.0)  # no backspace, eos less likely
