@@ -1282,7 +1282,9 @@ class LMPolicy(torch.nn.Module):
                 if logits_processor is not None:
                     lg = _processed(logits_processor, lg.clone())
                 x = lg.masked_fill(blocked, -math.inf)  # (R, A)
-                unusable = nd & ((x == -math.inf).all(dim=-1) | (x.isnan() | x.isposinf()).any(dim=-1))  # (R,)
+                unusable = nd & (
+                    (x == -math.inf).all(dim=-1) | (x.isnan() | x.isposinf()).any(dim=-1)
+                )  # (R,)
                 a_ix = _draw(x, generator, temp, top_k, top_p, rows=None if len(ix) == B else (ix, B))  # (R,)
                 a = torch.zeros_like(rows_t).index_copy(0, ix, a_ix)  # (B,) (rows outside ix: not used)
                 history[ix, at] = torch.where(nd, a_ix, history[ix, at])

@@ -8,6 +8,8 @@ recovery start states), with ``--n-eval`` (2,000) samples per evaluation. For ea
 per-seed difference SequenceMatch − BC, SequenceMatch − MLE and BC − MLE with a 95% interval from
 ``scipy.stats.bootstrap`` over seeds (:func:`experiments.stats.paired_differences`).
 
+Where the task has prompts (arithmetic), ``unseen_validity`` is the validity on prompts that none of the seed's
+demonstrations holds (:func:`unseen_prompts`): held-out problems, not answers learned by heart.
 Beside validity it reports recovery (``agents.evaluation.evaluate_recovery``): P(``<backspace>`` first) just after
 an injected impossible token, the recovery rate, false deletions of a clean generated part, deliberate mistakes
 in clean generation, and validity with ``<backspace>`` masked (what backspace buys is the difference). Options add
@@ -75,6 +77,7 @@ IMITATION = IMITATION_AGENTS
 SB3_ALGOS = ("maskable_ppo", "ppo", "dqn")
 METRICS = (
     "validity",
+    "unseen_validity",
     "logprob_per_token",
     "heldout_nll",
     "length_tv",
@@ -95,6 +98,7 @@ RECOVERY_METRICS = (
 """The keys of ``agents.evaluation.evaluate_recovery`` (imitation agents, sources with exact probabilities)."""
 DIFF_METRICS = (
     "validity",
+    "unseen_validity",
     "validity_no_backspace",
     "backspace_first",
     "recovery",
@@ -324,6 +328,10 @@ def _run_one(
         metrics["heldout_nll"] = policy_heldout_nll(
             learner.policy, source, n=500, seed=HELDOUT_SEED + seed, allow_backspace=learner.allow_backspace
         )
+        unseen = unseen_prompts(source, learner.demonstrations, cfg.n_eval, UNSEEN_SEED + seed)
+        if unseen is not None and has_validity(source):
+            gen = learner.generate(prompts=unseen, seed=UNSEEN_SEED + seed)
+            metrics["unseen_validity"] = validity_rate(source, gen.sequences)
         if cfg.recovery and has_exact_probabilities(source) and has_validity(source):
             rec = evaluation.evaluate_recovery(learner, source, n=cfg.n_eval, seed=RECOVERY_SEED + seed)
             metrics.update({k: float(v) for k, v in rec.items()})
@@ -363,6 +371,7 @@ EVAL_SEED = 10_000
 HELDOUT_SEED = 20_000
 RECOVERY_SEED = 40_000
 LENGTH_SEED = 50_000
+UNSEEN_SEED = 60_000
 """Offsets of the evaluation seeds (plus the run's seed): the same for every agent of a seed."""
 
 
@@ -375,6 +384,27 @@ def validity_at(generator: Any, source: Any, *, n: int, seed: int, temperature: 
     """Validity of ``n`` samples of ``generator`` at sampling ``temperature`` (prompts drawn with ``seed``)."""
     gen = generator.generate(n, seed=seed, temperature=temperature)
     return validity_rate(source, gen.sequences)
+
+
+def unseen_prompts(source: Any, demonstrations: Any, n: int, seed: int) -> list[list[int]] | None:
+    """``n`` prompts drawn from ``source`` (with ``seed``) that no demonstration holds, or None when the source
+    has no prompts or too few unseen ones (fewer than ``n`` in ``1000 * n`` draws).
+
+    Validity on them (``unseen_validity``) measures generalisation to new problems, where ``validity`` on the
+    source's own prompts also rewards answers learned by heart (e.g. arithmetic with few distinct problems).
+    """
+    seen = {tuple(int(t) for t in d.prompt) for d in demonstrations}
+    if not any(seen):  # the source has no prompts
+        return None
+    rng = np.random.default_rng(seed)
+    prompts: list[list[int]] = []
+    for _ in range(1000 * n):
+        prompt = [int(t) for t in source.sample(rng)[0]]
+        if tuple(prompt) not in seen:
+            prompts.append(prompt)
+            if len(prompts) == n:
+                return prompts
+    return None
 
 
 def long_prefixes(
@@ -498,7 +528,7 @@ def main(cfg: Config) -> dict[str, Any]:
     noise_records = [
         r for r in records if r["agent"] in NOISY_AGENTS and r["seed"] in noise_seeds
     ] + noise_records
-    shown = [*METRICS, *(m for m in RECOVERY_METRICS if any(m in r for r in records))]
+    shown = [m for m in (*METRICS, *RECOVERY_METRICS) if any(m in r for r in records)]
     summary = summarize(records, [*shown, "train_seconds"])
     differences = paired_table(records, cfg.seeds)
     noise_summary = summarize(_noise_rows(noise_records), NOISE_METRICS, by="label")
@@ -511,7 +541,7 @@ def main(cfg: Config) -> dict[str, Any]:
         f"Task {cfg.task}, budget {cfg.budget} (state, action) pairs{sb3_note}, seeds {list(cfg.seeds)} "
         f"(paired), {cfg.n_eval} samples per evaluation{spread_note}\n\n"
     )
-    main_cols = ["validity", *(m for m in RECOVERY_METRICS[:6] if m in shown)]
+    main_cols = ["validity", *(m for m in ("unseen_validity", *RECOVERY_METRICS[:6]) if m in shown)]
     tables = [header + format_table(summary, main_cols)]
     tables.append("All metrics\n\n" + format_table(summary, [*shown, "train_seconds"]))
     if differences:

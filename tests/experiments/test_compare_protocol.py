@@ -151,3 +151,19 @@ def test_sb3_budget_and_reward_are_stated(tmp_path: Path, monkeypatch: pytest.Mo
     compare.main(cfg)
     table = (tmp_path / "table.md").read_text()
     assert "maskable_ppo on the `valid` reward for 128 env steps" in table
+
+
+def test_unseen_prompts_are_prompts_no_demonstration_holds() -> None:
+    from seqgym.data import collect
+    from seqgym.sources.arithmetic import Arithmetic
+    from seqgym.sources.dyck import Dyck
+
+    source = Arithmetic(base=3, n_digits=1)  # 3 * 3 + 6 = 15 distinct problems
+    demos = collect(source, 8, np.random.default_rng(0))
+    seen = {tuple(d.prompt.tolist()) for d in demos}
+    prompts = compare.unseen_prompts(source, demos, 50, seed=1)
+    assert prompts is not None and len(prompts) == 50
+    assert not seen & {tuple(p) for p in prompts}
+    assert len({tuple(p) for p in prompts}) > 1  # drawn from the source, not one prompt repeated
+    assert compare.unseen_prompts(source, collect(source, 2000, np.random.default_rng(0)), 5, seed=1) is None
+    assert compare.unseen_prompts(Dyck(2), collect(Dyck(2), 8, np.random.default_rng(0)), 5, seed=1) is None
