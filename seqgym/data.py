@@ -495,7 +495,12 @@ class UniformNoise:
     def __call__(self, trajectory: Trajectory, positions: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         if self.source is None:
             return uniform_noise(trajectory, positions, rng)
-        mask = mistake_candidates(trajectory, positions, self.source, floor=self.floor)  # (K, n_tokens)
+        return self.draw(mistake_candidates(trajectory, positions, self.source, floor=self.floor), rng)
+
+    @staticmethod
+    def draw(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """One token per row of ``mask`` (bool ``(K, n_tokens)``: the candidates), uniform over its candidates:
+        int64 ``(K,)``. Draws ``K`` uniforms from ``rng``."""
         if not mask.any(axis=1).all():
             raise ValueError(
                 "uniform noise needs at least 2 ordinary tokens to draw a wrong one in place of a token."
@@ -599,9 +604,11 @@ def augment(
         eligible = traj.expert.copy()  # (T,)
         if max_length is not None:
             eligible &= traj.visible_lengths()[:-1] + 1 < max_length
+        candidates = None  # (T, n_tokens) the real mistakes before each action, where the source knows them
         if source is not None and callable(getattr(source, "next_token_logprobs", None)):
             # a position where the source rules no token out has no mistake to insert
-            eligible &= mistake_candidates(traj, np.arange(T), source).any(axis=1)
+            candidates = mistake_candidates(traj, np.arange(T), source)
+            eligible &= candidates.any(axis=1)
         if isinstance(noise_fn, UniformNoise) and vocab.n_tokens == 1:
             eligible &= traj.actions >= vocab.n_tokens  # no wrong token exists in place of the only token
         chosen = np.flatnonzero(coin & eligible).astype(np.int64)  # (K,)
@@ -609,7 +616,11 @@ def augment(
         if K == 0:
             out.append(traj)
             continue
-        wrong = _check_noise(noise_fn(traj, _readonly(chosen.copy()), gen), traj, chosen, k)  # (K,)
+        if candidates is not None and _same_uniform_noise(noise_fn, source):
+            drawn = UniformNoise.draw(candidates[chosen], gen)  # as noise_fn would, without recomputing
+        else:
+            drawn = noise_fn(traj, _readonly(chosen.copy()), gen)
+        wrong = _check_noise(drawn, traj, chosen, k)  # (K,)
 
         # Original action i moves to i + 2 * (number of insertions at or before i).
         inserted = np.zeros(T, dtype=np.int64)
@@ -629,6 +640,11 @@ def augment(
             )
         )
     return out
+
+
+def _same_uniform_noise(noise_fn: object, source: object) -> bool:
+    """Whether ``noise_fn`` is :class:`UniformNoise` over exactly the candidates :func:`augment` computed."""
+    return isinstance(noise_fn, UniformNoise) and noise_fn.source is source and noise_fn.floor == -math.inf
 
 
 def _check_noise(wrong: Any, traj: Trajectory, chosen: np.ndarray, k: int) -> np.ndarray:
