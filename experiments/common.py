@@ -516,12 +516,15 @@ class Job:
         label: what the log calls it (e.g. ``"bc (seed 10)"``).
         args: the positional arguments of the study's run function.
         total: its budget in steps, for the progress bar of a run in this process.
+        cost: its expected cost in any unit shared by the study's jobs; worker processes start the costliest
+            jobs first (the order of the records does not change).
     """
 
     key: tuple[Any, ...]
     label: str
     args: tuple[Any, ...]
     total: int = 1
+    cost: float = 1.0
 
 
 def run_jobs(
@@ -567,7 +570,8 @@ def run_jobs(
         context = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
             started = time.perf_counter()
-            futures = {pool.submit(fn, *jobs[i].args, bar=None): i for i in todo}
+            costliest_first = sorted(todo, key=lambda i: -jobs[i].cost)  # stable: ties keep the study's order
+            futures = {pool.submit(fn, *jobs[i].args, bar=None): i for i in costliest_first}
             for fut in concurrent.futures.as_completed(futures):
                 i = futures[fut]
                 records[i] = fut.result()

@@ -28,6 +28,7 @@ def test_compare_runs_end_to_end_and_resumes(tmp_path: Path, capsys: pytest.Capt
         n_layer=1,
         n_embd=16,
         batch_size=8,
+        sb3_budget=None,  # the imitation budget
         sb3_n_envs=2,
         sb3_n_steps=64,
         sb3_batch_size=32,
