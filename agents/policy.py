@@ -1155,10 +1155,12 @@ class LMPolicy(torch.nn.Module):
 
         Each row steps independently with the rules of ``SequenceEnv``: eos terminates; the visible length
         reaching ``max_length`` after a non-eos token, or the step count reaching ``max_steps``, truncates.
-        Backspace is masked at the prompt boundary (and everywhere if ``allow_backspace=False``). Every
-        action is drawn by one call of :func:`sample_actions` on the ``(B, A)`` logits (rows that are not
-        choosing an action at that call ignore their draw), so with a batch of one and the same generator
-        this equals stepping the env with :meth:`state_logits` + :func:`sample_actions`.
+        Backspace is masked at the prompt boundary (and everywhere if ``allow_backspace=False``). Actions are
+        drawn in sampling calls, each over the ``R <= B`` rows that choose an action at that call (the live rows,
+        then, after a backspace, only the rows that backspaced: they sample again at once); each call draws
+        ``B`` uniforms from the generator and row ``b`` uses the ``b``-th, exactly as :func:`sample_actions` on
+        the whole ``(B, A)`` batch would. So with a batch of one and the same generator this equals stepping
+        the env with :meth:`state_logits` + :func:`sample_actions`.
 
         KV cache: row ``b`` keeps position ``p`` of its visible sequence in cache slot ``offset_b + p``, so a
         token writes one new slot with position id ``p``, and the slots past the visible length drop out of
@@ -1308,7 +1310,8 @@ class LMPolicy(torch.nn.Module):
                     check_logits_rows(x[nd])
                 if not use_stack or not resample:
                     break
-                ix = need.nonzero()[:, 0]  # (R,) the rows that sample again
+                # (R,) the rows that sample again, in order, without another synchronisation (R is known)
+                ix = torch.argsort((~need).to(torch.uint8), stable=True)[:resample]
                 logits = logits.index_copy(0, ix, stack[ix, vis[ix]])  # (B, A)
             if n_live == 0:
                 break

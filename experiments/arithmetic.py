@@ -7,7 +7,8 @@ that repairs it (``docs/method.md`` §4):
 BC and SequenceMatch train on those augmented demonstrations; MLE trains on the clean answers (it cannot
 express a backspace), so its accuracy is one line across noise levels. Results go to ``--out``
 (``results.json``, ``table.md``, ``arithmetic.png`` with ± std over seeds, ``samples.md``); finished runs are
-cached for resuming (a changed setting or edited library code recomputes them).
+cached for resuming (a changed setting or edited library code recomputes them). ``unseen_accuracy`` is the
+accuracy on problems that none of the seed's demonstrations holds (``experiments.compare.unseen_prompts``).
 """
 
 from __future__ import annotations
@@ -140,8 +141,22 @@ def main(cfg: Config) -> dict[str, Any]:
     records = run_jobs(run_one, jobs, cache=cache, log=log, workers=cfg.workers)
     rows = []
     for r in records:
-        rows.append({**r, "agent": _label(r), "accuracy": r.get("validity", float("nan"))})
-    metrics = ["accuracy", "logprob_per_token", "heldout_nll", "backspace_rate", "train_seconds"]
+        rows.append(
+            {
+                **r,
+                "agent": _label(r),
+                "accuracy": r.get("validity", float("nan")),
+                "unseen_accuracy": r.get("unseen_validity"),
+            }
+        )
+    metrics = [
+        "accuracy",
+        "unseen_accuracy",
+        "logprob_per_token",
+        "heldout_nll",
+        "backspace_rate",
+        "train_seconds",
+    ]
     summary = summarize(rows, metrics)
     table = format_table(summary, metrics)
     header = (

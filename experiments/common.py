@@ -542,7 +542,8 @@ def run_jobs(
     progress bar (``bar``: a :class:`~experiments.progress.RunBar`). Otherwise they run in ``workers`` fresh
     (spawned) processes with ``bar=None``, and the log says when each one finishes. ``fn`` must be a module-level
     function, its arguments picklable, and it must seed everything it draws from, so that its record does not
-    depend on where or when it runs.
+    depend on where or when it runs. When a run raises (or the study is interrupted), no further run starts,
+    every finished run is in the cache, and the error is raised without waiting for the runs under way.
 
     Raises:
         ValueError: ``workers`` is not a positive int.
@@ -567,16 +568,31 @@ def run_jobs(
             cache.put(*job.key, records[i])
     else:
         log.note(f"training {len(todo)} runs in {min(workers, len(todo))} worker processes")
-        context = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            started = time.perf_counter()
-            costliest_first = sorted(todo, key=lambda i: -jobs[i].cost)  # stable: ties keep the study's order
-            futures = {pool.submit(fn, *jobs[i].args, bar=None): i for i in costliest_first}
+        pool = concurrent.futures.ProcessPoolExecutor(
+            max_workers=workers, mp_context=multiprocessing.get_context("spawn")
+        )
+        started = time.perf_counter()
+        costliest_first = sorted(todo, key=lambda i: -jobs[i].cost)  # stable: ties keep the study's order
+        futures = {pool.submit(fn, *jobs[i].args, bar=None): i for i in costliest_first}
+        try:
             for fut in concurrent.futures.as_completed(futures):
                 i = futures[fut]
                 records[i] = fut.result()
                 cache.put(*jobs[i].key, records[i])
                 log.run(f"finished {jobs[i].label} at {time.perf_counter() - started:.0f} s")
+        except BaseException:
+            # a run failed or the user interrupted: start nothing more, keep what finished, report at once
+            # the worker processes, to stop the runs under way (Python 3.11's executor has no public call for it)
+            processes = list((getattr(pool, "_processes", None) or {}).values())
+            pool.shutdown(wait=False, cancel_futures=True)
+            for fut, i in futures.items():
+                if i not in records and fut.done() and not fut.cancelled() and fut.exception() is None:
+                    cache.put(*jobs[i].key, fut.result())
+            for process in processes:
+                with contextlib.suppress(Exception):
+                    process.terminate()
+            raise
+        pool.shutdown()
     return [records[i] for i in range(len(jobs))]
 
 

@@ -109,6 +109,8 @@ DIFF_METRICS = (
 """Metrics whose paired differences between agents the tables report."""
 DIFF_PAIRS = (("sequencematch", "bc"), ("sequencematch", "mle"), ("bc", "mle"))
 """The differences reported (first − second), where both agents ran."""
+SB3_DEFAULT_BUDGET = 50_000
+"""The most env steps the SB3 baseline takes when ``--sb3-budget`` is not given."""
 RELATIVE_COST = {"mle": 1.0, "bc": 1.2, "sequencematch": 2.8, "maskable_ppo": 3.3, "ppo": 3.3, "dqn": 3.3}
 """Seconds per step of each agent's run relative to MLE's (measured on Dyck, evaluation included): worker
 processes start the costliest runs first, so no core idles at the end while one long run finishes."""
@@ -141,9 +143,10 @@ class Config(AgentSettings):
     sb3_reward: Literal["logprob", "valid"] = "valid"
     """Reward of the SB3 baseline: sparse validity (1 at eos for a valid sequence; the fair one), or the env's
     exact log-probability per token (a trap: ending at once costs one floored step, README)."""
-    sb3_budget: int | None = 50_000
-    """Env steps of the SB3 baseline (None: ``--budget``). 50,000 is adequate for MaskablePPO on Dyck's ``valid``
-    reward: on development seeds 1000 and 1001 its validity reaches 0.98 by 30,000 steps and 1.0 by 50,000."""
+    sb3_budget: int | None = None
+    """Env steps of the SB3 baseline (None: ``--budget``, at most 50,000: enough for MaskablePPO on Dyck's
+    ``valid`` reward, whose validity on development seeds 1000 and 1001 reaches 0.98 by 30,000 steps and 1.0 by
+    50,000)."""
     sb3_n_envs: int = 8
     """Parallel envs of the SB3 baseline (a ``DummyVecEnv``; stepping them in one batch is ~4x faster than one)."""
     sb3_n_steps: int = 128
@@ -324,7 +327,7 @@ def _run_one(
     else:
         raise ValueError(f"Unknown agent {agent!r}; choose from {IMITATION + SB3_ALGOS}.")
     if bar is not None:
-        bar.update(cfg.budget)
+        bar.update(bar.total)
     # Evaluation states are drawn from seeds that depend on the run's seed only: every agent of a seed is judged
     # on the same prompts and the same recovery start states (paired).
     metrics = evaluate_generator(learner, source, n=cfg.n_eval, seed=EVAL_SEED + seed, reference=reference)
@@ -336,6 +339,7 @@ def _run_one(
         if unseen is not None and has_validity(source):
             gen = learner.generate(prompts=unseen, seed=UNSEEN_SEED + seed)
             metrics["unseen_validity"] = validity_rate(source, gen.sequences)
+            metrics["unseen_problems"] = len({tuple(p) for p in unseen})
         if cfg.recovery and has_exact_probabilities(source) and has_validity(source):
             rec = evaluation.evaluate_recovery(learner, source, n=cfg.n_eval, seed=RECOVERY_SEED + seed)
             metrics.update({k: float(v) for k, v in rec.items()})
@@ -380,8 +384,8 @@ UNSEEN_SEED = 60_000
 
 
 def sb3_budget(cfg: Config) -> int:
-    """Env steps of the SB3 baseline: ``--sb3-budget``, or ``--budget`` when it is None."""
-    return cfg.budget if cfg.sb3_budget is None else cfg.sb3_budget
+    """Env steps of the SB3 baseline: ``--sb3-budget``, or ``--budget`` capped at 50,000 when it is None."""
+    return min(cfg.budget, SB3_DEFAULT_BUDGET) if cfg.sb3_budget is None else cfg.sb3_budget
 
 
 def validity_at(generator: Any, source: Any, *, n: int, seed: int, temperature: float) -> float:
@@ -390,25 +394,32 @@ def validity_at(generator: Any, source: Any, *, n: int, seed: int, temperature: 
     return validity_rate(source, gen.sequences)
 
 
-def unseen_prompts(source: Any, demonstrations: Any, n: int, seed: int) -> list[list[int]] | None:
-    """``n`` prompts drawn from ``source`` (with ``seed``) that no demonstration holds, or None when the source
-    has no prompts or too few unseen ones (fewer than ``n`` in ``1000 * n`` draws).
+def unseen_prompts(
+    source: Any, demonstrations: Any, n: int, seed: int, *, min_problems: int = 20
+) -> list[list[int]] | None:
+    """``n`` prompts, each unseen problem asked about equally often (within one), or None.
 
-    Validity on them (``unseen_validity``) measures generalisation to new problems, where ``validity`` on the
-    source's own prompts also rewards answers learned by heart (e.g. arithmetic with few distinct problems).
+    Draws prompts from ``source`` with ``seed`` (at most ``20 * n`` draws, stopping once ``n`` distinct ones are
+    found) and keeps the distinct ones that no demonstration holds, in the order drawn; the ``n`` prompts cycle
+    through them. Validity on them (``unseen_validity``) measures generalisation to new problems, where
+    ``validity`` on the source's own prompts also rewards answers learned by heart (e.g. arithmetic with few
+    distinct problems). None when the source has no prompts or fewer than ``min_problems`` unseen ones were found.
     """
     seen = {tuple(int(t) for t in d.prompt) for d in demonstrations}
     if not any(seen):  # the source has no prompts
         return None
     rng = np.random.default_rng(seed)
-    prompts: list[list[int]] = []
-    for _ in range(1000 * n):
-        prompt = [int(t) for t in source.sample(rng)[0]]
-        if tuple(prompt) not in seen:
-            prompts.append(prompt)
-            if len(prompts) == n:
-                return prompts
-    return None
+    found: dict[tuple[int, ...], None] = {}
+    for _ in range(20 * n):
+        prompt = tuple(int(t) for t in source.sample(rng)[0])
+        if prompt not in seen:
+            found[prompt] = None
+            if len(found) == n:
+                break
+    if len(found) < min_problems:
+        return None
+    problems = [list(p) for p in found]
+    return [problems[k % len(problems)] for k in range(n)]
 
 
 def long_prefixes(

@@ -43,7 +43,7 @@ import json
 import math
 import os
 from collections.abc import Callable, Iterable, Sequence
-from typing import IO, Any
+from typing import IO, Any, TypeGuard
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -617,7 +617,7 @@ def augment(
             out.append(traj)
             continue
         if candidates is not None and _same_uniform_noise(noise_fn, source):
-            drawn = UniformNoise.draw(candidates[chosen], gen)  # as noise_fn would, without recomputing
+            drawn = noise_fn.draw(candidates[chosen], gen)  # as noise_fn would, without recomputing
         else:
             drawn = noise_fn(traj, _readonly(chosen.copy()), gen)
         wrong = _check_noise(drawn, traj, chosen, k)  # (K,)
@@ -642,9 +642,10 @@ def augment(
     return out
 
 
-def _same_uniform_noise(noise_fn: object, source: object) -> bool:
-    """Whether ``noise_fn`` is :class:`UniformNoise` over exactly the candidates :func:`augment` computed."""
-    return isinstance(noise_fn, UniformNoise) and noise_fn.source is source and noise_fn.floor == -math.inf
+def _same_uniform_noise(noise_fn: object, source: object) -> TypeGuard[UniformNoise]:
+    """Whether ``noise_fn`` is a plain :class:`UniformNoise` (not a subclass, which may draw otherwise) over
+    exactly the candidates :func:`augment` computed."""
+    return type(noise_fn) is UniformNoise and noise_fn.source is source and noise_fn.floor == -math.inf
 
 
 def _check_noise(wrong: Any, traj: Trajectory, chosen: np.ndarray, k: int) -> np.ndarray:

@@ -333,24 +333,42 @@ def test_generate_is_reproducible_and_can_forbid_backspace(policy: LMPolicy) -> 
     assert c.sequences == [replay(p, acts, VOCAB) for p, acts in zip([[0], [1, 2]], c.actions)]
 
 
+def test_a_draw_over_some_rows_equals_the_draw_over_the_batch() -> None:
+    """``_draw(x[ix], rows=(ix, B))`` gives each row the action the whole batch's draw gives it, and advances
+    the generator the same way."""
+    from agents.policy import _draw
+
+    x = torch.randn(9, 7, dtype=torch.float64)
+    x[2, 3] = float("-inf")
+    ix = torch.tensor([1, 2, 5, 8])
+    for kw in ({"temp": 1.0, "top_k": None, "top_p": None}, {"temp": 0.7, "top_k": 4, "top_p": 0.9}):
+        g_all, g_some = torch.Generator().manual_seed(11), torch.Generator().manual_seed(11)
+        whole = _draw(x, g_all, **kw)  # type: ignore[arg-type]
+        some = _draw(x[ix], g_some, rows=(ix, 9), **kw)  # type: ignore[arg-type]
+        assert torch.equal(some, whole[ix])
+        assert torch.equal(g_all.get_state(), g_some.get_state())
+
+
 def test_generate_processor_sees_only_the_rows_that_choose(policy: LMPolicy) -> None:
-    """After a backspace only the rows that sample again are drawn (and processed); a processor must keep the
-    shape it is given."""
+    """The first call of a step sees every live row; after a backspace only the rows that backspaced sample
+    again (and are processed); a processor must keep the shape it is given."""
     bias = _backspace_bias(1.0)
-    seen: list[int] = []
+    calls: list[torch.Tensor] = []
 
     def spy(x: torch.Tensor) -> torch.Tensor:
-        seen.append(x.shape[0])
+        calls.append(x.detach().clone())
         return bias(x)
 
     prompts = [[0], [1, 2], [3], [2, 2, 1]]
     gen = policy.generate(
         prompts, max_steps=12, max_length=12, generator=torch.Generator().manual_seed(3), logits_processor=spy
     )
-    assert seen[0] == len(prompts) and min(seen) < len(
-        prompts
-    )  # the first call sees every row, later ones fewer
     assert gen.sequences == [replay(p, a, VOCAB) for p, a in zip(prompts, gen.actions)]
+    assert calls[0].shape[0] == len(prompts)
+    n_actions = sum(len(a) for a in gen.actions)
+    assert sum(c.shape[0] for c in calls) == n_actions  # every row processed once per action it took
+    n_backspaces = sum(a.count(BK) for a in gen.actions)
+    assert n_backspaces > 0 and any(c.shape[0] < len(prompts) for c in calls)
     with pytest.raises(ValueError, match="logits_processor must return a tensor of the shape"):
         policy.generate(prompts, max_steps=5, max_length=10, logits_processor=lambda x: x[:1])
 

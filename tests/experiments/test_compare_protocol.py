@@ -153,17 +153,21 @@ def test_sb3_budget_and_reward_are_stated(tmp_path: Path, monkeypatch: pytest.Mo
     assert "maskable_ppo on the `valid` reward for 128 env steps" in table
 
 
-def test_unseen_prompts_are_prompts_no_demonstration_holds() -> None:
+def test_unseen_prompts_are_distinct_problems_no_demonstration_holds() -> None:
     from seqgym.data import collect
     from seqgym.sources.arithmetic import Arithmetic
     from seqgym.sources.dyck import Dyck
 
-    source = Arithmetic(base=3, n_digits=1)  # 3 * 3 + 6 = 15 distinct problems
-    demos = collect(source, 8, np.random.default_rng(0))
+    source = Arithmetic(base=3, n_digits=2)  # 81 + 45 = 126 distinct problems
+    demos = collect(source, 60, np.random.default_rng(0))
     seen = {tuple(d.prompt.tolist()) for d in demos}
-    prompts = compare.unseen_prompts(source, demos, 50, seed=1)
-    assert prompts is not None and len(prompts) == 50
-    assert not seen & {tuple(p) for p in prompts}
-    assert len({tuple(p) for p in prompts}) > 1  # drawn from the source, not one prompt repeated
-    assert compare.unseen_prompts(source, collect(source, 2000, np.random.default_rng(0)), 5, seed=1) is None
+    prompts = compare.unseen_prompts(source, demos, 200, seed=1, min_problems=20)
+    assert prompts is not None and len(prompts) == 200
+    asked = [tuple(p) for p in prompts]
+    assert not seen & set(asked)
+    counts = np.unique(asked, axis=0, return_counts=True)[1]
+    assert len(counts) >= 20 and counts.max() - counts.min() <= 1  # each unseen problem asked equally often
+    assert compare.unseen_prompts(source, demos, 200, seed=1) == prompts  # seeded
+    everything = collect(source, 5000, np.random.default_rng(0))  # every problem seen
+    assert compare.unseen_prompts(source, everything, 50, seed=1) is None
     assert compare.unseen_prompts(Dyck(2), collect(Dyck(2), 8, np.random.default_rng(0)), 5, seed=1) is None

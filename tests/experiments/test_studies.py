@@ -28,7 +28,6 @@ def test_compare_runs_end_to_end_and_resumes(tmp_path: Path, capsys: pytest.Capt
         n_layer=1,
         n_embd=16,
         batch_size=8,
-        sb3_budget=None,  # the imitation budget
         sb3_n_envs=2,
         sb3_n_steps=64,
         sb3_batch_size=32,
@@ -68,7 +67,9 @@ def test_compare_runs_end_to_end_and_resumes(tmp_path: Path, capsys: pytest.Capt
     assert changed["runs"][0]["validity"] is not None
 
 
-def test_worker_processes_give_the_records_of_one_process(tmp_path: Path) -> None:
+def test_worker_processes_give_the_records_of_one_process(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg = compare.Config(
         agents=("mle", "bc"),
         seeds=(3, 4),
@@ -85,7 +86,9 @@ def test_worker_processes_give_the_records_of_one_process(tmp_path: Path) -> Non
         workers=2,
     )
     two = compare.main(cfg)
+    assert "training 4 runs in 2 worker processes" in capsys.readouterr().out
     one = compare.main(dataclasses.replace(cfg, workers=1, out=tmp_path / "one"))
+    assert "worker processes" not in capsys.readouterr().out
 
     def measured(runs: list[dict[str, object]]) -> str:  # everything but wall times
         return json.dumps([{k: v for k, v in r.items() if "seconds" not in k} for r in runs])

@@ -700,3 +700,17 @@ def test_vocabulary_mismatch_names_the_difference(tmp_path):
     with pytest.raises(FileNotFoundError):
         load_demonstrations(tmp_path / "missing.npz")
     assert zipfile.is_zipfile(path)
+
+
+def test_augment_draws_uniform_noise_as_the_noise_function_would() -> None:
+    """augment's shortcut (the candidates it computed) draws exactly what calling UniformNoise draws."""
+    from seqgym.data import UniformNoise
+    from seqgym.sources.arithmetic import Arithmetic
+    from seqgym.sources.dyck import Dyck
+
+    for src in (Dyck(), Arithmetic(base=5, n_digits=2)):
+        clean = collect(src, 60, np.random.default_rng(0))
+        noise = UniformNoise(src)
+        fast = augment(clean, 0.4, np.random.default_rng(1), "uniform", source=src)
+        slow = augment(clean, 0.4, np.random.default_rng(1), noise.__call__, source=src)  # not the shortcut
+        assert fast == slow and sum(t.n_mistakes for t in fast) > 20

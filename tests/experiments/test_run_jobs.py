@@ -1,0 +1,72 @@
+"""``experiments.common.run_jobs``: cached runs skipped, the rest in this process or in worker processes, records
+in the study's order, and a failing run reported at once with every finished run kept."""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+
+import pytest
+from jobs_helper import fail_or_sleep, square
+
+from experiments.common import Job, RunCache, run_jobs
+from experiments.progress import StudyLog
+
+
+def _log(n: int) -> tuple[StudyLog, io.StringIO]:
+    out = io.StringIO()
+    return StudyLog("t", n, progress=False, stream=out, bar_stream=out, timed=False), out
+
+
+def test_records_keep_the_study_order_and_cached_runs_are_skipped(tmp_path: Path) -> None:
+    cache = RunCache(tmp_path, stamp={"v": "1"})
+    cache.put(
+        "x", 2, {"x": 2, "square": -1, "in_process_bar": False}
+    )  # a cached record is returned as stored
+    jobs = [Job(key=("x", x), label=f"x={x}", args=(x,), cost=float(x)) for x in (1, 2, 3, 4)]
+    log, out = _log(len(jobs))
+    records = run_jobs(square, jobs, cache=cache, log=log, workers=2)
+    assert [r["x"] for r in records] == [1, 2, 3, 4] and records[1]["square"] == -1
+    assert [r["square"] for r in records if r["x"] != 2] == [1, 9, 16]
+    assert not any(r["in_process_bar"] for r in records)  # worker processes draw no bars
+    printed = out.getvalue()
+    assert "cached x=2" in printed and "in 2 worker processes" in printed
+    assert cache.get("x", 3) == {"x": 3, "square": 9, "in_process_bar": False}  # stored as it finished
+    log, out = _log(len(jobs))
+    again = run_jobs(square, jobs, cache=cache, log=log, workers=2)  # everything cached: nothing runs
+    assert again == records and "worker processes" not in out.getvalue()
+
+
+def test_one_worker_runs_in_this_process_with_a_bar(tmp_path: Path) -> None:
+    log, out = _log(2)
+    records = run_jobs(
+        square, [Job(("a",), "a", (5,)), Job(("b",), "b", (6,))], cache=RunCache(tmp_path), log=log
+    )
+    assert [r["square"] for r in records] == [25, 36] and all(r["in_process_bar"] for r in records)
+    assert "training a (run 1 of 2)" in out.getvalue()
+    assert run_jobs(square, [], cache=RunCache(tmp_path), log=log, workers=2) == []
+
+
+def test_a_failing_run_is_reported_at_once_and_finished_runs_stay_cached(tmp_path: Path) -> None:
+    cache = RunCache(tmp_path)
+    # costliest first: the 0-second run and the failing run (1 s) start at once; the 30-second ones never finish
+    jobs = [
+        Job(("ok",), "ok", (0,), cost=3.0),
+        Job(("bad",), "bad", (-1,), cost=2.0),
+        Job(("slow1",), "slow1", (30,), cost=1.0),
+        Job(("slow2",), "slow2", (30,), cost=1.0),
+    ]
+    log, _ = _log(len(jobs))
+    start = time.perf_counter()
+    with pytest.raises(RuntimeError, match="run -1 failed"):
+        run_jobs(fail_or_sleep, jobs, cache=cache, log=log, workers=2)
+    assert time.perf_counter() - start < 25  # it did not wait for the slow runs
+    assert cache.get("ok") == {"x": 0} and cache.get("slow1") is None and cache.get("bad") is None
+
+
+def test_workers_must_be_a_positive_int(tmp_path: Path) -> None:
+    log, _ = _log(0)
+    for bad in (0, -1, True, 1.5):
+        with pytest.raises(ValueError, match="workers must be an int >= 1"):
+            run_jobs(square, [], cache=RunCache(tmp_path), log=log, workers=bad)  # type: ignore[arg-type]

@@ -1,0 +1,20 @@
+"""Module-level run functions for tests of ``experiments.common.run_jobs`` (worker processes import them)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+
+def square(x: int, *, bar: Any = None) -> dict[str, Any]:
+    """A run whose record depends only on its argument."""
+    return {"x": x, "square": x * x, "in_process_bar": bar is not None}
+
+
+def fail_or_sleep(x: int, *, bar: Any = None) -> dict[str, Any]:
+    """``x < 0`` sleeps ``-x`` seconds and raises; otherwise sleeps ``x`` seconds and returns."""
+    if x < 0:
+        time.sleep(-x)
+        raise RuntimeError(f"run {x} failed")
+    time.sleep(x)
+    return {"x": x}
