@@ -105,6 +105,9 @@ def test_sequencematch_bench(tmp_path: Path) -> None:
         assert run["expert_pairs"] >= cfg.budget and run["updates"] > 0
         assert positive(run["expert_pairs_per_s"])
     assert result["training"]["sequencematch"]["generated_tokens"] > 0
+    per_update = {a: r["wall_s"] / r["updates"] for a, r in result["training"].items()}
+    assert result["learn_ratio_per_update"] == pytest.approx(per_update["sequencematch"] / per_update["bc"])
+    assert result["meets_targets"] == (update["ratio"] <= 1.5 and result["learn_ratio_per_update"] <= 1.5)
 
 
 def test_train_throughput(tmp_path: Path) -> None:
