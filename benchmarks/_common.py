@@ -15,9 +15,43 @@ from typing import TYPE_CHECKING, Any, TypeVar
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["cli", "interleaved_times", "load_average", "machine_info", "peak_memory_mb"]
+__all__ = [
+    "cli",
+    "generation_processors",
+    "interleaved_times",
+    "load_average",
+    "machine_info",
+    "peak_memory_mb",
+]
 
 ConfigT = TypeVar("ConfigT")
+
+
+def generation_processors(
+    eos_id: int, backspace_id: int, p_backspace: float
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]:
+    """The two ``logits_processor`` of the generation benchmarks: ``(with_backspace, no_eos)``.
+
+    Both mask eos, so every row writes the requested number of final tokens; ``with_backspace`` also gives
+    ``<backspace>`` probability ``p_backspace`` at every step where it is not masked (a logit equal to the
+    log-sum-exp of the others plus the log-odds). Each treats its ``(R, A)`` rows on their own.
+    """
+    import math
+
+    log_odds = math.log(p_backspace / (1 - p_backspace))
+
+    def with_backspace(logits: torch.Tensor) -> torch.Tensor:
+        logits[:, eos_id] = float("-inf")
+        others = logits.clone()
+        others[:, backspace_id] = float("-inf")
+        logits[:, backspace_id] = others.logsumexp(-1) + log_odds
+        return logits
+
+    def no_eos(logits: torch.Tensor) -> torch.Tensor:
+        logits[:, eos_id] = float("-inf")
+        return logits
+
+    return with_backspace, no_eos
 
 
 def load_average() -> float | None:

@@ -23,7 +23,6 @@ Usage (from the repository root)::
 
 from __future__ import annotations
 
-import math
 import statistics
 import time
 from collections.abc import Callable
@@ -35,7 +34,7 @@ import torch
 
 from agents.common.resolve import resolve_device
 from agents.policy import LMPolicy
-from benchmarks._common import cli, machine_info
+from benchmarks._common import cli, generation_processors, machine_info
 from experiments.common import write_json_atomic
 from seqgym.vocab import Vocabulary
 
@@ -91,19 +90,8 @@ def bench_cell(cfg: Config, policy: LMPolicy, batch: int, device: torch.device) 
     rng = np.random.default_rng(cfg.seed)
     prompts = [rng.integers(0, v.n_tokens, cfg.prompt_length).tolist() for _ in range(batch)]
     bk, eos = v.backspace_id, v.eos_id
-    log_odds = math.log(cfg.p_backspace / (1 - cfg.p_backspace))
     max_length = cfg.prompt_length + cfg.new_tokens
-
-    def with_backspace(logits: torch.Tensor) -> torch.Tensor:
-        logits[:, eos] = float("-inf")
-        others = logits.clone()
-        others[:, bk] = float("-inf")
-        logits[:, bk] = others.logsumexp(-1) + log_odds
-        return logits
-
-    def no_eos(logits: torch.Tensor) -> torch.Tensor:
-        logits[:, eos] = float("-inf")
-        return logits
+    with_backspace, no_eos = generation_processors(eos, bk, cfg.p_backspace)
 
     outs: dict[bool, Any] = {}
 

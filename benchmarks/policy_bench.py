@@ -20,7 +20,6 @@ Usage (from the repository root)::
 
 from __future__ import annotations
 
-import math
 import statistics
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -32,6 +31,7 @@ import torch
 from agents.policy import LMPolicy
 from benchmarks._common import (
     cli,
+    generation_processors,
     interleaved_times,
     load_average,
     machine_info,
@@ -163,19 +163,7 @@ def bench_generation(cfg: Config, policy: LMPolicy, rng: np.random.Generator) ->
     v = policy.vocab
     prompts = [rng.integers(0, v.n_tokens, cfg.prompt_length).tolist() for _ in range(cfg.batch)]
     bk, eos = v.backspace_id, v.eos_id
-    log_odds = math.log(cfg.p_backspace_gen / (1 - cfg.p_backspace_gen))
-
-    def force_backspace(logits: torch.Tensor) -> torch.Tensor:
-        """Backspace gets probability p_backspace_gen where allowed; no eos, so rows write new_tokens."""
-        logits[:, eos] = float("-inf")
-        others = logits.clone()
-        others[:, bk] = float("-inf")
-        logits[:, bk] = others.logsumexp(-1) + log_odds
-        return logits
-
-    def no_eos(logits: torch.Tensor) -> torch.Tensor:
-        logits[:, eos] = float("-inf")
-        return logits
+    force_backspace, no_eos = generation_processors(eos, bk, cfg.p_backspace_gen)
 
     max_length = cfg.prompt_length + cfg.new_tokens
     stats: dict[bool, Any] = {}
