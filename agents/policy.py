@@ -340,7 +340,8 @@ def _draw(
     row gets the action it would get there.
     """
     x = logits.detach().double()  # (B, A)
-    x = (x - x.max(dim=-1, keepdim=True).values) / temp  # row max 0: no overflow at a small temperature
+    if temp != 1.0:  # at temperature 1 the softmax below subtracts the row max itself (the same values)
+        x = (x - x.max(dim=-1, keepdim=True).values) / temp  # row max 0: no overflow at a small temperature
     if deterministic:
         return x.argmax(dim=-1)
     if top_k is not None and top_k < x.shape[-1]:
@@ -1272,24 +1273,29 @@ class LMPolicy(torch.nn.Module):
             # sample until every live row has taken a token (or eos); a row that backspaces samples again
             # at once from the stored logits of its new state
             need = ~done  # (B,)
-            ix = act  # (R,) rows drawn at this call: the live rows, then only those that backspaced
+            # (R,) rows drawn at this call: the live rows (act holds no finished row: see below), then only
+            # those that backspaced and are not done; so every row of ix chooses an action
+            ix = act
             while True:
-                nd, v_ix = need[ix], vis[ix]  # (R,) each
-                frozen = ~backspace_allowed_torch(v_ix, P_t[ix]) | (not allow_backspace)  # (R,)
-                blocked = frozen[:, None] & bk_col  # (R, A) backspace masked
-                at = steps[ix].clamp(max=max_steps - 1)  # (R,)
-                lg = logits[ix]  # (R, A)
+                whole = len(ix) == B  # every row draws: no gather or scatter by row needed
+                if allow_backspace:  # backspace masked at the prompt boundary
+                    v_ix, p_ix = (vis, P_t) if whole else (vis[ix], P_t[ix])
+                    blocked = ~backspace_allowed_torch(v_ix, p_ix)[:, None] & bk_col  # (R, A)
+                else:
+                    blocked = bk_col[None, :]  # (1, A) backspace masked everywhere
+                at = (steps if whole else steps[ix]).clamp(max=max_steps - 1)  # (R,)
+                lg = logits if whole else logits[ix]  # (R, A)
                 if output_logits:
-                    seen[ix, at] = torch.where(nd[:, None], lg.masked_fill(blocked, -math.inf), seen[ix, at])
+                    seen[ix, at] = lg.masked_fill(blocked, -math.inf)
                 if logits_processor is not None:
                     lg = _processed(logits_processor, lg.clone())
                 x = lg.masked_fill(blocked, -math.inf)  # (R, A)
-                unusable = nd & (
-                    (x == -math.inf).all(dim=-1) | (x.isnan() | x.isposinf()).any(dim=-1)
-                )  # (R,)
-                a_ix = _draw(x, generator, temp, top_k, top_p, rows=None if len(ix) == B else (ix, B))  # (R,)
-                a = torch.zeros_like(rows_t).index_copy(0, ix, a_ix)  # (B,) (rows outside ix: not used)
-                history[ix, at] = torch.where(nd, a_ix, history[ix, at])
+                # a row with nothing allowed, a NaN or a +inf logit has a row max that is not finite
+                unusable = ~torch.isfinite(x.amax(dim=-1))  # (R,)
+                a_ix = _draw(x, generator, temp, top_k, top_p, rows=None if whole else (ix, B))  # (R,)
+                # (B,) every row's action (rows outside ix: unused)
+                a = a_ix if whole else torch.zeros_like(rows_t).index_copy(0, ix, a_ix)
+                history[ix, at] = a_ix
                 appends, deletes = step_masks_torch(vis, P_t, a, bk)  # (B,) each
                 is_bk = need & deletes  # (B,) backspace (never at the boundary: masked above)
                 is_tok = need & appends  # (B,) token or eos
@@ -1307,7 +1313,7 @@ class LMPolicy(torch.nn.Module):
                     [need.sum(), (~done).sum(), unusable.any().long()]
                 ).tolist()
                 if no_action:  # raise the message sample_actions gives
-                    check_logits_rows(x[nd])
+                    check_logits_rows(x)
                 if not use_stack or not resample:
                     break
                 # (R,) the rows that sample again, in order, without another synchronisation (R is known)
