@@ -28,27 +28,59 @@ ConfigT = TypeVar("ConfigT")
 
 
 def generation_processors(
-    eos_id: int, backspace_id: int, p_backspace: float
+    policy: Any, prompts: Sequence[Sequence[int]], new_tokens: int, p_backspace: float, *, seed: int = 0
 ) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]:
     """The two ``logits_processor`` of the generation benchmarks: ``(with_backspace, no_eos)``.
 
-    Both mask eos, so every row writes the requested number of final tokens; ``with_backspace`` also gives
-    ``<backspace>`` probability ``p_backspace`` at every step where it is not masked (a logit equal to the
-    log-sum-exp of the others plus the log-odds). Each treats its ``(R, A)`` rows on their own.
+    Both mask eos, so every row writes the requested number of final tokens. ``with_backspace`` also adds one
+    constant to the ``<backspace>`` logit, calibrated on ``policy`` so that backspace has a mean probability of
+    ``p_backspace`` over the states of its own generations (up to 512 states of ``new_tokens``-token
+    continuations of ``prompts``, solved by bisection); the benchmarks report the fraction they got. A constant
+    costs one tensor operation a call, like ``no_eos``: the processors stand in for a model that backspaces by
+    itself, so their own cost should weigh as little as possible on what is timed. Each treats its ``(R, A)``
+    rows on their own.
+
+    Args:
+        policy: the :class:`agents.policy.LMPolicy` being timed.
+        prompts: the benchmark's prompts (ordinary ids), non-empty.
+        new_tokens: final tokens per row of the benchmark.
+        p_backspace: the wanted probability of ``<backspace>``, in (0, 1).
+        seed: seed of the calibration's generation.
     """
-    import math
+    import numpy as np
+    import torch
 
-    log_odds = math.log(p_backspace / (1 - p_backspace))
-
-    def with_backspace(logits: torch.Tensor) -> torch.Tensor:
-        logits[:, eos_id] = float("-inf")
-        others = logits.clone()
-        others[:, backspace_id] = float("-inf")
-        logits[:, backspace_id] = others.logsumexp(-1) + log_odds
-        return logits
+    eos_id, backspace_id = policy.vocab.eos_id, policy.vocab.backspace_id
 
     def no_eos(logits: torch.Tensor) -> torch.Tensor:
         logits[:, eos_id] = float("-inf")
+        return logits
+
+    lengths = [len(p) for p in prompts]
+    g = torch.Generator(device=policy.device).manual_seed(seed)
+    with torch.no_grad():
+        out = policy.generate(
+            prompts,
+            max_steps=new_tokens,
+            max_length=max(lengths) + new_tokens,
+            generator=g,
+            allow_backspace=False,
+            logits_processor=no_eos,
+        )
+        states = [s[:k] for s, n in zip(out.sequences, lengths) for k in range(n + 1, len(s))]
+        pick = np.random.default_rng(seed).permutation(len(states))[:512]
+        logits = policy.state_logits([states[i] for i in pick], [0] * len(pick)).double()  # (S, A)
+    others = logits.clone()
+    others[:, [eos_id, backspace_id]] = float("-inf")
+    gap = others.logsumexp(-1) - logits[:, backspace_id]  # (S,) P(bk) = sigmoid(bias - gap)
+    lo, hi = float(gap.min()) - 20.0, float(gap.max()) + 20.0
+    for _ in range(100):
+        bias = (lo + hi) / 2
+        lo, hi = (bias, hi) if float(torch.sigmoid(bias - gap).mean()) < p_backspace else (lo, bias)
+
+    def with_backspace(logits: torch.Tensor) -> torch.Tensor:
+        logits[:, eos_id] = float("-inf")
+        logits[:, backspace_id] += bias
         return logits
 
     return with_backspace, no_eos

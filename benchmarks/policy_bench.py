@@ -163,7 +163,9 @@ def bench_generation(cfg: Config, policy: LMPolicy, rng: np.random.Generator) ->
     v = policy.vocab
     prompts = [rng.integers(0, v.n_tokens, cfg.prompt_length).tolist() for _ in range(cfg.batch)]
     bk, eos = v.backspace_id, v.eos_id
-    force_backspace, no_eos = generation_processors(eos, bk, cfg.p_backspace_gen)
+    force_backspace, no_eos = generation_processors(
+        policy, prompts, cfg.new_tokens, cfg.p_backspace_gen, seed=cfg.seed
+    )
 
     max_length = cfg.prompt_length + cfg.new_tokens
     stats: dict[bool, Any] = {}

@@ -11,8 +11,17 @@ from typing import Any
 import pytest
 import torch
 
-from benchmarks import env_throughput, policy_bench, scale_bench, sequencematch_bench, train_throughput
-from benchmarks._common import cli
+from agents.policy import LMPolicy
+from benchmarks import (
+    env_throughput,
+    generation_bench,
+    policy_bench,
+    scale_bench,
+    sequencematch_bench,
+    train_throughput,
+)
+from benchmarks._common import cli, generation_processors
+from seqgym.vocab import Vocabulary
 
 
 @pytest.fixture(autouse=True)
@@ -47,6 +56,37 @@ def test_env_throughput(tmp_path: Path) -> None:
     assert all(positive(r["steps_per_s"]) for r in result["results"])
     assert set(result["speedup_native_over_sync"]) == {"dyck @ 1", "dyck @ 4"}
     assert all(positive(x) for x in result["speedup_native_over_sync"].values())
+
+
+def test_generation_processors_give_the_asked_backspace_rate() -> None:
+    vocab = Vocabulary([f"t{i}" for i in range(40)], separator=" ")
+    policy = LMPolicy.from_config(vocab, n_layer=1, n_embd=32, n_head=2, n_positions=64, seed=0)
+    prompts = [[i % 40, (3 * i) % 40] for i in range(64)]
+    with_backspace, no_eos = generation_processors(policy, prompts, 20, 0.1)
+    g = torch.Generator().manual_seed(1)
+    out = policy.generate(prompts, max_steps=200, max_length=22, generator=g, logits_processor=with_backspace)
+    actions = [a for row in out.actions for a in row]
+    assert vocab.eos_id not in actions  # eos masked: every row writes its 20 tokens
+    assert all(len(s) == 22 for s in out.sequences)
+    assert abs(actions.count(vocab.backspace_id) / len(actions) - 0.1) < 0.03
+    plain = policy.generate(prompts, max_steps=20, max_length=22, generator=g, logits_processor=no_eos)
+    assert all(len(a) == 20 and vocab.eos_id not in a for a in plain.actions)
+
+
+def test_generation_bench(tmp_path: Path) -> None:
+    out = tmp_path / "generation.json"
+    cfg = generation_bench.Config(
+        sizes=("1x32",), batches=(1, 4), n_tokens=16, prompt_length=2, new_tokens=6, repeats=1, out=str(out)
+    )
+    result = saved(out, generation_bench.main(cfg))
+    assert [(c["size"], c["batch"]) for c in result["results"]] == [("1x32", 1), ("1x32", 4)]
+    for c in result["results"]:
+        assert c["final_tokens"] == c["batch"] * 6
+        assert all(positive(x) for x in c["final_tokens_per_s"].values())
+        assert c["forward_steps"] >= 6 and c["forward_steps_per_final_token"] == c["forward_steps"] / 6
+    assert result["meets_targets"] == all(
+        c["ratio_no_backspace"] >= 1.0 and c["ratio_backspace"] >= 0.95 for c in result["results"]
+    )
 
 
 def test_policy_bench(tmp_path: Path) -> None:
