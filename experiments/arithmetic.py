@@ -27,6 +27,7 @@ from experiments.common import (
     RunCache,
     check_int,
     check_number,
+    check_seeds,
     format_table,
     mean_std,
     run_cli,
@@ -35,7 +36,7 @@ from experiments.common import (
     summarize,
     write_json_atomic,
 )
-from experiments.compare import NOT_IN_RUN, check_seeds, check_source, run_one
+from experiments.compare import NOT_IN_RUN, check_source, run_one
 from experiments.compare import Config as CompareConfig
 from experiments.gallery import write_gallery
 from experiments.progress import StudyLog

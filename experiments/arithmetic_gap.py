@@ -27,10 +27,12 @@ import torch
 
 from agents.bc import BC
 from experiments.common import (
+    AgentSettings,
     ConfigError,
     Job,
     RunCache,
     check_int,
+    check_seeds,
     run_cli,
     run_jobs,
     run_stamp,
@@ -70,8 +72,11 @@ class MaskedBC(BC):
 
 
 @dataclasses.dataclass
-class Config:
-    """Train MLE, BC (p_noise=0) and BC with backspace masked on arithmetic, paired by seed."""
+class Config(AgentSettings):
+    """Train MLE, BC (p_noise=0) and BC with backspace masked on arithmetic, paired by seed.
+
+    The model, the batch and the learning rate are the shared :class:`~experiments.common.AgentSettings` (with
+    ``experiments.arithmetic``'s data and batch); no SequenceMatch trains here, so ``--sm-*`` flags are refused."""
 
     seeds: tuple[int, ...] = (20, 21, 22, 23, 24, 25, 26, 27)
     """Seeds (none of them used by another table)."""
@@ -84,44 +89,24 @@ class Config:
     budget: int = 300_000
     """(state, action) pairs per run (as ``experiments.arithmetic``)."""
     n_demonstrations: int = 5_000
-    """Demonstrations per seed."""
+    """Demonstrations per seed (as ``experiments.arithmetic``)."""
     batch_size: int = 64
-    """Trajectories per update."""
-    learning_rate: float = 3e-3
-    """Learning rate."""
-    n_layer: int = 2
-    """Transformer layers."""
-    n_embd: int = 64
-    """Width."""
+    """Trajectories per update (as ``experiments.arithmetic``)."""
     n_eval: int = 2_000
     """Test problems per run."""
-    threads: int = 1
-    """torch CPU threads per run."""
     workers: int = 2
     """Runs trained at once (one process each)."""
     out: Path = Path("results/arithmetic_gap")
     """Output folder."""
-    resume: bool = True
-    """Reuse finished runs cached under out/runs."""
-    progress: bool = True
-    """Show a progress bar per run when runs go one after another (``--workers 1``)."""
 
     def check(self) -> None:
-        for name in (
-            "budget",
-            "n_demonstrations",
-            "batch_size",
-            "n_layer",
-            "n_embd",
-            "n_eval",
-            "threads",
-            "workers",
-        ):
+        super().check()
+        self.refuse_sequencematch_overrides("this study trains MLE and BC only")
+        for name in ("budget", "n_eval", "workers"):
             check_int(name, getattr(self, name))
         check_int("base", self.base, low=2)
         check_int("n_digits", self.n_digits)
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise ConfigError(f"--seeds must be distinct and non-empty, got {list(self.seeds)}.")
+        check_seeds(self.seeds)
         bad = [v for v in self.variants if v not in VARIANTS]
         if bad or not self.variants:
             raise ConfigError(f"--variants must be among {VARIANTS}, got {list(self.variants)}.")
@@ -140,13 +125,7 @@ def run_one(cfg: Config, variant: str, seed: int, *, bar: RunBar | None = None) 
     with torch_threads(cfg.threads):
         torch.manual_seed(seed)
         demos = collect(source, cfg.n_demonstrations, np.random.default_rng(10_000 + seed))
-        kw: dict[str, Any] = {
-            "learning_rate": cfg.learning_rate,
-            "batch_size": cfg.batch_size,
-            "policy_kwargs": {"n_layer": cfg.n_layer, "n_embd": cfg.n_embd, "n_head": 2},
-        }
-        if variant != "mle":
-            kw["p_noise"] = 0.0
+        kw = cfg.agent_kwargs("mle" if variant == "mle" else "bc", p_noise=0.0)
         if variant == "bc_masked":
             agent: Any = MaskedBC(env=env, demonstrations=demos, seed=seed, **kw)
         else:

@@ -112,6 +112,16 @@ def check_int(name: str, value: object, *, low: int = 1, high: int | None = None
         raise ConfigError(f"{flag(name)} must be an int {bound}, got {value!r}.")
 
 
+def check_seeds(seeds: tuple[int, ...]) -> None:
+    """Raise :class:`ConfigError` unless ``seeds`` are distinct ints >= 0 (at least one)."""
+    if not seeds:
+        raise ConfigError("--seeds is empty; give at least one seed.")
+    for s in seeds:
+        check_int("seeds", s, low=0)
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds lists a seed twice: {list(seeds)}.")
+
+
 def check_number(
     name: str,
     value: object,
@@ -273,6 +283,22 @@ class AgentSettings:
             for name in SEQUENCEMATCH_FIELDS
             if getattr(self, "sm_" + name) is not None
         }
+
+    def refuse_sequencematch_overrides(self, why: str) -> None:
+        """Raise :class:`ConfigError` naming every ``--sm-*`` flag that is set, for a study whose SequenceMatch
+        settings are its own or that trains no SequenceMatch (``why`` says which).
+
+        Example:
+            >>> AgentSettings(sm_alpha=0.1).refuse_sequencematch_overrides("this study trains none")
+            Traceback (most recent call last):
+            ...
+            experiments.common.ConfigError: --sm-alpha does not apply: this study trains none.
+        """
+        given = [
+            flag("sm_" + name) for name in SEQUENCEMATCH_FIELDS if getattr(self, "sm_" + name) is not None
+        ]
+        if given:
+            raise ConfigError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply: {why}.")
 
     def check(self) -> None:
         """Raise :class:`ConfigError` (naming the flag) for any invalid field.

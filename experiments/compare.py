@@ -47,6 +47,7 @@ from experiments.common import (
     RunCache,
     check_int,
     check_number,
+    check_seeds,
     format_table,
     run_cli,
     run_jobs,
@@ -222,16 +223,6 @@ class Config(AgentSettings):
             raise ConfigError(f"--sb3-pooling must be gru or mean, got {self.sb3_pooling!r}.")
         if not isinstance(self.out, (str, Path)) or str(self.out) == "":
             raise ConfigError(f"--out must be a folder, got {self.out!r}.")
-
-
-def check_seeds(seeds: tuple[int, ...]) -> None:
-    """Raise :class:`ConfigError` unless ``seeds`` are distinct ints >= 0 (at least one)."""
-    if not seeds:
-        raise ConfigError("--seeds is empty; give at least one seed.")
-    for s in seeds:
-        check_int("seeds", s, low=0)
-    if len(set(seeds)) != len(seeds):
-        raise ConfigError(f"--seeds lists a seed twice: {list(seeds)}.")
 
 
 def check_source(task: str, source_kwargs: dict[str, int]) -> None:

@@ -19,10 +19,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from stable_baselines3.common.callbacks import BaseCallback
+
 from experiments.common import (
+    AgentSettings,
+    ConfigError,
     Job,
     RunCache,
     check_int,
+    check_number,
+    check_seeds,
     format_table,
     run_cli,
     run_jobs,
@@ -45,8 +51,11 @@ ARMS = (
 
 
 @dataclasses.dataclass
-class Config:
-    """Fine-tune MLE with BC and SequenceMatch, against both trained from scratch for the same total budget."""
+class Config(AgentSettings):
+    """Fine-tune MLE with BC and SequenceMatch, against both trained from scratch for the same total budget.
+
+    The model, the batch, the from-scratch learning rate and any SequenceMatch override are the shared
+    :class:`~experiments.common.AgentSettings`."""
 
     task: str = "dyck"
     """Toy task: dyck (or mirror, where a later token is forced by a far earlier one)."""
@@ -56,35 +65,46 @@ class Config:
     """(state, action) pairs of MLE before fine-tuning."""
     finetune: int = 100_000
     """(state, action) pairs of each fine-tuning run (from scratch: pretrain + finetune)."""
-    n_demonstrations: int = 1_000
-    """Demonstrations per seed."""
     p_noise: float = 0.1
     """Backspace augmentation of BC and SequenceMatch."""
     n_eval: int = 2_000
     """Samples per evaluation batch."""
-    learning_rate: float = 3e-3
-    """Learning rate from scratch."""
     finetune_learning_rate: float = 1e-3
     """Learning rate of fine-tuning."""
     workers: int = 2
-    """Seeds trained at once (one process each, one torch thread each)."""
+    """Seeds trained at once (one process each)."""
     out: Path = Path("results/finetune")
     """Output folder."""
-    resume: bool = True
-    """Reuse finished runs cached under out/runs."""
 
     def check(self) -> None:
-        from experiments.common import ConfigError
-
-        for name in ("pretrain", "finetune", "n_demonstrations", "n_eval", "workers"):
+        super().check()
+        for name in ("pretrain", "finetune", "n_eval", "workers"):
             check_int(name, getattr(self, name))
+        check_seeds(self.seeds)
+        check_number("p_noise", self.p_noise, low=0.0, high=1.0)
+        check_number("finetune_learning_rate", self.finetune_learning_rate, low=0.0, low_open=True)
         if self.task not in TASKS:
             raise ConfigError(f"--task must be one of {list(TASKS)}, got {self.task!r}.")
 
+    def seed_steps(self) -> int:
+        """Training steps of every arm of one seed together (its progress bar's total)."""
+        return self.pretrain + 3 * self.finetune + 2 * (self.pretrain + self.finetune)
+
+
+class _Steps(BaseCallback):
+    """Reports ``offset`` + the agent's steps to a seed's :class:`RunBar` (one bar follows all its arms)."""
+
+    def __init__(self, bar: RunBar, offset: int) -> None:
+        super().__init__()
+        self.bar, self.offset = bar, offset
+
+    def _on_step(self) -> bool:
+        self.bar.update(self.offset + self.num_timesteps)
+        return True
+
 
 def run_seed(cfg: Config, seed: int, *, bar: RunBar | None = None) -> dict[str, Any]:
-    """Every arm for one seed: ``{"arms": [record per arm]}`` (``bar`` is not used: a seed's arms have no
-    single budget to follow)."""
+    """Every arm for one seed: ``{"arms": [record per arm]}``; ``bar`` follows the steps of all of them."""
     import gymnasium as gym
 
     from agents import make_agent
@@ -92,35 +112,45 @@ def run_seed(cfg: Config, seed: int, *, bar: RunBar | None = None) -> dict[str, 
 
     env = gym.make(TASKS[cfg.task])
     source = env.unwrapped.source  # type: ignore[attr-defined]
-    model: dict[str, Any] = {"policy_kwargs": {"n_layer": 2, "n_embd": 64, "n_head": 2}}
-    common: dict[str, Any] = {"n_demonstrations": cfg.n_demonstrations, "batch_size": 16}
+    done = 0
+
+    def learn(agent: Any, budget: int) -> Any:
+        nonlocal done
+        agent.learn(budget, callback=None if bar is None else _Steps(bar, done))
+        done += budget
+        return agent
+
+    def p_noise(agent_name: str) -> float | None:
+        return None if agent_name == "mle" else cfg.p_noise
+
     out = []
-    with torch_threads(1):
+    with torch_threads(cfg.threads):
         start = time.perf_counter()
-        mle = make_agent("mle", env=env, seed=seed, learning_rate=cfg.learning_rate, **common, **model)
-        mle.learn(cfg.pretrain)
+        mle = make_agent(
+            "mle", env=env, seed=seed, n_demonstrations=cfg.n_demonstrations, **cfg.agent_kwargs("mle")
+        )
+        learn(mle, cfg.pretrain)
         demos = mle.demonstrations
         arms: dict[str, Any] = {}
-        ft: dict[str, Any] = {"learning_rate": cfg.finetune_learning_rate, **common}
         for name, agent_name in (
             ("mle (continued)", "mle"),
             ("bc from mle", "bc"),
             ("sequencematch from mle", "sequencematch"),
         ):
-            kw: dict[str, Any] = dict(ft) if agent_name == "mle" else {**ft, "p_noise": cfg.p_noise}
+            kw = cfg.agent_kwargs(
+                agent_name,
+                p_noise=p_noise(agent_name),
+                learning_rate=cfg.finetune_learning_rate,
+                with_policy_kwargs=False,
+            )
             agent = make_agent(
                 agent_name, env=env, seed=seed, demonstrations=demos, policy=copy.deepcopy(mle.policy), **kw
             )
-            arms[name] = agent.learn(cfg.finetune)
+            arms[name] = learn(agent, cfg.finetune)
         for name, agent_name in (("bc from scratch", "bc"), ("sequencematch from scratch", "sequencematch")):
-            kw = {
-                "learning_rate": cfg.learning_rate,
-                **common,
-                **model,
-                "p_noise": cfg.p_noise,
-            }  # from scratch
+            kw = cfg.agent_kwargs(agent_name, p_noise=cfg.p_noise)
             agent = make_agent(agent_name, env=env, seed=seed, demonstrations=demos, **kw)
-            arms[name] = agent.learn(cfg.pretrain + cfg.finetune)
+            arms[name] = learn(agent, cfg.pretrain + cfg.finetune)
         seconds = time.perf_counter() - start
         for name in ARMS:
             m = evaluate_recovery(arms[name], source, n=cfg.n_eval, seed=seed + 1)
@@ -132,8 +162,11 @@ def main(cfg: Config) -> dict[str, Any]:
     cfg.check()
     stamp = run_stamp(cfg, ignore=("seeds", "workers", "out", "resume"))
     cache = RunCache(cfg.out / "runs", enabled=cfg.resume, stamp=stamp)
-    jobs = [Job(key=("seed", seed), label=f"seed {seed} (every arm)", args=(cfg, seed)) for seed in cfg.seeds]
-    log = StudyLog("finetune", len(jobs), progress=False)
+    jobs = [
+        Job(key=("seed", seed), label=f"seed {seed} (every arm)", args=(cfg, seed), total=cfg.seed_steps())
+        for seed in cfg.seeds
+    ]
+    log = StudyLog("finetune", len(jobs), progress=cfg.progress)
     rows = [
         r for rec in run_jobs(run_seed, jobs, cache=cache, log=log, workers=cfg.workers) for r in rec["arms"]
     ]

@@ -23,9 +23,13 @@ from typing import Any
 import numpy as np
 
 from experiments.common import (
+    AgentSettings,
+    ConfigError,
     Job,
     RunCache,
     check_int,
+    check_number,
+    check_seeds,
     format_table,
     run_cli,
     run_jobs,
@@ -79,8 +83,11 @@ SETTINGS: dict[str, tuple[str, dict[str, Any]]] = {
 
 
 @dataclasses.dataclass
-class Config:
-    """Sweep SequenceMatch settings on the development language and seeds."""
+class Config(AgentSettings):
+    """Sweep SequenceMatch settings on the development language and seeds.
+
+    The model, the batch and the learning rate are the shared :class:`~experiments.common.AgentSettings`; the
+    SequenceMatch hyperparameters are each setting's own (:data:`SETTINGS`), so ``--sm-*`` flags are refused."""
 
     seeds: tuple[int, ...] = (1000, 1001)
     """Development seeds (never used by a reported table)."""
@@ -88,36 +95,26 @@ class Config:
     """Which settings to run (names of SETTINGS)."""
     budget: int = 150_000
     """(state, action) pairs per run."""
-    n_demonstrations: int = 1_000
-    """Demonstrations per seed."""
     p_noise: float = 0.1
     """Backspace augmentation of BC and SequenceMatch."""
     n_eval: int = 2_000
     """Samples per run for validity."""
-    learning_rate: float = 3e-3
-    """Learning rate of every agent."""
-    batch_size: int = 16
-    """Trajectories per update."""
-    n_layer: int = 2
-    """Transformer layers of the LM policy."""
-    n_embd: int = 64
-    """Width of the LM policy."""
     workers: int = 2
-    """Runs trained at once (one process each, one torch thread each)."""
+    """Runs trained at once (one process each)."""
     out: Path = Path("results/sweep")
     """Output folder."""
-    resume: bool = True
-    """Reuse finished runs cached under out/runs."""
-    progress: bool = True
-    """Show a progress bar per run when runs go one after another (``--workers 1``)."""
 
     def check(self) -> None:
-        for name in ("budget", "n_demonstrations", "n_eval", "batch_size", "n_layer", "n_embd", "workers"):
+        super().check()
+        self.refuse_sequencematch_overrides("each sweep setting sets SequenceMatch's hyperparameters itself")
+        for name in ("budget", "n_eval", "workers"):
             check_int(name, getattr(self, name))
+        check_seeds(self.seeds)
+        check_number("p_noise", self.p_noise, low=0.0, high=1.0)
+        if not self.settings:
+            raise ConfigError(f"--settings is empty; choose from {list(SETTINGS)}.")
         unknown = [s for s in self.settings if s not in SETTINGS]
         if unknown:
-            from experiments.common import ConfigError
-
             raise ConfigError(f"Unknown --settings {unknown}; choose from {list(SETTINGS)}.")
 
 
@@ -131,16 +128,12 @@ def run_one(cfg: Config, setting: str, seed: int, *, bar: RunBar | None = None) 
 
     agent_name, extra = SETTINGS[setting]
     env = gym.make("seqgym/Markov-v0", **DEV_SOURCE)
-    kw: dict[str, Any] = {
+    kw = {
         "n_demonstrations": cfg.n_demonstrations,
-        "learning_rate": cfg.learning_rate,
-        "batch_size": cfg.batch_size,
-        "policy_kwargs": {"n_layer": cfg.n_layer, "n_embd": cfg.n_embd, "n_head": 2},
+        **cfg.agent_kwargs(agent_name, p_noise=None if agent_name == "mle" else cfg.p_noise),
         **extra,
     }
-    if agent_name != "mle":
-        kw["p_noise"] = cfg.p_noise
-    with torch_threads(1):
+    with torch_threads(cfg.threads):
         start = time.perf_counter()
         agent = make_agent(agent_name, env=env, seed=seed, **kw)
         agent.learn(cfg.budget, callback=None if bar is None else bar.callback())

@@ -196,3 +196,80 @@ def test_write_json_atomic_replaces_whole_files_with_plain_permissions(tmp_path:
     reference = tmp_path / "plain"
     reference.write_text("")
     assert path.stat().st_mode == reference.stat().st_mode
+
+
+def test_finetune_runs_every_arm_from_one_mle_model_and_resumes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from experiments import finetune
+
+    cfg = finetune.Config(
+        seeds=(0,),
+        pretrain=96,
+        finetune=64,
+        n_demonstrations=16,
+        n_eval=8,
+        n_layer=1,
+        n_embd=16,
+        batch_size=4,
+        workers=1,
+        out=tmp_path,
+        **TINY_SM,
+    )
+    summary = finetune.main(cfg)
+    assert set(summary) == set(finetune.ARMS)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert [r["arm"] for r in saved["runs"]] == list(finetune.ARMS)
+    for rec in saved["runs"]:
+        assert 0.0 <= rec["validity"] <= 1.0 and rec["seed"] == 0
+        if rec["arm"] == "mle (continued)":
+            assert rec["backspace_first"] == 0.0  # MLE never backspaces
+    out = capsys.readouterr().out
+    assert "| sequencematch from mle |" in (tmp_path / "table.md").read_text()
+    # one bar follows every arm of the seed: 96 + 3 * 64 fine-tuning + 2 * 160 from scratch
+    assert "seed 0 (every arm): 608 / 608 steps (100%)" in out
+    again = finetune.main(cfg)  # every seed comes from the cache
+    assert again == summary
+    assert "[finetune] cached seed 0" in capsys.readouterr().out
+
+
+def test_sweep_trains_each_setting_with_its_own_sequencematch_hyperparameters(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agents import make_agent
+    from experiments import sweep
+
+    built: list[tuple[str, dict[str, object]]] = []
+
+    def spy(name: str, **kwargs: object) -> object:
+        built.append((name, kwargs))
+        return make_agent(name, **kwargs)
+
+    monkeypatch.setattr("agents.make_agent", spy)
+    chosen, iq = "α=0.01 (c/α=50): chosen", "terminal=iq (α=0.1)"
+    cfg = sweep.Config(
+        settings=("bc", chosen, iq),
+        seeds=(0,),
+        budget=64,
+        n_demonstrations=8,
+        n_eval=8,
+        n_layer=1,
+        n_embd=16,
+        batch_size=4,
+        workers=1,
+        progress=False,
+        out=tmp_path,
+    )
+    sweep.main(cfg)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert [r["setting"] for r in saved["runs"]] == ["bc", chosen, iq]
+    assert all(0.0 <= r["validity"] <= 1.0 for r in saved["runs"])
+    kinds = {name for name, _ in built}
+    assert kinds == {"bc", "sequencematch"}
+    sm = [kw for name, kw in built if name == "sequencematch"]
+    assert [(kw["alpha"], kw["terminal"]) for kw in sm] == [(0.01, "absorbing"), (0.1, "iq")]
+    assert all(
+        kw["batch_size"] == 4 and kw["policy_kwargs"] == {"n_layer": 1, "n_embd": 16, "n_head": 2}
+        for _, kw in built
+    )
+    assert (tmp_path / "table.md").exists()

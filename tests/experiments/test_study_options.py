@@ -14,10 +14,17 @@ from pathlib import Path
 
 import pytest
 
-from experiments import arithmetic, compare, text
+from experiments import arithmetic, arithmetic_gap, compare, finetune, sweep, text
 from experiments.common import AgentSettings, ConfigError, run_cli
 
-STUDIES = {"compare": compare, "arithmetic": arithmetic, "text": text}
+STUDIES = {
+    "compare": compare,
+    "arithmetic": arithmetic,
+    "text": text,
+    "finetune": finetune,
+    "sweep": sweep,
+    "arithmetic_gap": arithmetic_gap,
+}
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -30,6 +37,9 @@ def nothing_runs(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(compare, "_run_one", refuse)
     monkeypatch.setattr(text, "_trained", refuse)
+    monkeypatch.setattr(finetune, "run_seed", refuse)
+    monkeypatch.setattr(sweep, "run_one", refuse)
+    monkeypatch.setattr(arithmetic_gap, "run_one", refuse)
 
 
 BAD = [
@@ -61,6 +71,22 @@ BAD = [
     ("text", ["--top-p", "0"], "--top-p must be a number in (0.0, 1.0]"),
     ("text", ["--n-head", "5"], "--n-embd (192) must be a multiple of --n-head (5)"),
     ("text", ["--finetune-budget", "0"], "--finetune-budget must be an int >= 1"),
+    ("finetune", ["--pretrain", "0"], "--pretrain must be an int >= 1"),
+    ("finetune", ["--task", "markov"], "--task must be one of ['dyck', 'mirror']"),
+    ("finetune", ["--seeds", "3", "3"], "--seeds lists a seed twice"),
+    ("finetune", ["--p-noise", "2"], "--p-noise must be a number in [0.0, 1.0]"),
+    ("finetune", ["--finetune-learning-rate", "0"], "--finetune-learning-rate must be a number > 0.0"),
+    ("finetune", ["--n-embd", "63"], "--n-embd (63) must be a multiple of --n-head (2)"),
+    ("sweep", ["--sm-alpha", "0.1"], "--sm-alpha does not apply: each sweep setting sets"),
+    ("sweep", ["--settings", "nope"], "Unknown --settings ['nope']"),
+    ("sweep", ["--batch-size", "0"], "--batch-size must be an int >= 1"),
+    (
+        "arithmetic_gap",
+        ["--sm-chi2-coef", "1", "--sm-terminal", "iq"],
+        "--sm-chi2-coef, --sm-terminal do not",
+    ),
+    ("arithmetic_gap", ["--variants", "ppo"], "--variants must be among"),
+    ("arithmetic_gap", ["--seeds"], "--seeds is empty"),
 ]
 
 
