@@ -43,7 +43,7 @@ import json
 import math
 import os
 from collections.abc import Callable, Iterable, Sequence
-from typing import IO, Any, TypeGuard
+from typing import IO, Any
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -497,6 +497,14 @@ class UniformNoise:
             return uniform_noise(trajectory, positions, rng)
         return self.draw(mistake_candidates(trajectory, positions, self.source, floor=self.floor), rng)
 
+    def from_candidates(
+        self, trajectory: Trajectory, positions: np.ndarray, candidates: np.ndarray, rng: np.random.Generator
+    ) -> np.ndarray:
+        """What ``self(trajectory, positions, rng)`` returns, given the :func:`mistake_candidates` of
+        ``positions`` (bool ``(K, n_tokens)``, computed with this noise's ``source`` and ``floor``), which
+        :func:`augment` has already computed: int64 ``(K,)``."""
+        return self.draw(candidates, rng)
+
     @staticmethod
     def draw(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """One token per row of ``mask`` (bool ``(K, n_tokens)``: the candidates), uniform over its candidates:
@@ -616,8 +624,9 @@ def augment(
         if K == 0:
             out.append(traj)
             continue
-        if candidates is not None and _same_uniform_noise(noise_fn, source):
-            drawn = noise_fn.draw(candidates[chosen], gen)  # as noise_fn would, without recomputing
+        reuse = _candidate_draw(noise_fn, source) if candidates is not None else None
+        if reuse is not None and candidates is not None:  # as noise_fn would, without recomputing them
+            drawn = reuse(traj, _readonly(chosen.copy()), candidates[chosen], gen)
         else:
             drawn = noise_fn(traj, _readonly(chosen.copy()), gen)
         wrong = _check_noise(drawn, traj, chosen, k)  # (K,)
@@ -642,10 +651,17 @@ def augment(
     return out
 
 
-def _same_uniform_noise(noise_fn: object, source: object) -> TypeGuard[UniformNoise]:
-    """Whether ``noise_fn`` is a plain :class:`UniformNoise` (not a subclass, which may draw otherwise) over
-    exactly the candidates :func:`augment` computed."""
-    return type(noise_fn) is UniformNoise and noise_fn.source is source and noise_fn.floor == -math.inf
+def _candidate_draw(noise_fn: object, source: object) -> Callable[..., np.ndarray] | None:
+    """``noise_fn.from_candidates`` where it returns what ``noise_fn`` itself would from the candidates
+    :func:`augment` computed: the class that defines its ``__call__`` also defines ``from_candidates`` (so a
+    subclass that draws otherwise is called as it is), and its ``source`` and ``floor`` are augment's."""
+    owner = next((k for k in type(noise_fn).__mro__ if "__call__" in vars(k)), None)
+    if owner is None or "from_candidates" not in vars(owner):
+        return None
+    if getattr(noise_fn, "source", None) is not source or getattr(noise_fn, "floor", None) != -math.inf:
+        return None
+    draw: Callable[..., np.ndarray] = noise_fn.from_candidates  # type: ignore[attr-defined]
+    return draw
 
 
 def _check_noise(wrong: Any, traj: Trajectory, chosen: np.ndarray, k: int) -> np.ndarray:

@@ -222,6 +222,16 @@ class ModelNoise:
                 self._cache[id(t)] = (t, lg)
 
     def __call__(self, trajectory: Trajectory, positions: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        pos = np.array(positions, dtype=np.int64)  # a writable copy
+        candidates = mistake_candidates(trajectory, pos, self.source, floor=self.floor)
+        return self.from_candidates(trajectory, pos, candidates, rng)
+
+    def from_candidates(
+        self, trajectory: Trajectory, positions: np.ndarray, candidates: np.ndarray, rng: np.random.Generator
+    ) -> np.ndarray:
+        """What ``self(trajectory, positions, rng)`` returns, given the :func:`~seqgym.data.mistake_candidates`
+        of ``positions`` (bool ``(K, n_tokens)``, with this noise's ``source`` and ``floor``), as
+        :func:`~seqgym.data.augment` passes them once it has computed them: int64 ``(K,)``."""
         hit = self._cache.get(id(trajectory))
         logits = hit[1] if hit is not None and hit[0] is trajectory else self._token_logits([trajectory])[0]
         pos = np.array(positions, dtype=np.int64)  # a writable copy
@@ -235,9 +245,10 @@ class ModelNoise:
         rows = torch.from_numpy(pos).to(logits.device)
         p = torch.softmax(logits[rows].double() / self.temperature, dim=-1).cpu().numpy()  # (K, n_tokens)
         # only real mistakes: the tokens the source rules out there, else never the expert's own token
-        flat = mistake_candidates(trajectory, pos, self.source, floor=self.floor).astype(np.float64)
+        flat = np.array(candidates, dtype=np.float64)  # (K, n_tokens), a copy
         empty = flat.sum(axis=1) == 0  # the source rules nothing out here: any token but the expert's
-        flat[empty] = mistake_candidates(trajectory, pos[empty], None)
+        if empty.any():
+            flat[empty] = mistake_candidates(trajectory, pos[empty], None)
         p = p * flat
         total = p.sum(axis=1, keepdims=True)  # (K, 1)
         # a row with no probability left (the model is sure of the expert's token): uniform over the others

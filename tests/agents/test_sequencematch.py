@@ -757,6 +757,38 @@ def test_model_noise_samples_the_models_mistakes_in_one_forward():
     assert policy.calls == 2  # an unprepared trajectory costs its own forward
 
 
+def test_augment_reuses_its_candidates_for_model_noise_and_draws_the_same(monkeypatch):
+    """With a source, augment passes the mistake candidates it computed to ModelNoise.from_candidates
+    (no second pass over the source) and gets what calling the noise would give; a subclass that overrides
+    ``__call__`` alone is called as it is."""
+    import seqgym.data as data
+    from seqgym.sources.dyck import Dyck
+
+    src = Dyck()
+    clean = data.collect(src, 40, np.random.default_rng(0))
+    policy = LMPolicy.from_config(src.vocab, n_layer=1, n_embd=16, n_head=2, n_positions=64, seed=0)
+    noise = ModelNoise(policy, source=src)
+    calls = []
+    real = data.mistake_candidates
+    monkeypatch.setattr(data, "mistake_candidates", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr("agents.common.noise.mistake_candidates", data.mistake_candidates)
+
+    class Direct(ModelNoise):
+        def __call__(self, trajectory, positions, rng):  # draws otherwise as far as augment can tell
+            return super().__call__(trajectory, positions, rng)
+
+    noise.prepare(clean)
+    fast = augment(clean, 0.4, np.random.default_rng(1), noise, source=src)
+    n_fast = len(calls)
+    direct = Direct(policy, source=src)
+    direct.prepare(clean)
+    slow = augment(clean, 0.4, np.random.default_rng(1), direct, source=src)
+    assert fast == slow and sum(t.n_mistakes for t in fast) > 20
+    assert n_fast == len(clean)  # one candidate pass per trajectory, by augment
+    assert len(calls) - n_fast > len(clean)  # the direct calls compute them again
+    assert data.inserted_allowed_share(fast, src) == 0.0
+
+
 def test_model_noise_agent_trains():
     agent = tiny_agent(noise="model", p_noise=0.5, bc_warmup_steps=1, replay_size=8)
     agent.train(n_batches=2)
