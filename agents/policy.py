@@ -340,7 +340,8 @@ def _draw(
     row gets the action it would get there.
     """
     x = logits.detach().double()  # (B, A)
-    if temp != 1.0:  # at temperature 1 the softmax below subtracts the row max itself (the same values)
+    if temp != 1.0 or top_k is not None or top_p is not None:
+        # (at temperature 1 without top-k / top-p the softmax below subtracts the row max itself: same values)
         x = (x - x.max(dim=-1, keepdim=True).values) / temp  # row max 0: no overflow at a small temperature
     if deterministic:
         return x.argmax(dim=-1)

@@ -68,6 +68,7 @@ def generation_processors(
             logits_processor=no_eos,
         )
         states = [s[:k] for s, n in zip(out.sequences, lengths) for k in range(n + 1, len(s))]
+        states = states or [list(s) for s in out.sequences]  # one new token a row: the states it reaches
         pick = np.random.default_rng(seed).permutation(len(states))[:512]
         logits = policy.state_logits([states[i] for i in pick], [0] * len(pick)).double()  # (S, A)
     others = logits.clone()

@@ -60,7 +60,7 @@ class Config:
     new_tokens: int = 64
     """final generated tokens per row"""
     p_backspace: float = 0.1
-    """probability of backspace at each step where it is allowed (ours_backspace)"""
+    """mean probability of backspace where it is allowed (ours_backspace; a calibrated constant bias)"""
     repeats: int = 3
     """timed runs per method (median reported)"""
     device: str = "auto"

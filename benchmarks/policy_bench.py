@@ -3,8 +3,9 @@
 (a) The one-pass masked forward (``LMPolicy.trajectory_logits``) vs running the model on every visited
     state, over action histories of ``n_steps`` steps with ``p_backspace`` backspaces. Baselines: one
     forward per state (the definition), one batched forward per history, one forward over all states.
-(b) Generation with backspace on the KV cache (``LMPolicy.generate``; a logit processor gives backspace
-    probability ``p_backspace_gen`` at every step where it is allowed) vs Hugging Face ``model.generate``
+(b) Generation with backspace on the KV cache (``LMPolicy.generate``; a logit processor adds a constant to
+    the backspace logit, calibrated so that backspace has probability ``p_backspace_gen`` on average where it is
+    allowed: :func:`benchmarks._common.generation_processors`) vs Hugging Face ``model.generate``
     without backspace, in tokens of final text per second (both write exactly ``new_tokens`` final tokens
     per row).
 
@@ -65,7 +66,7 @@ class Config:
     new_tokens: int = 64
     """(b) final generated tokens per row"""
     p_backspace_gen: float = 0.1
-    """(b) probability of backspace at each step (where allowed)"""
+    """(b) mean probability of backspace where it is allowed (a calibrated constant bias)"""
     repeats: int = 5
     """timed runs per measurement (median reported)"""
     threads: int = 1

@@ -294,9 +294,7 @@ class AgentSettings:
             ...
             experiments.common.ConfigError: --sm-alpha does not apply: this study trains none.
         """
-        given = [
-            flag("sm_" + name) for name in SEQUENCEMATCH_FIELDS if getattr(self, "sm_" + name) is not None
-        ]
+        given = [flag("sm_" + name) for name in self.sequencematch_overrides()]
         if given:
             raise ConfigError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply: {why}.")
 

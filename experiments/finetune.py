@@ -1,11 +1,11 @@
 """Fine-tuning from MLE against training from scratch, at equal budgets (the paper's regime, on our scale).
 
 For each seed: MLE trains on the demonstrations for ``pretrain`` (state, action) pairs; then MLE (continued),
-BC and SequenceMatch (library defaults) each train ``finetune`` more pairs starting from a copy of that model.
-Beside them, BC and SequenceMatch train from scratch for ``pretrain + finetune`` pairs, the same total. Every
-agent of a seed shares the demonstrations and is judged on the same evaluation states
-(:func:`agents.evaluation.evaluate_recovery`): validity, validity with backspace masked, and recovery from an
-injected mistake.
+BC and SequenceMatch (library defaults unless ``--sm-*`` flags override them) each train ``finetune`` more pairs
+starting from a copy of that model. Beside them, BC and SequenceMatch train from scratch for
+``pretrain + finetune`` pairs, the same total. Every agent of a seed shares the demonstrations and is judged on
+the same evaluation states (:func:`agents.evaluation.evaluate_recovery`): validity, validity with backspace
+masked, and recovery from an injected mistake.
 
 Writes ``results.json``, ``table.md`` to ``--out``; finished runs are cached under ``--out/runs``.
 Run ``python -m experiments.finetune --help`` for every option.
@@ -18,8 +18,6 @@ import dataclasses
 import time
 from pathlib import Path
 from typing import Any
-
-from stable_baselines3.common.callbacks import BaseCallback
 
 from experiments.common import (
     AgentSettings,
@@ -91,18 +89,6 @@ class Config(AgentSettings):
         return self.pretrain + 3 * self.finetune + 2 * (self.pretrain + self.finetune)
 
 
-class _Steps(BaseCallback):
-    """Reports ``offset`` + the agent's steps to a seed's :class:`RunBar` (one bar follows all its arms)."""
-
-    def __init__(self, bar: RunBar, offset: int) -> None:
-        super().__init__()
-        self.bar, self.offset = bar, offset
-
-    def _on_step(self) -> bool:
-        self.bar.update(self.offset + self.num_timesteps)
-        return True
-
-
 def run_seed(cfg: Config, seed: int, *, bar: RunBar | None = None) -> dict[str, Any]:
     """Every arm for one seed: ``{"arms": [record per arm]}``; ``bar`` follows the steps of all of them."""
     import gymnasium as gym
@@ -116,12 +102,9 @@ def run_seed(cfg: Config, seed: int, *, bar: RunBar | None = None) -> dict[str, 
 
     def learn(agent: Any, budget: int) -> Any:
         nonlocal done
-        agent.learn(budget, callback=None if bar is None else _Steps(bar, done))
+        agent.learn(budget, callback=None if bar is None else bar.callback(offset=done))
         done += budget
         return agent
-
-    def p_noise(agent_name: str) -> float | None:
-        return None if agent_name == "mle" else cfg.p_noise
 
     out = []
     with torch_threads(cfg.threads):
@@ -139,7 +122,7 @@ def run_seed(cfg: Config, seed: int, *, bar: RunBar | None = None) -> dict[str, 
         ):
             kw = cfg.agent_kwargs(
                 agent_name,
-                p_noise=p_noise(agent_name),
+                p_noise=cfg.p_noise,
                 learning_rate=cfg.finetune_learning_rate,
                 with_policy_kwargs=False,
             )
@@ -160,7 +143,7 @@ def run_seed(cfg: Config, seed: int, *, bar: RunBar | None = None) -> dict[str, 
 
 def main(cfg: Config) -> dict[str, Any]:
     cfg.check()
-    stamp = run_stamp(cfg, ignore=("seeds", "workers", "out", "resume"))
+    stamp = run_stamp(cfg, ignore=("seeds", "workers", "out", "resume", "progress"))
     cache = RunCache(cfg.out / "runs", enabled=cfg.resume, stamp=stamp)
     jobs = [
         Job(key=("seed", seed), label=f"seed {seed} (every arm)", args=(cfg, seed), total=cfg.seed_steps())

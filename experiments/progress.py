@@ -92,9 +92,10 @@ class RunBar:
                     flush=True,
                 )
 
-    def callback(self) -> ProgressCallback:
-        """An SB3 callback (for an agent's or an SB3 model's ``learn``) that reports ``num_timesteps`` here."""
-        return ProgressCallback(self)
+    def callback(self, offset: int = 0) -> ProgressCallback:
+        """An SB3 callback (for an agent's or an SB3 model's ``learn``) that reports ``offset + num_timesteps``
+        here (``offset``: the steps of earlier runs this bar follows too)."""
+        return ProgressCallback(self, offset)
 
     def close(self) -> None:
         """Close the bar (a plain-line run prints nothing more)."""
@@ -104,15 +105,15 @@ class RunBar:
 
 
 class ProgressCallback(BaseCallback):
-    """Reports the model's ``num_timesteps`` to a :class:`RunBar` after every step (an update of an imitation
-    agent, an env step of an SB3 algorithm)."""
+    """Reports ``offset`` + the model's ``num_timesteps`` to a :class:`RunBar` after every step (an update of an
+    imitation agent, an env step of an SB3 algorithm)."""
 
-    def __init__(self, bar: RunBar) -> None:
+    def __init__(self, bar: RunBar, offset: int = 0) -> None:
         super().__init__()
-        self.bar = bar
+        self.bar, self.offset = bar, int(offset)
 
     def _on_step(self) -> bool:
-        self.bar.update(self.num_timesteps)
+        self.bar.update(self.offset + self.num_timesteps)
         return True
 
 

@@ -119,8 +119,8 @@ class Config(AgentSettings):
 
 
 def run_one(cfg: Config, setting: str, seed: int, *, bar: RunBar | None = None) -> dict[str, Any]:
-    """Train one agent of ``setting`` with ``seed`` and evaluate it (one torch thread); ``bar`` follows the
-    training steps."""
+    """Train one agent of ``setting`` with ``seed`` and evaluate it (``cfg.threads`` torch threads); ``bar``
+    follows the training steps."""
     import gymnasium as gym
 
     from agents import make_agent
@@ -130,7 +130,7 @@ def run_one(cfg: Config, setting: str, seed: int, *, bar: RunBar | None = None) 
     env = gym.make("seqgym/Markov-v0", **DEV_SOURCE)
     kw = {
         "n_demonstrations": cfg.n_demonstrations,
-        **cfg.agent_kwargs(agent_name, p_noise=None if agent_name == "mle" else cfg.p_noise),
+        **cfg.agent_kwargs(agent_name, p_noise=cfg.p_noise),
         **extra,
     }
     with torch_threads(cfg.threads):

@@ -567,7 +567,10 @@ def augment(
             ``T`` uniforms for the positions, then whatever ``noise`` draws.
         noise: ``"uniform"`` (:class:`UniformNoise` over the tokens ``source`` rules out, or
             :func:`uniform_noise` without a source) or a :data:`NoiseFn` ``(trajectory, positions, rng) ->
-            wrong_tokens``, e.g. samples from a model ("model noise"); its output is validated.
+            wrong_tokens``, e.g. samples from a model ("model noise"); its output is validated. A noise
+            object whose class defines ``from_candidates(trajectory, positions, candidates, rng)`` beside
+            ``__call__`` (as :class:`UniformNoise` and the agents' model noise do) is handed the candidates
+            ``augment`` already computed, when its ``source`` is ``source`` and its ``floor`` ``-inf``.
         max_length: if given, skip positions where the wrong token would make the visible sequence reach
             ``max_length`` (the environment truncates there), so the augmented trajectory plays out in a
             ``SequenceEnv(max_length=max_length)``. ``None``: no limit.
@@ -653,10 +656,11 @@ def augment(
 
 def _candidate_draw(noise_fn: object, source: object) -> Callable[..., np.ndarray] | None:
     """``noise_fn.from_candidates`` where it returns what ``noise_fn`` itself would from the candidates
-    :func:`augment` computed: the class that defines its ``__call__`` also defines ``from_candidates`` (so a
-    subclass that draws otherwise is called as it is), and its ``source`` and ``floor`` are augment's."""
-    owner = next((k for k in type(noise_fn).__mro__ if "__call__" in vars(k)), None)
-    if owner is None or "from_candidates" not in vars(owner):
+    :func:`augment` computed: one class defines both its ``__call__`` and its ``from_candidates`` (so a
+    subclass that overrides either is called as it is), and its ``source`` and ``floor`` are augment's."""
+    mro = type(noise_fn).__mro__
+    owner = next((k for k in mro if "__call__" in vars(k)), None)
+    if owner is None or owner is not next((k for k in mro if "from_candidates" in vars(k)), None):
         return None
     if getattr(noise_fn, "source", None) is not source or getattr(noise_fn, "floor", None) != -math.inf:
         return None

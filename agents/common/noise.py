@@ -222,9 +222,8 @@ class ModelNoise:
                 self._cache[id(t)] = (t, lg)
 
     def __call__(self, trajectory: Trajectory, positions: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        pos = np.array(positions, dtype=np.int64)  # a writable copy
-        candidates = mistake_candidates(trajectory, pos, self.source, floor=self.floor)
-        return self.from_candidates(trajectory, pos, candidates, rng)
+        candidates = mistake_candidates(trajectory, positions, self.source, floor=self.floor)
+        return self.from_candidates(trajectory, positions, candidates, rng)
 
     def from_candidates(
         self, trajectory: Trajectory, positions: np.ndarray, candidates: np.ndarray, rng: np.random.Generator

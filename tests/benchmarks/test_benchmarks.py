@@ -71,6 +71,10 @@ def test_generation_processors_give_the_asked_backspace_rate() -> None:
     assert abs(actions.count(vocab.backspace_id) / len(actions) - 0.1) < 0.03
     plain = policy.generate(prompts, max_steps=20, max_length=22, generator=g, logits_processor=no_eos)
     assert all(len(a) == 20 and vocab.eos_id not in a for a in plain.actions)
+    with_backspace, _ = generation_processors(
+        policy, [[]], 1, 0.1
+    )  # one token a row: calibrates all the same
+    assert torch.isfinite(with_backspace(torch.zeros(1, vocab.n_actions))[0, vocab.backspace_id])
 
 
 def test_generation_bench(tmp_path: Path) -> None:

@@ -226,8 +226,15 @@ def test_finetune_runs_every_arm_from_one_mle_model_and_resumes(
             assert rec["backspace_first"] == 0.0  # MLE never backspaces
     out = capsys.readouterr().out
     assert "| sequencematch from mle |" in (tmp_path / "table.md").read_text()
-    # one bar follows every arm of the seed: 96 + 3 * 64 fine-tuning + 2 * 160 from scratch
-    assert "seed 0 (every arm): 608 / 608 steps (100%)" in out
+    # one bar follows every arm of the seed, 96 + 3 * 64 fine-tuning + 2 * 160 from scratch steps, each arm's
+    # steps counted after those of the arms before it (without the offsets it would stop at 160)
+    lines = [line.split(": ", 1)[1].rsplit(",", 1)[0] for line in out.splitlines() if "steps (" in line]
+    assert lines == [
+        "188 / 608 steps (30%)",
+        "324 / 608 steps (53%)",
+        "467 / 608 steps (76%)",
+        "608 / 608 steps (100%)",
+    ]
     again = finetune.main(cfg)  # every seed comes from the cache
     assert again == summary
     assert "[finetune] cached seed 0" in capsys.readouterr().out

@@ -714,3 +714,37 @@ def test_augment_draws_uniform_noise_as_the_noise_function_would() -> None:
         fast = augment(clean, 0.4, np.random.default_rng(1), "uniform", source=src)
         slow = augment(clean, 0.4, np.random.default_rng(1), noise.__call__, source=src)  # not the shortcut
         assert fast == slow and sum(t.n_mistakes for t in fast) > 20
+
+
+def test_augment_calls_a_noise_that_may_draw_otherwise_as_it_is() -> None:
+    """The candidates augment computed go only to a from_candidates defined by the class of ``__call__``,
+    with augment's source and an impossible-only floor; any other noise is called."""
+    from seqgym.data import UniformNoise
+    from seqgym.sources.dyck import Dyck
+
+    src = Dyck()
+    clean = collect(src, 40, np.random.default_rng(0))
+
+    class FirstCandidate(UniformNoise):  # overrides from_candidates alone: __call__ still draws uniformly
+        def from_candidates(self, trajectory, positions, candidates, rng):  # type: ignore[no-untyped-def]
+            return candidates.argmax(axis=1)
+
+    class Counted(UniformNoise):  # overrides __call__ alone
+        calls = 0
+
+        def __call__(self, trajectory, positions, rng):  # type: ignore[no-untyped-def]
+            Counted.calls += 1
+            return super().__call__(trajectory, positions, rng)
+
+    plain = augment(clean, 0.4, np.random.default_rng(1), UniformNoise(src), source=src)
+    assert augment(clean, 0.4, np.random.default_rng(1), FirstCandidate(src), source=src) == plain
+    assert augment(clean, 0.4, np.random.default_rng(1), Counted(src), source=src) == plain
+    assert Counted.calls == sum(t.n_mistakes > 0 for t in plain)
+    # another source, or a floor above -inf, names other candidates: the noise computes its own
+    other = UniformNoise(Dyck(), floor=-30.0)
+    assert augment(clean, 0.4, np.random.default_rng(1), other, source=src) == plain
+    from seqgym.data import _candidate_draw
+
+    assert _candidate_draw(other, src) is None and _candidate_draw(UniformNoise(Dyck()), src) is None
+    assert _candidate_draw(FirstCandidate(src), src) is None and _candidate_draw(Counted(src), src) is None
+    assert _candidate_draw(UniformNoise(src), src) is not None
