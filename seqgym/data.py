@@ -606,6 +606,9 @@ def augment(
     else:
         raise TypeError(f"noise must be 'uniform' or a callable, got {type(noise).__name__}.")
     gen = _as_generator(rng)
+    knows = source is not None and callable(getattr(source, "next_token_logprobs", None))
+    # the noise's own draw from the candidates computed below, where it gives what calling the noise would
+    reuse = _candidate_draw(noise_fn, source) if knows else None
 
     out: list[Trajectory] = []
     for k, traj in enumerate(_as_trajectory_list(trajectories, "augment")):
@@ -616,8 +619,7 @@ def augment(
         if max_length is not None:
             eligible &= traj.visible_lengths()[:-1] + 1 < max_length
         candidates = None  # (T, n_tokens) the real mistakes before each action, where the source knows them
-        if source is not None and callable(getattr(source, "next_token_logprobs", None)):
-            # a position where the source rules no token out has no mistake to insert
+        if knows:  # a position where the source rules no token out has no mistake to insert
             candidates = mistake_candidates(traj, np.arange(T), source)
             eligible &= candidates.any(axis=1)
         if isinstance(noise_fn, UniformNoise) and vocab.n_tokens == 1:
@@ -627,7 +629,6 @@ def augment(
         if K == 0:
             out.append(traj)
             continue
-        reuse = _candidate_draw(noise_fn, source) if candidates is not None else None
         if reuse is not None and candidates is not None:  # as noise_fn would, without recomputing them
             drawn = reuse(traj, _readonly(chosen.copy()), candidates[chosen], gen)
         else:
