@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from agents.common.resolve import resolve_device
-from agents.policy import LMPolicy
+from agents.policy import Architecture, LMPolicy
 from benchmarks._common import cli, generation_processors, machine_info
 from experiments.common import write_json_atomic
 from seqgym.vocab import Vocabulary
@@ -49,6 +49,8 @@ from seqgym.vocab import Vocabulary
 class Config:
     """Benchmark settings."""
 
+    architecture: Architecture = "gpt2"
+    """model family of ``LMPolicy.from_config``: 'gpt2' (the library default) or 'llama'"""
     sizes: tuple[str, ...] = ("2x128", "4x256", "8x512")
     """model sizes, LAYERSxWIDTH (heads: width / 64, at least 2)"""
     batches: tuple[int, ...] = (1, 32, 256)
@@ -174,6 +176,7 @@ def main(cfg: Config) -> dict[str, Any]:
         n_layer, n_embd, n_head = parse_size(size)
         policy = LMPolicy.from_config(
             vocab,
+            architecture=cfg.architecture,
             n_layer=n_layer,
             n_embd=n_embd,
             n_head=n_head,

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.policy import LMPolicy
+from agents.policy import Architecture, LMPolicy
 from benchmarks._common import (
     cli,
     generation_processors,
@@ -47,6 +47,8 @@ from seqgym.vocab import Vocabulary
 class Config:
     """Benchmark settings (one model and batch for every measurement)."""
 
+    architecture: Architecture = "gpt2"
+    """model family of ``LMPolicy.from_config``: 'gpt2' (the library default) or 'llama'"""
     n_tokens: int = 32
     """ordinary tokens in the vocabulary"""
     n_layer: int = 2
@@ -243,6 +245,7 @@ def main(cfg: Config) -> dict[str, Any]:
     vocab = Vocabulary([f"t{i}" for i in range(cfg.n_tokens)], separator=" ")
     policy = LMPolicy.from_config(
         vocab,
+        architecture=cfg.architecture,
         n_layer=cfg.n_layer,
         n_embd=cfg.n_embd,
         n_head=cfg.n_head,

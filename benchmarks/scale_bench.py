@@ -29,6 +29,7 @@ import torch
 
 from agents import make_agent
 from agents.common.resolve import resolve_device
+from agents.policy import Architecture
 from benchmarks._common import cli, machine_info
 from experiments.common import write_json_atomic
 
@@ -37,6 +38,8 @@ from experiments.common import write_json_atomic
 class Config:
     """Benchmark settings."""
 
+    architecture: Architecture = "gpt2"
+    """model family of ``LMPolicy.from_config``: 'gpt2' (the library default) or 'llama'"""
     device: str = "auto"
     """'auto' (cuda when available), 'cpu' or 'cuda'"""
     agents: tuple[str, ...] = ("mle", "bc")
@@ -92,7 +95,12 @@ def measure(cfg: Config, name: str, precision: str, device: torch.device) -> dic
         batch_size=cfg.batch_size,
         device=str(device),
         mixed_precision=precision,
-        policy_kwargs={"n_layer": cfg.n_layer, "n_embd": cfg.n_embd, "n_head": cfg.n_head},
+        policy_kwargs={
+            "architecture": cfg.architecture,
+            "n_layer": cfg.n_layer,
+            "n_embd": cfg.n_embd,
+            "n_head": cfg.n_head,
+        },
     )
     agent.train(n_batches=1)  # warm-up
     pairs: list[int] = []

@@ -34,6 +34,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 from agents import Agent, make_agent
 from agents.bc import BC
+from agents.policy import Architecture
 from agents.sequencematch import SequenceMatch, SequenceMatchBatch
 from benchmarks._common import cli, interleaved_times, load_average, machine_info
 from experiments.common import write_json_atomic
@@ -44,6 +45,8 @@ from seqgym.data import collect
 class Config:
     """Benchmark settings (one env, model and batch for every measurement)."""
 
+    architecture: Architecture = "gpt2"
+    """model family of ``LMPolicy.from_config``: 'gpt2' (the library default) or 'llama'"""
     env: str = "seqgym/Dyck-v0"
     """Gymnasium id of the task"""
     n_layer: int = 2
@@ -86,7 +89,12 @@ def _agents(cfg: Config, *, bc_warmup_steps: int | None = None) -> tuple[BC, Seq
         "batch_size": cfg.batch_size,
         "p_noise": cfg.p_noise,
         "learning_rate": 1e-3,
-        "policy_kwargs": {"n_layer": cfg.n_layer, "n_embd": cfg.n_embd, "n_head": cfg.n_head},
+        "policy_kwargs": {
+            "architecture": cfg.architecture,
+            "n_layer": cfg.n_layer,
+            "n_embd": cfg.n_embd,
+            "n_head": cfg.n_head,
+        },
     }
     bc = make_agent("bc", env=env, demonstrations=demos, seed=cfg.seed, **common)
     sm = make_agent(

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from agents import make_agent
 from agents.mle import MLE
-from agents.policy import LMPolicy
+from agents.policy import Architecture, LMPolicy
 from benchmarks._common import (
     cli,
     interleaved_times,
@@ -53,6 +53,8 @@ from seqgym.sources.dyck import Dyck
 class Config:
     """Benchmark settings (one model, data set and batch size for both methods)."""
 
+    architecture: Architecture = "gpt2"
+    """model family of ``LMPolicy.from_config``: 'gpt2' (the library default) or 'llama'"""
     n_layer: int = 2
     """GPT-2 layers"""
     n_embd: int = 64
@@ -87,7 +89,12 @@ class PlainLoop:
     def __init__(self, cfg: Config, agent: MLE, device: torch.device) -> None:
         v = agent.vocab
         self.policy = LMPolicy.from_config(
-            v, n_layer=cfg.n_layer, n_embd=cfg.n_embd, n_head=cfg.n_head, seed=cfg.seed
+            v,
+            architecture=cfg.architecture,
+            n_layer=cfg.n_layer,
+            n_embd=cfg.n_embd,
+            n_head=cfg.n_head,
+            seed=cfg.seed,
         ).to(device)
         self.model = self.policy.model
         self.model.train()
@@ -163,7 +170,12 @@ def main(cfg: Config) -> dict[str, Any]:
         seed=cfg.seed,
         batch_size=cfg.batch_size,
         device=cfg.device,
-        policy_kwargs={"n_layer": cfg.n_layer, "n_embd": cfg.n_embd, "n_head": cfg.n_head},
+        policy_kwargs={
+            "architecture": cfg.architecture,
+            "n_layer": cfg.n_layer,
+            "n_embd": cfg.n_embd,
+            "n_head": cfg.n_head,
+        },
     )
     assert isinstance(agent, MLE)
     plain = PlainLoop(cfg, agent, device)

@@ -44,6 +44,7 @@ __all__ = [
     "NOISY_AGENTS",
     "SEQUENCEMATCH_FIELDS",
     "AgentSettings",
+    "Architecture",
     "CacheError",
     "ConfigError",
     "Divergence",
@@ -161,6 +162,8 @@ def check_number(
 # ==========================================================================================================
 # The settings every study shares
 # ==========================================================================================================
+Architecture = Literal["gpt2", "llama"]
+"""Model families of the LM policy (``agents.policy.ARCHITECTURES``)."""
 Divergence = Literal["chi2", "kl", "js", "hellinger"]
 """SequenceMatch's divergences (``agents.SequenceMatchConfig.divergence``)."""
 
@@ -193,8 +196,11 @@ class AgentSettings:
     own rules included, before a study trains or caches anything.
     """
 
+    architecture: Architecture = "gpt2"
+    """Model family of the LM policy, built from a config (``agents.policy.LMPolicy.from_config``): GPT-2, or
+    a Llama-style decoder with rotary positions."""
     n_layer: int = 2
-    """Transformer layers of the LM policy (a GPT-2 built from a config)."""
+    """Transformer layers of the LM policy."""
     n_embd: int = 64
     """Width of the LM policy (a multiple of n_head)."""
     n_head: int = 2
@@ -232,9 +238,14 @@ class AgentSettings:
     progress: bool = True
     """Show a progress bar per run (plain progress lines when the output is not a terminal)."""
 
-    def policy_kwargs(self) -> dict[str, int]:
+    def policy_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of ``LMPolicy.from_config`` for the model these settings describe."""
-        return {"n_layer": self.n_layer, "n_embd": self.n_embd, "n_head": self.n_head}
+        return {
+            "architecture": self.architecture,
+            "n_layer": self.n_layer,
+            "n_embd": self.n_embd,
+            "n_head": self.n_head,
+        }
 
     def agent_kwargs(
         self,
@@ -322,6 +333,14 @@ class AgentSettings:
             check_int("sm_bc_warmup_steps", self.sm_bc_warmup_steps, low=0)
         if self.sm_replay_refresh_interval is not None:
             check_int("sm_replay_refresh_interval", self.sm_replay_refresh_interval)
+        if self.architecture not in get_args(Architecture):
+            raise ConfigError(
+                f"--architecture must be one of {', '.join(get_args(Architecture))}, got {self.architecture!r}."
+            )
+        if self.architecture == "llama" and (self.n_embd // self.n_head) % 2:
+            raise ConfigError(
+                f"--architecture llama needs an even head size; --n-embd / --n-head = {self.n_embd // self.n_head}."
+            )
         for name, kind in (
             ("sm_divergence", Divergence),
             ("sm_terminal", Terminal),

@@ -7,6 +7,9 @@ one (or, for the rows marked "α=0.1", against the chosen one at α=0.1, the set
 reads as an ablation; BC and MLE run beside them as references. The reported studies
 (``experiments.compare`` and the others) then run the library defaults on other tasks and other seeds.
 
+Each run reports validity and the recovery metrics (:data:`RECOVERY_COLUMNS`). ``--architecture`` chooses the model
+family; running the BC, MLE and chosen rows once per family is how the library's default model was chosen.
+
 Writes ``results.json`` (every run), ``table.md`` and ``sweep.png`` (mean validity per setting, one dot per seed)
 to ``--out``; finished runs are cached under ``--out/runs``.
 
@@ -48,6 +51,11 @@ DEV_SOURCE: dict[str, Any] = {
     "max_length": 40,
     "seed": 7,
 }
+
+#: What the recovery evaluation adds to each run (``agents.evaluation.evaluate_recovery``): P(``<backspace>``
+#: next) after an injected impossible token, the share of runs that deleted a correct token of a clean prefix,
+#: and the tokens emitted then deleted per sequence.
+RECOVERY_COLUMNS = ("backspace_first", "false_deletions", "deliberate_mistakes")
 
 #: The SequenceMatch setting the sweep chose (the library defaults of :class:`agents.SequenceMatchConfig`).
 CHOSEN: dict[str, Any] = {
@@ -99,6 +107,8 @@ class Config(AgentSettings):
     """Backspace augmentation of BC and SequenceMatch."""
     n_eval: int = 2_000
     """Samples per run for validity."""
+    n_recovery: int = 500
+    """Start states per batch of the recovery evaluation (``agents.evaluation.evaluate_recovery``)."""
     workers: int = 2
     """Runs trained at once (one process each)."""
     out: Path = Path("results/sweep")
@@ -107,7 +117,7 @@ class Config(AgentSettings):
     def check(self) -> None:
         super().check()
         self.refuse_sequencematch_overrides("each sweep setting sets SequenceMatch's hyperparameters itself")
-        for name in ("budget", "n_eval", "workers"):
+        for name in ("budget", "n_eval", "n_recovery", "workers"):
             check_int(name, getattr(self, name))
         check_seeds(self.seeds)
         check_number("p_noise", self.p_noise, low=0.0, high=1.0)
@@ -124,7 +134,7 @@ def run_one(cfg: Config, setting: str, seed: int, *, bar: RunBar | None = None) 
     import gymnasium as gym
 
     from agents import make_agent
-    from agents.evaluation import evaluate_generator
+    from agents.evaluation import evaluate_generator, evaluate_recovery
 
     agent_name, extra = SETTINGS[setting]
     env = gym.make("seqgym/Markov-v0", **DEV_SOURCE)
@@ -138,12 +148,15 @@ def run_one(cfg: Config, setting: str, seed: int, *, bar: RunBar | None = None) 
         agent = make_agent(agent_name, env=env, seed=seed, **kw)
         agent.learn(cfg.budget, callback=None if bar is None else bar.callback())
         seconds = time.perf_counter() - start
-        m = evaluate_generator(agent, env.unwrapped.source, n=cfg.n_eval, seed=seed + 1)  # type: ignore[attr-defined]
+        source = env.unwrapped.source  # type: ignore[attr-defined]
+        m = evaluate_generator(agent, source, n=cfg.n_eval, seed=seed + 1)
+        r = evaluate_recovery(agent, source, n=cfg.n_recovery, seed=seed + 2)
     return {
         "setting": setting,
         "seed": seed,
         "validity": float(m["validity"]),
         "backspace_rate": float(m["backspace_rate"]),
+        **{k: r[k] for k in RECOVERY_COLUMNS},
         "train_seconds": seconds,
     }
 
@@ -161,8 +174,9 @@ def main(cfg: Config) -> dict[str, Any]:
     ordered = run_jobs(run_one, jobs, cache=cache, log=log, workers=cfg.workers)
     for rec in ordered:
         log.note(f"{rec['setting']} seed {rec['seed']}: validity {rec['validity']:.3f}")
-    summary = summarize(ordered, ("validity", "backspace_rate"), by="setting")
-    table = format_table(summary, ("validity", "backspace_rate"), row_label="setting")
+    columns = ("validity", *RECOVERY_COLUMNS, "backspace_rate")
+    summary = summarize(ordered, columns, by="setting")
+    table = format_table(summary, columns, row_label="setting")
     print(table)
     cfg.out.mkdir(parents=True, exist_ok=True)
     (cfg.out / "table.md").write_text(table + "\n", encoding="utf-8")

@@ -18,7 +18,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agents.policy import Generation, LMPolicy, TokenMap, TrajectoryLogits, sample_actions
+from agents.policy import ARCHITECTURES, Generation, LMPolicy, TokenMap, TrajectoryLogits, sample_actions
 from seqgym.dynamics import replay, states
 from seqgym.vocab import Vocabulary
 
@@ -27,9 +27,12 @@ BK, EOS = VOCAB.backspace_id, VOCAB.eos_id
 ATOL = 1e-5
 
 
-@pytest.fixture(scope="module")
-def policy() -> LMPolicy:
-    return LMPolicy.from_config(VOCAB, n_layer=2, n_embd=32, n_head=2, n_positions=64, seed=3)
+@pytest.fixture(scope="module", params=ARCHITECTURES)
+def policy(request: pytest.FixtureRequest) -> LMPolicy:
+    """One small policy of each architecture: every forward / generation equality holds for both."""
+    return LMPolicy.from_config(
+        VOCAB, architecture=request.param, n_layer=2, n_embd=32, n_head=2, n_positions=64, seed=3
+    )
 
 
 def assert_matches_reference(policy: LMPolicy, prompts: list[list[int]], actions: list[list[int]]) -> None:
@@ -109,11 +112,29 @@ def test_from_config_is_deterministic_and_leaves_global_rng_alone() -> None:
         ({"n_embd": 15, "n_head": 2}, "divisible"),
         ({"n_layer": 0}, "n_layer"),
         ({"vocab_size": 3}, "vocab_size"),
+        ({"architecture": "gpt3"}, r"Unknown architecture 'gpt3'; choose one of \['gpt2', 'llama'\]"),
     ],
 )
-def test_from_config_rejects_bad_sizes(kwargs: dict[str, int], match: str) -> None:
+def test_from_config_rejects_bad_sizes(kwargs: dict[str, Any], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         LMPolicy.from_config(VOCAB, **kwargs)
+
+
+def test_from_config_builds_each_architecture_with_its_own_config_fields() -> None:
+    llama = LMPolicy.from_config(
+        VOCAB, architecture="llama", n_layer=1, n_embd=16, n_head=2, n_positions=40, rms_norm_eps=1e-5
+    )
+    assert llama.model.config.model_type == "llama" and llama.n_positions == 40
+    assert llama.model.config.rms_norm_eps == 1e-5
+    assert llama.model.config.intermediate_size == 64 and llama.model.config.tie_word_embeddings
+    gpt2 = LMPolicy.from_config(VOCAB, n_layer=1, n_embd=16, n_head=2, n_positions=40)
+    assert gpt2.model.config.model_type == "gpt2" and gpt2.n_positions == 40
+    with pytest.raises(TypeError, match=r"'rms_norm_eps'.*GPT2Config"):
+        LMPolicy.from_config(VOCAB, rms_norm_eps=1e-5)
+    with pytest.raises(TypeError, match=r"'n_inner'.*LlamaConfig"):
+        LMPolicy.from_config(VOCAB, architecture="llama", n_inner=32)
+    with pytest.raises(ValueError, match="even head size"):
+        LMPolicy.from_config(VOCAB, architecture="llama", n_embd=6, n_head=2)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -141,9 +162,12 @@ def test_trajectory_logits_equal_per_state_forward(policy: LMPolicy, batch: tupl
     assert_matches_reference(policy, prompts, actions)
 
 
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
-def test_trajectory_logits_edge_cases(attn: str) -> None:
-    policy = LMPolicy.from_config(VOCAB, n_layer=2, n_embd=16, n_head=2, seed=1, attn_implementation=attn)
+def test_trajectory_logits_edge_cases(attn: str, architecture: str) -> None:
+    policy = LMPolicy.from_config(
+        VOCAB, architecture=architecture, n_layer=2, n_embd=16, n_head=2, seed=1, attn_implementation=attn
+    )
     prompts = [[], [0], [1, 2, 3], [], [2]]
     actions = [
         [],  # only u_0 = empty prompt

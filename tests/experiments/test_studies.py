@@ -260,6 +260,8 @@ def test_sweep_trains_each_setting_with_its_own_sequencematch_hyperparameters(
         budget=64,
         n_demonstrations=8,
         n_eval=8,
+        n_recovery=6,
+        architecture="llama",
         n_layer=1,
         n_embd=16,
         batch_size=4,
@@ -271,12 +273,16 @@ def test_sweep_trains_each_setting_with_its_own_sequencematch_hyperparameters(
     saved = json.loads((tmp_path / "results.json").read_text())
     assert [r["setting"] for r in saved["runs"]] == ["bc", chosen, iq]
     assert all(0.0 <= r["validity"] <= 1.0 for r in saved["runs"])
+    for r in saved["runs"]:
+        assert 0.0 <= r["backspace_first"] <= 1.0 and 0.0 <= r["false_deletions"] <= 1.0
+        assert r["deliberate_mistakes"] >= 0.0
     kinds = {name for name, _ in built}
     assert kinds == {"bc", "sequencematch"}
     sm = [kw for name, kw in built if name == "sequencematch"]
     assert [(kw["alpha"], kw["terminal"]) for kw in sm] == [(0.01, "absorbing"), (0.1, "iq")]
     assert all(
-        kw["batch_size"] == 4 and kw["policy_kwargs"] == {"n_layer": 1, "n_embd": 16, "n_head": 2}
+        kw["batch_size"] == 4
+        and kw["policy_kwargs"] == {"architecture": "llama", "n_layer": 1, "n_embd": 16, "n_head": 2}
         for _, kw in built
     )
-    assert (tmp_path / "table.md").exists()
+    assert "backspace_first" in (tmp_path / "table.md").read_text()

@@ -80,6 +80,12 @@ BAD = [
     ("sweep", ["--sm-alpha", "0.1"], "--sm-alpha does not apply: each sweep setting sets"),
     ("sweep", ["--settings", "nope"], "Unknown --settings ['nope']"),
     ("sweep", ["--batch-size", "0"], "--batch-size must be an int >= 1"),
+    ("sweep", ["--n-recovery", "0"], "--n-recovery must be an int >= 1"),
+    (
+        "sweep",
+        ["--architecture", "llama", "--n-embd", "6", "--n-head", "2"],
+        "--architecture llama needs an even head size",
+    ),
     (
         "arithmetic_gap",
         ["--sm-chi2-coef", "1", "--sm-terminal", "iq"],
@@ -182,3 +188,16 @@ def test_the_studies_share_one_model_and_agent_config() -> None:
     # a study overrides a default only where it needs another (the field stays the shared one)
     assert text.Config().n_layer == 4 and compare.Config().n_layer == AgentSettings().n_layer
     assert arithmetic.Config().compare_config().batch_size == arithmetic.Config().batch_size == 64
+
+
+def test_the_studies_choices_are_the_librarys() -> None:
+    """The studies spell the library's option types again (to stay importable without torch); they must agree."""
+    import typing
+
+    from agents import policy, sequencematch
+    from experiments import common
+
+    assert typing.get_args(common.Architecture) == policy.ARCHITECTURES
+    assert typing.get_args(common.Divergence) == sequencematch.DIVERGENCES
+    assert set(typing.get_args(common.Terminal)) == set(typing.get_args(sequencematch.TerminalMode))
+    assert set(typing.get_args(common.InsertedSteps)) == set(typing.get_args(sequencematch.InsertedSteps))
