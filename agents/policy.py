@@ -643,7 +643,7 @@ class LMPolicy(torch.nn.Module):
           the one before it", which spotting a mistake in a Markov chain needs) holds at every position,
           where GPT-2 learns it position by position and late positions are rare in the data.
 
-        Measured on the development tasks (README, "Choosing the model family"): on the development Markov
+        Measured on the development tasks (README, "The model family"): on the development Markov
         language the Llama-style model takes ``<backspace>`` after an injected impossible token far more
         often than GPT-2 at the same validity; on Dyck (development seeds) it is far less valid. GPT-2
         stays the default.
