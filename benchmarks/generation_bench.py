@@ -50,7 +50,7 @@ class Config:
     """Benchmark settings."""
 
     architecture: Architecture = "gpt2"
-    """model family of ``LMPolicy.from_config``: 'gpt2' (the library default) or 'llama'"""
+    """model family of ``LMPolicy.from_config``: 'gpt2' (the README's figures) or 'llama' (the library default)"""
     sizes: tuple[str, ...] = ("2x128", "4x256", "8x512")
     """model sizes, LAYERSxWIDTH (heads: width / 64, at least 2)"""
     batches: tuple[int, ...] = (1, 32, 256)

@@ -48,7 +48,7 @@ class Config:
     """Benchmark settings (one model and batch for every measurement)."""
 
     architecture: Architecture = "gpt2"
-    """model family of ``LMPolicy.from_config``: 'gpt2' (the library default) or 'llama'"""
+    """model family of ``LMPolicy.from_config``: 'gpt2' (the README's figures) or 'llama' (the library default)"""
     n_tokens: int = 32
     """ordinary tokens in the vocabulary"""
     n_layer: int = 2

@@ -39,7 +39,7 @@ class Config:
     """Benchmark settings."""
 
     architecture: Architecture = "gpt2"
-    """model family of ``LMPolicy.from_config``: 'gpt2' (the library default) or 'llama'"""
+    """model family of ``LMPolicy.from_config``: 'gpt2' (the README's figures) or 'llama' (the library default)"""
     device: str = "auto"
     """'auto' (cuda when available), 'cpu' or 'cuda'"""
     agents: tuple[str, ...] = ("mle", "bc")

@@ -46,7 +46,7 @@ class Config:
     """Benchmark settings (one env, model and batch for every measurement)."""
 
     architecture: Architecture = "gpt2"
-    """model family of ``LMPolicy.from_config``: 'gpt2' (the library default) or 'llama'"""
+    """model family of ``LMPolicy.from_config``: 'gpt2' (the README's figures) or 'llama' (the library default)"""
     env: str = "seqgym/Dyck-v0"
     """Gymnasium id of the task"""
     n_layer: int = 2

@@ -54,7 +54,7 @@ class Config:
     """Benchmark settings (one model, data set and batch size for both methods)."""
 
     architecture: Architecture = "gpt2"
-    """model family of ``LMPolicy.from_config``: 'gpt2' (the library default) or 'llama'"""
+    """model family of ``LMPolicy.from_config``: 'gpt2' (the README's figures) or 'llama' (the library default)"""
     n_layer: int = 2
     """GPT-2 layers"""
     n_embd: int = 64

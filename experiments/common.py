@@ -162,7 +162,7 @@ def check_number(
 # ==========================================================================================================
 # The settings every study shares
 # ==========================================================================================================
-Architecture = Literal["gpt2", "llama"]
+Architecture = Literal["llama", "gpt2"]
 """Model families of the LM policy (``agents.policy.ARCHITECTURES``)."""
 Divergence = Literal["chi2", "kl", "js", "hellinger"]
 """SequenceMatch's divergences (``agents.SequenceMatchConfig.divergence``)."""
@@ -197,8 +197,10 @@ class AgentSettings:
     """
 
     architecture: Architecture = "gpt2"
-    """Model family of the LM policy, built from a config (``agents.policy.LMPolicy.from_config``): GPT-2, or
-    a Llama-style decoder with rotary positions."""
+    """Model family of the LM policy, built from a config (``agents.policy.LMPolicy.from_config``): GPT-2 or
+    a Llama-style decoder with rotary positions. The studies use GPT-2, the family their learning rate and batch
+    were chosen with (the library's default is the Llama-style one, with its own default optimiser settings;
+    at the studies' learning rate it trains Dyck badly on the development seeds)."""
     n_layer: int = 2
     """Transformer layers of the LM policy."""
     n_embd: int = 64

@@ -526,7 +526,7 @@ def test_checkpoint_resume_reproduces_the_uninterrupted_run(tmp_path: Path) -> N
         warmup_steps=3,
         checkpoint_every=4,
         checkpoint_dir=str(tmp_path / "ck"),
-        policy_kwargs={**TINY, "resid_pdrop": 0.1},  # dropout: the training RNG stream must resume too
+        policy_kwargs={**TINY, "attention_dropout": 0.1},  # dropout: the training RNG stream must resume too
     )
     total = 700
     full = small("bc", **kw).learn(total)

@@ -112,7 +112,7 @@ def test_from_config_is_deterministic_and_leaves_global_rng_alone() -> None:
         ({"n_embd": 15, "n_head": 2}, "divisible"),
         ({"n_layer": 0}, "n_layer"),
         ({"vocab_size": 3}, "vocab_size"),
-        ({"architecture": "gpt3"}, r"Unknown architecture 'gpt3'; choose one of \['gpt2', 'llama'\]"),
+        ({"architecture": "gpt3"}, r"Unknown architecture 'gpt3'; choose one of \['llama', 'gpt2'\]"),
     ],
 )
 def test_from_config_rejects_bad_sizes(kwargs: dict[str, Any], match: str) -> None:
@@ -121,20 +121,18 @@ def test_from_config_rejects_bad_sizes(kwargs: dict[str, Any], match: str) -> No
 
 
 def test_from_config_builds_each_architecture_with_its_own_config_fields() -> None:
-    llama = LMPolicy.from_config(
-        VOCAB, architecture="llama", n_layer=1, n_embd=16, n_head=2, n_positions=40, rms_norm_eps=1e-5
-    )
+    llama = LMPolicy.from_config(VOCAB, n_layer=1, n_embd=16, n_head=2, n_positions=40, rms_norm_eps=1e-5)
     assert llama.model.config.model_type == "llama" and llama.n_positions == 40
     assert llama.model.config.rms_norm_eps == 1e-5
     assert llama.model.config.intermediate_size == 64 and llama.model.config.tie_word_embeddings
-    gpt2 = LMPolicy.from_config(VOCAB, n_layer=1, n_embd=16, n_head=2, n_positions=40)
+    gpt2 = LMPolicy.from_config(VOCAB, architecture="gpt2", n_layer=1, n_embd=16, n_head=2, n_positions=40)
     assert gpt2.model.config.model_type == "gpt2" and gpt2.n_positions == 40
     with pytest.raises(TypeError, match=r"'rms_norm_eps'.*GPT2Config"):
-        LMPolicy.from_config(VOCAB, rms_norm_eps=1e-5)
+        LMPolicy.from_config(VOCAB, architecture="gpt2", rms_norm_eps=1e-5)
     with pytest.raises(TypeError, match=r"'n_inner'.*LlamaConfig"):
-        LMPolicy.from_config(VOCAB, architecture="llama", n_inner=32)
+        LMPolicy.from_config(VOCAB, n_inner=32)
     with pytest.raises(ValueError, match="even head size"):
-        LMPolicy.from_config(VOCAB, architecture="llama", n_embd=6, n_head=2)
+        LMPolicy.from_config(VOCAB, n_embd=6, n_head=2)
 
 
 # ---------------------------------------------------------------------------------------------------------

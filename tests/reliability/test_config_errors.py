@@ -60,8 +60,10 @@ def test_positive_logprob_floor_is_refused(floor: float) -> None:
 def test_unknown_policy_kwargs_are_refused_with_a_suggestion() -> None:
     with pytest.raises(TypeError, match=r"'n_layers' \(did you mean 'n_layer'\?\)"):
         make_agent("bc", env=small_env(), policy_kwargs={"n_layers": 1, "n_embd": 16, "n_head": 2})
-    agent = make_agent("bc", env=small_env(), n_demonstrations=2, policy_kwargs={**TINY, "resid_pdrop": 0.1})
-    assert agent.policy.model.config.resid_pdrop == 0.1
+    agent = make_agent(
+        "bc", env=small_env(), n_demonstrations=2, policy_kwargs={**TINY, "attention_dropout": 0.1}
+    )
+    assert agent.policy.model.config.attention_dropout == 0.1
 
 
 def test_generate_refuses_eos_inside_a_prompt() -> None:
