@@ -71,6 +71,16 @@ _LOGIT_STACK_BYTES = 256 * 2**20
 #: The model families :meth:`LMPolicy.from_config` builds.
 Architecture = Literal["llama", "gpt2"]
 ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
+#: Each family's own size fields, which :meth:`LMPolicy.from_config` sets from its arguments (field -> argument).
+_SIZE_FIELDS: dict[str, dict[str, str]] = {
+    "llama": {
+        "hidden_size": "n_embd",
+        "num_hidden_layers": "n_layer",
+        "num_attention_heads": "n_head",
+        "max_position_embeddings": "n_positions",
+    },
+    "gpt2": {"n_ctx": "n_positions"},
+}
 
 #: File written next to the model by :meth:`LMPolicy.save_pretrained` (vocabulary and token map).
 POLICY_CONFIG_NAME = "seqgym_policy.json"
@@ -664,8 +674,11 @@ class LMPolicy(torch.nn.Module):
                 ``attn_implementation`` (e.g. ``"eager"``).
 
         Raises:
-            ValueError: an unknown architecture, a bad size, or ``vocab_size`` given.
-            TypeError: ``vocab`` is not a :class:`~seqgym.vocab.Vocabulary`, or an unknown config field.
+            ValueError: an unknown architecture, a bad size, ``vocab_size`` given, or ``num_key_value_heads``
+                not dividing ``n_head``.
+            TypeError: ``vocab`` is not a :class:`~seqgym.vocab.Vocabulary`, an unknown config field (a field
+                of the other family is named as such), or a config field of a size set by an argument
+                (``hidden_size``: use ``n_embd``).
         """
         from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
@@ -688,19 +701,46 @@ class LMPolicy(torch.nn.Module):
             )
         if "vocab_size" in config_kwargs:
             raise ValueError("vocab_size is set from the vocabulary (len(vocab)); do not pass it.")
+        kv_heads = config_kwargs.get("num_key_value_heads")
+        if (
+            architecture == "llama"
+            and kv_heads is not None
+            and (
+                isinstance(kv_heads, bool)
+                or not isinstance(kv_heads, int)
+                or kv_heads < 1
+                or n_head % kv_heads
+            )
+        ):
+            raise ValueError(
+                f"num_key_value_heads must be an int >= 1 dividing n_head ({n_head}), got {kv_heads!r}."
+            )
         config_cls: Any = LlamaConfig if architecture == "llama" else GPT2Config
-        known = {
-            "attn_implementation",
-            *inspect.signature(config_cls.__init__).parameters,
-            *config_cls().to_dict(),
-        }
+        other_cls: Any = GPT2Config if architecture == "llama" else LlamaConfig
+        sizes = _SIZE_FIELDS[architecture]
+        taken = sorted(k for k in config_kwargs if k in sizes)
+        if taken:
+            raise TypeError(
+                f"Policy setting{'s' if len(taken) > 1 else ''} {', '.join(map(repr, taken))}: set the size with "
+                f"{', '.join(sorted({sizes[k] for k in taken}))} instead."
+            )
+
+        def fields(config: Any) -> set[str]:
+            return {*inspect.signature(config.__init__).parameters, *config().to_dict()}
+
+        known = {"attn_implementation", *fields(config_cls)}
         unknown = sorted(k for k in config_kwargs if k not in known)
         if unknown:
             names = sorted(known | {"architecture", "n_layer", "n_embd", "n_head", "n_positions", "seed"})
+            other = fields(other_cls)
             hints = []
             for k in unknown:
                 close = difflib.get_close_matches(k, names, n=1)
-                hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+                if k in other:
+                    note = f" (a {other_cls.__name__} field: pass architecture={other_cls.model_type!r})"
+                else:
+                    note = f" (did you mean {close[0]!r}?)" if close else ""
+                hints.append(f"{k!r}{note}")
             raise TypeError(
                 f"Unknown policy setting{'s' if len(unknown) > 1 else ''} {', '.join(hints)}: LMPolicy.from_config "
                 "takes architecture, n_layer, n_embd, n_head, n_positions, seed and "

@@ -52,9 +52,9 @@ class Config:
     n_tokens: int = 32
     """ordinary tokens in the vocabulary"""
     n_layer: int = 2
-    """GPT-2 layers"""
+    """transformer layers"""
     n_embd: int = 128
-    """GPT-2 width"""
+    """transformer width"""
     n_head: int = 2
     """attention heads"""
     batch: int = 32
@@ -276,7 +276,8 @@ def main(cfg: Config) -> dict[str, Any]:
 def print_table(res: dict[str, Any]) -> None:
     c, e = res["config"], res["env"]
     print(
-        f"GPT-2 {c['n_layer']} layers / {c['n_embd']} dims / {c['n_head']} heads, vocab {c['n_tokens']}+3, "
+        f"{c['architecture']} {c['n_layer']} layers / {c['n_embd']} dims / {c['n_head']} heads, "
+        f"vocab {c['n_tokens']}+3, "
         f"batch {c['batch']}, torch {e['torch']} ({e['torch_threads']} thread(s)), "
         f"transformers {e['transformers']}, attn={e['attn_implementation']}"
     )

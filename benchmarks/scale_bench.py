@@ -1,7 +1,7 @@
 """Training and generation throughput of the agents on whatever device this machine has (GPU if any).
 
-For each agent (``mle``, ``bc``) and each precision (``"no"``: float32; ``"bf16"``: autocast), on a GPT-2 built
-from a config and the Dyck demonstrations of ``seqgym/Dyck-v0``:
+For each agent (``mle``, ``bc``) and each precision (``"no"``: float32; ``"bf16"``: autocast), on a model (GPT-2 by
+default) built from a config and the Dyck demonstrations of ``seqgym/Dyck-v0``:
 
 - training: ``agent.train(n_batches=updates)`` after a warm-up update, in (state, action) pairs trained on per
   second (``num_timesteps`` per second, the unit of ``learn``'s budget);
@@ -47,9 +47,9 @@ class Config:
     precisions: tuple[str, ...] = ("no", "bf16")
     """mixed_precision settings to measure ('no' = float32)"""
     n_layer: int = 4
-    """GPT-2 layers"""
+    """transformer layers"""
     n_embd: int = 256
-    """GPT-2 width"""
+    """transformer width"""
     n_head: int = 4
     """attention heads"""
     batch_size: int = 64
@@ -151,7 +151,8 @@ def main(cfg: Config) -> dict[str, Any]:
 def print_table(res: dict[str, Any]) -> None:
     c, m = res["config"], res["machine"]
     print(
-        f"GPT-2 {c['n_layer']} layers / {c['n_embd']} dims on {m.get('gpu', m['device'])}; batch {c['batch_size']} "
+        f"{c['architecture']} {c['n_layer']} layers / {c['n_embd']} dims on {m.get('gpu', m['device'])}; "
+        f"batch {c['batch_size']} "
         f"for training, {c['gen_batch']} rows for generation"
     )
     print(f"{'agent':<8}{'precision':>10}{'train pairs/s':>15}{'gen actions/s':>15}{'gen final tok/s':>17}")

@@ -50,9 +50,9 @@ class Config:
     env: str = "seqgym/Dyck-v0"
     """Gymnasium id of the task"""
     n_layer: int = 2
-    """GPT-2 layers"""
+    """transformer layers"""
     n_embd: int = 128
-    """GPT-2 width"""
+    """transformer width"""
     n_head: int = 2
     """attention heads"""
     batch_size: int = 32

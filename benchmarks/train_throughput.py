@@ -1,6 +1,6 @@
 """Training throughput of ``MLE.learn`` against a plain hand-written PyTorch loop on the same model and data.
 
-Both train the same GPT-2 (built by ``LMPolicy.from_config`` with the same seed) by teacher-forced
+Both train the same model (GPT-2 by default; built by ``LMPolicy.from_config`` with the same seed) by teacher-forced
 cross-entropy, summed over tokens and averaged over sequences, on the same demonstrations (Dyck, as in
 ``seqgym/Dyck-v0``) with the same batch size, AdamW settings and gradient clipping:
 
@@ -56,9 +56,9 @@ class Config:
     architecture: Architecture = "gpt2"
     """model family of ``LMPolicy.from_config``: 'gpt2' (the README's figures) or 'llama' (the library default)"""
     n_layer: int = 2
-    """GPT-2 layers"""
+    """transformer layers"""
     n_embd: int = 64
-    """GPT-2 width"""
+    """transformer width"""
     n_head: int = 2
     """attention heads"""
     batch_size: int = 32

@@ -240,6 +240,10 @@ class AgentSettings:
     progress: bool = True
     """Show a progress bar per run (plain progress lines when the output is not a terminal)."""
 
+    def model_name(self) -> str:
+        """The LM policy in a few words, for table headers and figure titles: ``"gpt2 2x64, lr 0.003, batch 16"``."""
+        return f"{self.architecture} {self.n_layer}x{self.n_embd}, lr {self.learning_rate:g}, batch {self.batch_size}"
+
     def policy_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of ``LMPolicy.from_config`` for the model these settings describe."""
         return {

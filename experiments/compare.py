@@ -546,8 +546,8 @@ def main(cfg: Config) -> dict[str, Any]:
     )
     spread_note = ", mean ± std over seeds" if len(cfg.seeds) > 1 else ""
     header = (
-        f"Task {cfg.task}, budget {cfg.budget} (state, action) pairs{sb3_note}, seeds {list(cfg.seeds)} "
-        f"(paired), {cfg.n_eval} samples per evaluation{spread_note}\n\n"
+        f"Task {cfg.task}, {cfg.model_name()}, budget {cfg.budget} (state, action) pairs{sb3_note}, seeds "
+        f"{list(cfg.seeds)} (paired), {cfg.n_eval} samples per evaluation{spread_note}\n\n"
     )
     main_cols = ["validity", *(m for m in ("unseen_validity", *RECOVERY_METRICS[:6]) if m in shown)]
     tables = [header + format_table(summary, main_cols)]
@@ -584,7 +584,7 @@ def main(cfg: Config) -> dict[str, Any]:
         noise_records,
         differences,
         cfg.out / "compare.png",
-        title=f"{cfg.task} (budget {cfg.budget})",
+        title=f"{cfg.task}, {cfg.model_name()} (budget {cfg.budget})",
     )
     first = cfg.seeds[0]
     write_gallery(

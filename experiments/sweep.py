@@ -8,7 +8,8 @@ reads as an ablation; BC and MLE run beside them as references. The reported stu
 (``experiments.compare`` and the others) then run the library defaults on other tasks and other seeds.
 
 Each run reports validity and the recovery metrics (:data:`RECOVERY_COLUMNS`). ``--architecture`` chooses the model
-family; running the BC, MLE and chosen rows once per family is how the library's default model was chosen.
+family: the library's default family was chosen by running the BC, MLE and chosen rows once per family with the
+agents' own default optimiser (``--learning-rate 1e-3 --batch-size 32 --budget 200000``).
 
 Writes ``results.json`` (every run), ``table.md`` and ``sweep.png`` (mean validity per setting, one dot per seed)
 to ``--out``; finished runs are cached under ``--out/runs``.
@@ -53,7 +54,7 @@ DEV_SOURCE: dict[str, Any] = {
 }
 
 #: What the recovery evaluation adds to each run (``agents.evaluation.evaluate_recovery``): P(``<backspace>``
-#: next) after an injected impossible token, the share of runs that deleted a correct token of a clean prefix,
+#: next) after an injected impossible token, the share of samples that deleted a correct token of a clean prefix,
 #: and the tokens emitted then deleted per sequence.
 RECOVERY_COLUMNS = ("backspace_first", "false_deletions", "deliberate_mistakes")
 

@@ -1,7 +1,8 @@
 """Real text: MLE pre-training, then BC and SequenceMatch fine-tuning, judged on a held-out novel.
 
-1. Train a byte-level BPE tokenizer on the training novels and a small GPT-2 (built from a config) by MLE on
-   random windows of them (``prompt_length`` tokens of prompt, ``completion_length`` to continue).
+1. Train a byte-level BPE tokenizer on the training novels and a small model (``--architecture``, GPT-2 by
+   default, built from a config) by MLE on random windows of them (``prompt_length`` tokens of prompt,
+   ``completion_length`` to continue).
 2. From that model, fine-tune three agents for the same budget: MLE (continued), BC and SequenceMatch (both on
    backspace-augmented windows).
 3. On prompts drawn from the held-out novel, each agent continues the text; report MAUVE against the true
@@ -101,9 +102,9 @@ class Config(AgentSettings):
     top_p: float | None = None
     """Nucleus sampling (None: plain sampling)."""
     pretrained: str | None = None
-    """A Hugging Face causal LM (hub name or local folder) to fine-tune instead of training a GPT-2 from scratch
-    (e.g. ``gpt2``); its tokenizer replaces the BPE one, and the n_layer / n_embd / n_head / vocab_size options
-    are unused."""
+    """A Hugging Face causal LM (hub name or local folder) to fine-tune instead of training a model from scratch
+    (e.g. ``gpt2``); its tokenizer replaces the BPE one, and the architecture / n_layer / n_embd / n_head /
+    vocab_size options are unused."""
     lora_r: int = 0
     """LoRA rank of the adapters put on the pretrained model (``peft``; 0: every weight is trained)."""
     seed: int = 0

@@ -17,9 +17,8 @@ from typing import Any
 
 import torch
 
-#: The Llama-style family: its timing exposed a teardown race at exit (the gloo threads aborting the process
-#: after the script had finished, about one run in three) that ``agents.common.distributed`` now prevents, so
-#: the launcher's exit status checks that too.
+#: The library's default (Llama-style) family. torchrun's exit status is part of what the test checks: every rank
+#: must exit cleanly after the script finishes (the process group is torn down before the interpreter finalises).
 POLICY = {"architecture": "llama", "n_layer": 1, "n_embd": 16, "n_head": 2}
 
 

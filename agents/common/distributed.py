@@ -170,6 +170,12 @@ def _use_cpu(device: str | torch.device | None) -> bool:
     return not torch.cuda.is_available()
 
 
+#: The default group this module initialised (empty when it initialised none, or that group is gone), and
+#: whether :func:`_shutdown` is registered with ``atexit``.
+_created: list[Any] = []
+_registered: list[bool] = []
+
+
 def _shutdown() -> None:
     """Tear down the group this module initialised, before the interpreter finalises.
 
@@ -177,12 +183,14 @@ def _shutdown() -> None:
     group (DDP wrappers in reference cycles are only freed by the final garbage collection), and a thread torn
     down then aborts the process (``terminate called without an active exception``) although the script
     finished: the launcher reports a failed run. Collecting those cycles first and destroying the group while
-    the interpreter still runs makes the exit clean. Not collective: a rank that exits early does not wait.
+    the interpreter still runs makes the exit clean. A group the caller made (also one made after destroying
+    ours) is left alone.
     """
     dist = torch.distributed
     gc.collect()
-    if dist.is_available() and dist.is_initialized():
+    if _created and dist.is_available() and dist.is_initialized() and dist.group.WORLD is _created[0]:
         dist.destroy_process_group()
+    _created.clear()
 
 
 def process_group(device: str | torch.device | None = None) -> ProcessGroup:
@@ -215,7 +223,10 @@ def process_group(device: str | torch.device | None = None) -> ProcessGroup:
             PartialState(cpu=cpu)
             if not dist.is_initialized():  # Accelerate saw no distributed launch
                 dist.init_process_group(backend="gloo" if cpu else "nccl")
-        atexit.register(_shutdown)  # the group this module made, this module tears down
+        _created[:] = [dist.group.WORLD]  # the group this module made, this module tears down at exit
+        if not _registered:
+            atexit.register(_shutdown)
+            _registered.append(True)
     return ProcessGroup(
         rank=int(dist.get_rank()), world_size=int(dist.get_world_size()), local_rank=local_rank()
     )

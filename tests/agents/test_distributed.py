@@ -132,3 +132,45 @@ def test_mean_of_shard_losses_and_gradients_is_the_global_one(name: str) -> None
     assert abs(sum(p[0] for p in parts) / 2 - loss) < 1e-5
     for k, g in enumerate(grads):
         assert torch.allclose((parts[0][1][k] + parts[1][1][k]) / 2, g, atol=1e-6)
+
+
+def test_the_group_made_here_is_torn_down_at_exit_and_a_users_own_group_is_left_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One gloo process stands in for a launch: ``process_group`` initialises the group, registers the exit hook
+    once, and the hook destroys that group, but not one the user made after destroying it."""
+    import socket
+
+    from agents.common import distributed
+
+    dist = torch.distributed
+    assert not dist.is_initialized()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for key, value in {
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "RANK": "0",
+        "WORLD_SIZE": "1",
+    }.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setitem(sys.modules, "accelerate", None)  # torch.distributed's own initialisation
+    monkeypatch.setattr(distributed, "launched_world_size", lambda: 2)  # as if launched on several processes
+    monkeypatch.setattr(distributed, "_created", [])
+    monkeypatch.setattr(distributed, "_registered", [])
+    registered: list[Any] = []
+    monkeypatch.setattr(distributed.atexit, "register", registered.append)
+    try:
+        assert process_group("cpu").world_size == 1 and dist.is_initialized()
+        distributed._shutdown()
+        assert not dist.is_initialized()
+        process_group("cpu")  # initialised again: the hook is not registered twice
+        assert registered == [distributed._shutdown]
+        dist.destroy_process_group()  # the user tears ours down and makes their own
+        dist.init_process_group(backend="gloo")
+        distributed._shutdown()
+        assert dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

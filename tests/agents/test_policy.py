@@ -94,11 +94,13 @@ def test_token_map_rejects_bad_maps(ids: list[int], size: int, match: str) -> No
 # ---------------------------------------------------------------------------------------------------------
 # construction
 # ---------------------------------------------------------------------------------------------------------
-def test_from_config_is_deterministic_and_leaves_global_rng_alone() -> None:
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_from_config_is_deterministic_and_leaves_global_rng_alone(architecture: str) -> None:
     state = torch.random.get_rng_state()
-    p1 = LMPolicy.from_config(VOCAB, n_layer=1, n_embd=16, n_head=2, seed=7)
-    p2 = LMPolicy.from_config(VOCAB, n_layer=1, n_embd=16, n_head=2, seed=7)
-    p3 = LMPolicy.from_config(VOCAB, n_layer=1, n_embd=16, n_head=2, seed=8)
+    kw: dict[str, Any] = {"architecture": architecture, "n_layer": 1, "n_embd": 16, "n_head": 2}
+    p1 = LMPolicy.from_config(VOCAB, seed=7, **kw)
+    p2 = LMPolicy.from_config(VOCAB, seed=7, **kw)
+    p3 = LMPolicy.from_config(VOCAB, seed=8, **kw)
     assert torch.equal(torch.random.get_rng_state(), state)
     w = [p.model.get_input_embeddings().weight for p in (p1, p2, p3)]
     assert torch.equal(w[0], w[1]) and not torch.equal(w[0], w[2])
@@ -113,9 +115,10 @@ def test_from_config_is_deterministic_and_leaves_global_rng_alone() -> None:
         ({"n_layer": 0}, "n_layer"),
         ({"vocab_size": 3}, "vocab_size"),
         ({"architecture": "gpt3"}, r"Unknown architecture 'gpt3'; choose one of \['llama', 'gpt2'\]"),
+        ({"num_key_value_heads": 3}, r"num_key_value_heads must be an int >= 1 dividing n_head \(2\), got 3"),
     ],
 )
-def test_from_config_rejects_bad_sizes(kwargs: dict[str, Any], match: str) -> None:
+def test_from_config_rejects_bad_settings(kwargs: dict[str, Any], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         LMPolicy.from_config(VOCAB, **kwargs)
 
@@ -129,8 +132,15 @@ def test_from_config_builds_each_architecture_with_its_own_config_fields() -> No
     assert gpt2.model.config.model_type == "gpt2" and gpt2.n_positions == 40
     with pytest.raises(TypeError, match=r"'rms_norm_eps'.*GPT2Config"):
         LMPolicy.from_config(VOCAB, architecture="gpt2", rms_norm_eps=1e-5)
-    with pytest.raises(TypeError, match=r"'n_inner'.*LlamaConfig"):
+    with pytest.raises(TypeError, match=r"'n_inner' \(a GPT2Config field: pass architecture='gpt2'\)"):
         LMPolicy.from_config(VOCAB, n_inner=32)
+    with pytest.raises(
+        TypeError, match=r"'hidden_size', 'num_hidden_layers': set the size with n_embd, n_layer"
+    ):
+        LMPolicy.from_config(VOCAB, hidden_size=24, num_hidden_layers=3)
+    with pytest.raises(TypeError, match=r"'n_ctx': set the size with n_positions"):
+        LMPolicy.from_config(VOCAB, architecture="gpt2", n_ctx=64)
+    assert LMPolicy.from_config(VOCAB, n_head=2, num_key_value_heads=1).model.config.num_key_value_heads == 1
     with pytest.raises(ValueError, match="even head size"):
         LMPolicy.from_config(VOCAB, n_embd=6, n_head=2)
 
