@@ -111,6 +111,12 @@ def test_lora_on_a_model_built_from_a_config_saves_its_base(tmp_path: Path) -> N
         "bc", env="seqgym/Dyck-v0", seed=0, n_demonstrations=8, batch_size=4, device="cpu", policy_kwargs=TINY
     )
     policy = LMPolicy.from_config(agent.vocab, **TINY, seed=1).add_lora(r=2)
+    with torch.no_grad():  # trained adapters (LoRA's B starts at 0, so untrained ones would change nothing)
+        for name, p in policy.model.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.1)
+    base = LMPolicy.from_config(agent.vocab, **TINY, seed=1)
+    assert not torch.allclose(policy.state_logits([[0, 1]], [1]), base.state_logits([[0, 1]], [1]))
     policy.save_pretrained(tmp_path / "p")
     assert (tmp_path / "p" / "base").is_dir()
     again = LMPolicy.load(tmp_path / "p")
