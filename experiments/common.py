@@ -339,15 +339,12 @@ class AgentSettings:
             check_int("sm_bc_warmup_steps", self.sm_bc_warmup_steps, low=0)
         if self.sm_replay_refresh_interval is not None:
             check_int("sm_replay_refresh_interval", self.sm_replay_refresh_interval)
-        if self.architecture not in get_args(Architecture):
-            raise ConfigError(
-                f"--architecture must be one of {', '.join(get_args(Architecture))}, got {self.architecture!r}."
-            )
         if self.architecture == "llama" and (self.n_embd // self.n_head) % 2:
             raise ConfigError(
                 f"--architecture llama needs an even head size; --n-embd / --n-head = {self.n_embd // self.n_head}."
             )
         for name, kind in (
+            ("architecture", Architecture),
             ("sm_divergence", Divergence),
             ("sm_terminal", Terminal),
             ("sm_inserted_steps", InsertedSteps),
