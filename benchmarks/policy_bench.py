@@ -36,6 +36,7 @@ from benchmarks._common import (
     interleaved_times,
     load_average,
     machine_info,
+    model_kwargs,
     peak_memory_mb,
 )
 from experiments.common import write_json_atomic
@@ -245,10 +246,7 @@ def main(cfg: Config) -> dict[str, Any]:
     vocab = Vocabulary([f"t{i}" for i in range(cfg.n_tokens)], separator=" ")
     policy = LMPolicy.from_config(
         vocab,
-        architecture=cfg.architecture,
-        n_layer=cfg.n_layer,
-        n_embd=cfg.n_embd,
-        n_head=cfg.n_head,
+        **model_kwargs(cfg),
         n_positions=max(128, cfg.prompt_length + cfg.n_steps + cfg.new_tokens + 2),
         seed=cfg.seed,
     )

@@ -30,7 +30,7 @@ import torch
 from agents import make_agent
 from agents.common.resolve import resolve_device
 from agents.policy import Architecture
-from benchmarks._common import cli, machine_info
+from benchmarks._common import cli, machine_info, model_kwargs
 from experiments.common import write_json_atomic
 
 
@@ -95,12 +95,7 @@ def measure(cfg: Config, name: str, precision: str, device: torch.device) -> dic
         batch_size=cfg.batch_size,
         device=str(device),
         mixed_precision=precision,
-        policy_kwargs={
-            "architecture": cfg.architecture,
-            "n_layer": cfg.n_layer,
-            "n_embd": cfg.n_embd,
-            "n_head": cfg.n_head,
-        },
+        policy_kwargs=model_kwargs(cfg),
     )
     agent.train(n_batches=1)  # warm-up
     pairs: list[int] = []

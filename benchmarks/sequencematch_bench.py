@@ -36,7 +36,7 @@ from agents import Agent, make_agent
 from agents.bc import BC
 from agents.policy import Architecture
 from agents.sequencematch import SequenceMatch, SequenceMatchBatch
-from benchmarks._common import cli, interleaved_times, load_average, machine_info
+from benchmarks._common import cli, interleaved_times, load_average, machine_info, model_kwargs
 from experiments.common import write_json_atomic
 from seqgym.data import collect
 
@@ -89,12 +89,7 @@ def _agents(cfg: Config, *, bc_warmup_steps: int | None = None) -> tuple[BC, Seq
         "batch_size": cfg.batch_size,
         "p_noise": cfg.p_noise,
         "learning_rate": 1e-3,
-        "policy_kwargs": {
-            "architecture": cfg.architecture,
-            "n_layer": cfg.n_layer,
-            "n_embd": cfg.n_embd,
-            "n_head": cfg.n_head,
-        },
+        "policy_kwargs": model_kwargs(cfg),
     }
     bc = make_agent("bc", env=env, demonstrations=demos, seed=cfg.seed, **common)
     sm = make_agent(

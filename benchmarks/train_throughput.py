@@ -41,6 +41,7 @@ from benchmarks._common import (
     interleaved_times,
     load_average,
     machine_info,
+    model_kwargs,
     peak_memory_mb,
 )
 from experiments.common import write_json_atomic
@@ -88,14 +89,7 @@ class PlainLoop:
 
     def __init__(self, cfg: Config, agent: MLE, device: torch.device) -> None:
         v = agent.vocab
-        self.policy = LMPolicy.from_config(
-            v,
-            architecture=cfg.architecture,
-            n_layer=cfg.n_layer,
-            n_embd=cfg.n_embd,
-            n_head=cfg.n_head,
-            seed=cfg.seed,
-        ).to(device)
+        self.policy = LMPolicy.from_config(v, **model_kwargs(cfg), seed=cfg.seed).to(device)
         self.model = self.policy.model
         self.model.train()
         c = agent.config
@@ -170,12 +164,7 @@ def main(cfg: Config) -> dict[str, Any]:
         seed=cfg.seed,
         batch_size=cfg.batch_size,
         device=cfg.device,
-        policy_kwargs={
-            "architecture": cfg.architecture,
-            "n_layer": cfg.n_layer,
-            "n_embd": cfg.n_embd,
-            "n_head": cfg.n_head,
-        },
+        policy_kwargs=model_kwargs(cfg),
     )
     assert isinstance(agent, MLE)
     plain = PlainLoop(cfg, agent, device)
