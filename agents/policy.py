@@ -53,6 +53,7 @@ IdRows = Sequence[Sequence[int]] | np.ndarray | torch.Tensor
 
 __all__ = [
     "ARCHITECTURES",
+    "DEFAULT_ARCHITECTURE",
     "POLICY_CONFIG_NAME",
     "Architecture",
     "Generation",
@@ -71,6 +72,8 @@ _LOGIT_STACK_BYTES = 256 * 2**20
 #: The model families :meth:`LMPolicy.from_config` builds.
 Architecture = Literal["llama", "gpt2"]
 ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
+#: The family :meth:`LMPolicy.from_config` builds when none is named.
+DEFAULT_ARCHITECTURE: Architecture = "llama"
 #: Each family's own size fields, which :meth:`LMPolicy.from_config` sets from its arguments (field -> argument).
 _SIZE_FIELDS: dict[str, dict[str, str]] = {
     "llama": {
@@ -634,7 +637,7 @@ class LMPolicy(torch.nn.Module):
         cls,
         vocab: Vocabulary,
         *,
-        architecture: Architecture = "llama",
+        architecture: Architecture = DEFAULT_ARCHITECTURE,
         n_layer: int = 2,
         n_embd: int = 64,
         n_head: int = 2,

@@ -86,7 +86,7 @@ from agents.common.config import AgentConfig
 from agents.common.hooks import BatchT
 from agents.common.resolve import DemonstrationsLike, EnvLike, resolve_device, resolve_env, resolve_seed
 from agents.common.training import TrainingMixin
-from agents.policy import LMPolicy
+from agents.policy import DEFAULT_ARCHITECTURE, LMPolicy
 from seqgym.data import Trajectory, collect, load_demonstrations
 from seqgym.vocab import Vocabulary
 
@@ -125,23 +125,29 @@ def check_memory(
     """A lower bound on the bytes one training update needs, refused up front when it exceeds
     :data:`MEMORY_SHARE` of the device's memory (instead of failing, or swapping, minutes later).
 
-    Counted: the position embeddings with their gradient and two AdamW moments (``4·n_positions·n_embd``
-    floats, when a policy is built), and the attention scores the masked forward keeps for the backward pass
-    (``batch_size·n_layer·n_head·T²`` floats with ``T = max_length + max_steps + 1`` positions a trajectory
-    can span). Returns the estimate in bytes.
+    Counted: the learned position embeddings with their gradient and two AdamW moments
+    (``4·n_positions·n_embd`` floats, when a GPT-2 policy is built; pass 0 for rotary positions), and the
+    attention scores the masked forward keeps for the backward pass (``batch_size·n_layer·n_head·T²`` floats
+    with ``T = max_length + max_steps + 1`` positions a trajectory can span). Returns the estimate in bytes.
 
     Raises:
         ValueError: the estimate exceeds the memory (the message gives both and what to shrink).
     """
     T = int(max_length) + int(max_steps) + 1
-    need = 4 * (4 * int(n_positions) * int(n_embd) + int(batch_size) * int(n_layer) * int(n_head) * T * T)
+    table = 4 * 4 * int(n_positions) * int(n_embd)
+    need = table + 4 * int(batch_size) * int(n_layer) * int(n_head) * T * T
     total = device_memory(device) if available is None else available
     if total is not None and need > MEMORY_SHARE * total:
+        if 2 * table > need:
+            what = f"the position table of n_positions={n_positions} x n_embd={n_embd}"
+            fix = "n_positions"
+        else:
+            what = f"attention over {T} positions"
+            fix = "max_length, max_steps or batch_size"
         raise ValueError(
             f"max_length={max_length}, max_steps={max_steps} with batch_size={batch_size}, n_layer={n_layer}, "
-            f"n_head={n_head} need at least {need / 2**30:.1f} GiB per update (attention over {T} positions), "
-            f"more than the {total / 2**30:.1f} GiB of the {device.type} device; shrink max_length, max_steps "
-            "or batch_size."
+            f"n_head={n_head} need at least {need / 2**30:.1f} GiB per update (mostly {what}), "
+            f"more than the {total / 2**30:.1f} GiB of the {device.type} device; shrink {fix}."
         )
     return need
 
@@ -239,11 +245,12 @@ class Agent(TrainingMixin[BatchT], ActingMixin[BatchT], CheckpointMixin[BatchT])
             kwargs = dict(config.policy_kwargs)
             kwargs.setdefault("seed", self.seed)
             kwargs.setdefault("n_positions", max(128, self.max_length + 1))
+            learned_positions = kwargs.get("architecture", DEFAULT_ARCHITECTURE) == "gpt2"  # rotary: no table
             check_memory(
                 max_length=self.max_length,
                 max_steps=self.max_steps,
                 batch_size=config.batch_size,
-                n_positions=kwargs["n_positions"],
+                n_positions=kwargs["n_positions"] if learned_positions else 0,
                 n_layer=kwargs.get("n_layer", 2),
                 n_embd=kwargs.get("n_embd", 64),
                 n_head=kwargs.get("n_head", 2),

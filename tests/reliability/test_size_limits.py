@@ -39,7 +39,9 @@ def test_max_length_beyond_the_policys_positions_is_refused() -> None:
 
 def test_training_memory_beyond_the_device_is_refused() -> None:
     env = SequenceEnv(Dyck(2, max_depth=3, max_length=8), max_length=200_000, max_steps=200_000)
-    with pytest.raises(ValueError, match=r"need at least .* GiB per update .* shrink max_length"):
+    with pytest.raises(
+        ValueError, match=r"need at least .* GiB per update \(mostly attention over .* shrink max_length"
+    ):
         make_agent("bc", env=env, policy_kwargs=dict(TINY), n_demonstrations=2, batch_size=32)
     cpu = torch.device("cpu")
     small = dict(max_length=17, max_steps=24, batch_size=32, n_positions=128, n_layer=2, n_embd=64, n_head=2)
@@ -95,3 +97,18 @@ def test_array_header_claiming_more_than_stored_is_refused(tmp_path: Any) -> Non
         load_demonstrations(lying)
     with pytest.raises(ValueError, match="max_bytes"):
         load_demonstrations(lying, max_bytes=0)
+
+
+def test_memory_estimate_counts_a_position_table_only_where_the_model_has_one(monkeypatch: Any) -> None:
+    import agents.common.agent as agent_module
+
+    env = SequenceEnv(Dyck(2, max_depth=3, max_length=8), max_length=9, max_steps=12)
+    # 4 copies (weights, gradient, two AdamW moments) of a 2**20 x 16 float table: 256 MiB; allow 128 MiB
+    monkeypatch.setattr(agent_module, "device_memory", lambda device: 2**27)
+    big = {**TINY, "n_positions": 2**20}
+    with pytest.raises(
+        ValueError, match=r"0\.3 GiB per update \(mostly the position table.*shrink n_positions"
+    ):
+        make_agent("bc", env=env, policy_kwargs={**big, "architecture": "gpt2"}, n_demonstrations=2)
+    agent = make_agent("bc", env=env, policy_kwargs={**big, "architecture": "llama"}, n_demonstrations=2)
+    assert agent.policy.n_positions == 2**20  # rotary positions: no table to hold
