@@ -113,7 +113,9 @@ class AgentConfig:
         adam_betas: AdamW ``(beta1, beta2)``, each in ``[0, 1)``.
         adam_eps: AdamW epsilon (> 0).
         n_demonstrations: expert trajectories collected from ``env.source`` when no ``demonstrations`` are
-            given (>= 1).
+            given (>= 1; default 4000: on the development language, with 1000 a five times longer run (1M
+            (state, action) pairs against 200k) gained nothing, with 4000 it took BC and SequenceMatch validity
+            from 0.96 to 0.998; 4000 take about a second to collect from a toy source).
         policy_kwargs: keyword arguments of :meth:`LMPolicy.from_config` when no ``policy`` is given (its
             ``seed`` defaults to the agent's seed, ``n_positions`` to ``max(128, env.max_length + 1)``).
         checkpoint_every: save the agent every this many updates into ``checkpoint_dir/step_XXXXXXXX``
@@ -139,7 +141,7 @@ class AgentConfig:
     weight_decay: float = 0.0
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
-    n_demonstrations: int = 1000
+    n_demonstrations: int = 4000
     policy_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
     checkpoint_every: int | None = None
     checkpoint_dir: str | None = None
