@@ -208,7 +208,8 @@ class AgentSettings:
     n_head: int = 2
     """Attention heads of the LM policy."""
     n_demonstrations: int = 1_000
-    """Expert trajectories (demonstrations) per seed, shared by the imitation agents."""
+    """Expert trajectories (demonstrations) per seed, shared by the imitation agents (the studies' setting; the
+    agents' own default is 4000)."""
     learning_rate: float = 3e-3
     """Learning rate of the imitation agents."""
     batch_size: int = 16

@@ -139,15 +139,19 @@ def check_memory(
     total = device_memory(device) if available is None else available
     if total is not None and need > MEMORY_SHARE * total:
         if 2 * table > need:
-            what = f"the position table of n_positions={n_positions} x n_embd={n_embd}"
+            settings = f"n_positions={n_positions} with n_embd={n_embd}"
+            what = "the position table, its gradient and AdamW moments"
             fix = "n_positions"
         else:
+            settings = (
+                f"max_length={max_length}, max_steps={max_steps} with batch_size={batch_size}, "
+                f"n_layer={n_layer}, n_head={n_head}"
+            )
             what = f"attention over {T} positions"
             fix = "max_length, max_steps or batch_size"
         raise ValueError(
-            f"max_length={max_length}, max_steps={max_steps} with batch_size={batch_size}, n_layer={n_layer}, "
-            f"n_head={n_head} need at least {need / 2**30:.1f} GiB per update (mostly {what}), "
-            f"more than the {total / 2**30:.1f} GiB of the {device.type} device; shrink {fix}."
+            f"{settings} need at least {need / 2**30:.1f} GiB per update (mostly {what}), more than the "
+            f"{total / 2**30:.1f} GiB of the {device.type} device; shrink {fix}."
         )
     return need
 

@@ -113,9 +113,7 @@ class AgentConfig:
         adam_betas: AdamW ``(beta1, beta2)``, each in ``[0, 1)``.
         adam_eps: AdamW epsilon (> 0).
         n_demonstrations: expert trajectories collected from ``env.source`` when no ``demonstrations`` are
-            given (>= 1; default 4000: on the development language, with 1000 a five times longer run (1M
-            (state, action) pairs against 200k) gained nothing, with 4000 it took BC and SequenceMatch validity
-            from 0.96 to 0.998; 4000 take about a second to collect from a toy source).
+            given (>= 1; 4000 by default, chosen on the development language: README, "How many demonstrations").
         policy_kwargs: keyword arguments of :meth:`LMPolicy.from_config` when no ``policy`` is given (its
             ``seed`` defaults to the agent's seed, ``n_positions`` to ``max(128, env.max_length + 1)``).
         checkpoint_every: save the agent every this many updates into ``checkpoint_dir/step_XXXXXXXX``

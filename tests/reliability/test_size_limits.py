@@ -107,7 +107,8 @@ def test_memory_estimate_counts_a_position_table_only_where_the_model_has_one(mo
     monkeypatch.setattr(agent_module, "device_memory", lambda device: 2**27)
     big = {**TINY, "n_positions": 2**20}
     with pytest.raises(
-        ValueError, match=r"0\.3 GiB per update \(mostly the position table.*shrink n_positions"
+        ValueError,
+        match=r"n_positions=1048576 with n_embd=16 need at least \d+\.\d GiB .*mostly the position table.*n_positions",
     ):
         make_agent("bc", env=env, policy_kwargs={**big, "architecture": "gpt2"}, n_demonstrations=2)
     agent = make_agent("bc", env=env, policy_kwargs={**big, "architecture": "llama"}, n_demonstrations=2)
