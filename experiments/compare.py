@@ -28,6 +28,7 @@ Run ``python -m experiments.compare --help`` for every option.
 from __future__ import annotations
 
 import dataclasses
+import textwrap
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -715,7 +716,8 @@ def plot(
     ax1.xaxis.set_major_formatter(matplotlib.ticker.EngFormatter(sep=""))
     ax1.set_xlabel("training steps ((state, action) pairs; env steps for SB3)")
     ax1.set_ylabel("validity of samples")
-    ax1.set_title(f"Learning curves: {title}\n{_over_seeds(n_seeds)}", fontsize=10)
+    heading = "\n".join(textwrap.wrap(f"Learning curves: {title}", 60))  # a long title fits its panel
+    ax1.set_title(f"{heading}\n{_over_seeds(n_seeds)}", fontsize=10)
     ax1.set_ylim(-0.02, 1.02)
     if ax1.get_legend_handles_labels()[0]:
         ax1.legend(fontsize=8)
