@@ -21,17 +21,10 @@ __all__ = [
     "interleaved_times",
     "load_average",
     "machine_info",
-    "model_kwargs",
     "peak_memory_mb",
 ]
 
 ConfigT = TypeVar("ConfigT")
-
-
-def model_kwargs(cfg: Any) -> dict[str, Any]:
-    """``LMPolicy.from_config`` keyword arguments of a benchmark config's model (its ``architecture``,
-    ``n_layer``, ``n_embd`` and ``n_head`` fields): the same model for every measurement of a script."""
-    return {name: getattr(cfg, name) for name in ("architecture", "n_layer", "n_embd", "n_head")}
 
 
 def generation_processors(

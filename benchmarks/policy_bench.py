@@ -36,10 +36,9 @@ from benchmarks._common import (
     interleaved_times,
     load_average,
     machine_info,
-    model_kwargs,
     peak_memory_mb,
 )
-from experiments.common import write_json_atomic
+from experiments.common import model_kwargs, write_json_atomic
 from seqgym.dynamics import apply_action, backspace_allowed, states
 from seqgym.vocab import Vocabulary
 

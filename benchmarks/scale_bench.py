@@ -30,8 +30,8 @@ import torch
 from agents import make_agent
 from agents.common.resolve import resolve_device
 from agents.policy import Architecture
-from benchmarks._common import cli, machine_info, model_kwargs
-from experiments.common import write_json_atomic
+from benchmarks._common import cli, machine_info
+from experiments.common import model_kwargs, write_json_atomic
 
 
 @dataclass

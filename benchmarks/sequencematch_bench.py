@@ -36,8 +36,8 @@ from agents import Agent, make_agent
 from agents.bc import BC
 from agents.policy import Architecture
 from agents.sequencematch import SequenceMatch, SequenceMatchBatch
-from benchmarks._common import cli, interleaved_times, load_average, machine_info, model_kwargs
-from experiments.common import write_json_atomic
+from benchmarks._common import cli, interleaved_times, load_average, machine_info
+from experiments.common import model_kwargs, write_json_atomic
 from seqgym.data import collect
 
 

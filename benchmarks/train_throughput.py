@@ -41,10 +41,9 @@ from benchmarks._common import (
     interleaved_times,
     load_average,
     machine_info,
-    model_kwargs,
     peak_memory_mb,
 )
-from experiments.common import write_json_atomic
+from experiments.common import model_kwargs, write_json_atomic
 from seqgym.data import collect
 from seqgym.env import SequenceEnv
 from seqgym.sources.dyck import Dyck

@@ -60,6 +60,7 @@ __all__ = [
     "format_table",
     "library_digest",
     "mean_std",
+    "model_kwargs",
     "package_version",
     "run_cli",
     "run_jobs",
@@ -162,6 +163,12 @@ def check_number(
 # ==========================================================================================================
 # The settings every study shares
 # ==========================================================================================================
+def model_kwargs(cfg: Any) -> dict[str, Any]:
+    """``LMPolicy.from_config`` keyword arguments of the model a study's or a benchmark's settings describe
+    (their ``architecture``, ``n_layer``, ``n_embd`` and ``n_head`` fields)."""
+    return {name: getattr(cfg, name) for name in ("architecture", "n_layer", "n_embd", "n_head")}
+
+
 Architecture = Literal["llama", "gpt2"]
 """Model families of the LM policy (``agents.policy.ARCHITECTURES``)."""
 Divergence = Literal["chi2", "kl", "js", "hellinger"]
@@ -247,12 +254,7 @@ class AgentSettings:
 
     def policy_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of ``LMPolicy.from_config`` for the model these settings describe."""
-        return {
-            "architecture": self.architecture,
-            "n_layer": self.n_layer,
-            "n_embd": self.n_embd,
-            "n_head": self.n_head,
-        }
+        return model_kwargs(self)
 
     def agent_kwargs(
         self,
