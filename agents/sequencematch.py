@@ -564,6 +564,11 @@ class SequenceMatchConfig(AugmentationConfig):
             ``replay_size · (max_length + max_steps) · 8`` bytes plus 25 bytes a record, allocated once).
         expert_fraction: share of expert trajectories in the mixture ``M``, in [0, 1] (default 0.5; 1 is
             IQ-Learn's offline variant, with no generation at all).
+        mixture_size: trajectories of ``M`` per update, at most ``batch_size``: ``m = min(mixture_size,
+            batch_size)``, of which the first ``round(expert_fraction · m)`` rows of ``E`` and the rest the
+            model's own samples; ``None`` means ``batch_size``. The value and χ² terms average over ``M``, so
+            ``m`` sets the variance of their estimate, not its mean, and the model samples each update generates
+            and trains on (default ``None``).
         divergence: ``"chi2"`` (default), ``"kl"``, ``"js"`` or ``"hellinger"`` (:func:`phi_weights`).
         max_phi_weight: cap on the expert-term weight ``φ'(r)`` (> 0, default 100; unused by ``"chi2"``).
         terminal: ``"absorbing"`` (default: eos enters an absorbing state with its own value, :class:`SoftQ`)
@@ -584,6 +589,7 @@ class SequenceMatchConfig(AugmentationConfig):
     replay_refresh_interval: int = 4
     replay_size: int | None = None
     expert_fraction: float = 0.5
+    mixture_size: int | None = None
     divergence: Divergence = "chi2"
     max_phi_weight: float = PHI_WEIGHT_MAX
     terminal: TerminalMode = "absorbing"
@@ -622,6 +628,8 @@ class SequenceMatchConfig(AugmentationConfig):
         if self.replay_size is not None:
             integer("replay_size", 1)
         integer("grad_norm_interval", 0)
+        if self.mixture_size is not None:
+            integer("mixture_size", 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -657,8 +665,9 @@ class SequenceMatch(Agent[SequenceMatchBatch]):
             + bc_weight·L_BC                              # BC anchor, L_BC = − mean_E Σ_i log π(a_i|u_i)
 
     Sums over the steps of a trajectory, means over trajectories. ``E`` is ``batch_size`` augmented
-    demonstrations; ``M`` is ``batch_size`` trajectories: the first ``round(expert_fraction·batch_size)`` of
-    ``E`` and the rest drawn from the replay buffer.
+    demonstrations; ``M`` is ``m = min(mixture_size, batch_size)`` trajectories (``batch_size`` when
+    ``mixture_size`` is ``None``): the first ``round(expert_fraction·m)`` of ``E`` and the rest drawn from the
+    replay buffer.
 
     **Schedule** (§3): the first ``bc_warmup_steps`` updates compute and minimise ``L_BC`` alone; then the loss
     above. From the first update after the warm-up, and every ``replay_refresh_interval`` updates, the replay
@@ -737,11 +746,16 @@ class SequenceMatch(Agent[SequenceMatchBatch]):
 
     @property
     def n_replay(self) -> int:
-        """Replay trajectories per batch: ``batch_size − round(expert_fraction · batch_size)``."""
-        return self.config.batch_size - self._n_mixed_expert()
+        """Replay trajectories per batch: ``m − round(expert_fraction · m)``, ``m = min(mixture_size, batch_size)``
+        (``batch_size`` when ``mixture_size`` is ``None``)."""
+        return self._mixture_rows(self.config.batch_size)[1]
 
-    def _n_mixed_expert(self) -> int:
-        return round(self.config.expert_fraction * self.config.batch_size)
+    def _mixture_rows(self, batch_size: int) -> tuple[int, int]:
+        """``(expert rows, replay rows)`` of the mixture of a batch of ``batch_size`` expert trajectories."""
+        c = self.config
+        m = batch_size if c.mixture_size is None else min(c.mixture_size, batch_size)
+        n_mixed = round(c.expert_fraction * m)
+        return min(n_mixed, batch_size), m - n_mixed
 
     def _dataset_size(self) -> int:
         return len(self.train_trajectories)
@@ -752,8 +766,7 @@ class SequenceMatch(Agent[SequenceMatchBatch]):
         expert = [self.train_trajectories[int(i)] for i in self._sample_indices(batch_size, rng)]
         expert = self.augmentation.batch(expert, rng)
         warmup = step < c.bc_warmup_steps
-        n_mixed = min(self._n_mixed_expert(), batch_size)
-        n_replay = batch_size - n_mixed
+        n_mixed, n_replay = self._mixture_rows(batch_size)
         replay = None
         if not warmup and n_replay > 0:
             if len(self.replay_buffer) == 0 or (step - c.bc_warmup_steps) % c.replay_refresh_interval == 0:

@@ -65,6 +65,8 @@ class Config:
     """SequenceMatch's BC-only updates (part b)"""
     replay_refresh_interval: int = 4
     """updates between replay refreshes (the library default)"""
+    mixture_size: int | None = None
+    """SequenceMatch's mixture per update (None: the library default)"""
     repeats: int = 20
     """(a) timed updates per agent (median reported)"""
     budget: int = 200_000
@@ -91,6 +93,7 @@ def _agents(cfg: Config, *, bc_warmup_steps: int | None = None) -> tuple[BC, Seq
         "learning_rate": 1e-3,
         "policy_kwargs": model_kwargs(cfg),
     }
+    sm_only: dict[str, Any] = {} if cfg.mixture_size is None else {"mixture_size": cfg.mixture_size}
     bc = make_agent("bc", env=env, demonstrations=demos, seed=cfg.seed, **common)
     sm = make_agent(
         "sequencematch",
@@ -99,6 +102,7 @@ def _agents(cfg: Config, *, bc_warmup_steps: int | None = None) -> tuple[BC, Seq
         seed=cfg.seed,
         bc_warmup_steps=cfg.bc_warmup_steps if bc_warmup_steps is None else bc_warmup_steps,
         replay_refresh_interval=cfg.replay_refresh_interval,
+        **sm_only,
         **common,
     )
     assert isinstance(bc, BC) and isinstance(sm, SequenceMatch)

@@ -187,6 +187,7 @@ SEQUENCEMATCH_FIELDS = (
     "terminal",
     "inserted_steps",
     "replay_refresh_interval",
+    "mixture_size",
 )
 """The SequenceMatch hyperparameters a study can override (``AgentSettings.sm_<name>``)."""
 
@@ -240,6 +241,9 @@ class AgentSettings:
     default)."""
     sm_replay_refresh_interval: int | None = None
     """SequenceMatch updates between refreshes of the replay buffer (None: the library default)."""
+    sm_mixture_size: int | None = None
+    """SequenceMatch trajectories of the mixture M per update, half of them its own samples (None: the library
+    default)."""
     threads: int = 1
     """torch CPU threads per run (one is the fastest for these small models on a 2-core CPU; the count can
     change floating-point results, so it is part of what a cached run depends on)."""
@@ -342,6 +346,8 @@ class AgentSettings:
             check_int("sm_bc_warmup_steps", self.sm_bc_warmup_steps, low=0)
         if self.sm_replay_refresh_interval is not None:
             check_int("sm_replay_refresh_interval", self.sm_replay_refresh_interval)
+        if self.sm_mixture_size is not None:
+            check_int("sm_mixture_size", self.sm_mixture_size)
         if self.architecture == "llama" and (self.n_embd // self.n_head) % 2:
             raise ConfigError(
                 f"--architecture llama needs an even head size; --n-embd / --n-head = {self.n_embd // self.n_head}."

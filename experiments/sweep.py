@@ -88,6 +88,12 @@ SETTINGS: dict[str, tuple[str, dict[str, Any]]] = {
         {**CHOSEN, "alpha": 0.1, "replay_refresh_interval": 20},
     ),
     "bc_weight=0.5 (α=0.1)": ("sequencematch", {**CHOSEN, "alpha": 0.1, "bc_weight": 0.5}),
+    "mixture of 16 (8 samples)": ("sequencematch", {**CHOSEN, "mixture_size": 16}),
+    "mixture of 16, refresh 8": (
+        "sequencematch",
+        {**CHOSEN, "mixture_size": 16, "replay_refresh_interval": 8},
+    ),
+    "mixture of 8, refresh 8": ("sequencematch", {**CHOSEN, "mixture_size": 8, "replay_refresh_interval": 8}),
 }
 
 

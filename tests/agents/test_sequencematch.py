@@ -25,6 +25,7 @@ from agents.sequencematch import (
     DIVERGENCES,
     PHI_WEIGHT_MAX,
     SequenceMatch,
+    SequenceMatchBatch,
     bc_term,
     chi2_term,
     expert_term,
@@ -563,6 +564,8 @@ def tiny_agent(**hp) -> SequenceMatch:
         ({"replay_size": 0}, "replay_size"),
         ({"replay_refresh_interval": 0}, "replay_refresh_interval"),
         ({"bc_warmup_steps": -1}, "bc_warmup_steps"),
+        ({"mixture_size": 0}, "mixture_size"),
+        ({"mixture_size": 2.5}, "mixture_size"),
     ],
 )
 def test_bad_hyperparameters_raise_at_construction(hp: dict, match: str):
@@ -623,6 +626,23 @@ def test_replay_refresh_schedule_and_memory_bound():
     for prompt, acts, term in zip(rollouts.prompts, rollouts.actions, rollouts.terminal):
         assert len(prompt) == 0 and 1 <= len(acts) <= agent.max_steps
         assert bool(term) == (int(acts[-1]) == v.eos_id)
+
+
+def test_mixture_size_sets_the_replay_rows_and_the_mixed_expert_rows():
+    """M = the first round(f·m) rows of E and m − round(f·m) model samples; the replay buffer holds one refresh."""
+    agent = tiny_agent(bc_warmup_steps=1, mixture_size=2, replay_refresh_interval=3)  # batch 4, f = 0.5
+    assert agent.n_replay == 1 and agent.replay_capacity == 3
+    agent.train(n_batches=1)
+    batch = agent.sample_batch()
+    assert isinstance(batch, SequenceMatchBatch) and batch.replay is not None
+    assert len(batch.expert) == 4 and batch.n_mixed_expert == 1 and len(batch.replay) == 1
+    assert agent.replay_buffer.n_added == 3
+    wide = tiny_agent(bc_warmup_steps=0, mixture_size=64)  # at most the batch: 2 rows of E, 2 samples
+    assert wide.n_replay == 2
+    b = wide.sample_batch()
+    assert isinstance(b, SequenceMatchBatch) and b.replay is not None
+    assert b.n_mixed_expert == 2 and len(b.replay) == 2 and len(b.expert) == 4
+    assert math.isfinite(wide.train_step(b).loss)
 
 
 def test_offline_mix_needs_no_generation_and_every_term_is_logged():
