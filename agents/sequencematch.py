@@ -564,11 +564,11 @@ class SequenceMatchConfig(AugmentationConfig):
             ``replay_size · (max_length + max_steps) · 8`` bytes plus 25 bytes a record, allocated once).
         expert_fraction: share of expert trajectories in the mixture ``M``, in [0, 1] (default 0.5; 1 is
             IQ-Learn's offline variant, with no generation at all).
-        mixture_size: trajectories of ``M`` per update, at most ``batch_size``: ``m = min(mixture_size,
-            batch_size)``, of which the first ``round(expert_fraction · m)`` rows of ``E`` and the rest the
-            model's own samples; ``None`` means ``batch_size``. The value and χ² terms average over ``M``, so
-            ``m`` sets the variance of their estimate, not its mean, and the model samples each update generates
-            and trains on (default ``None``).
+        mixture_size: trajectories ``m`` of ``M`` per update: the first ``round(expert_fraction · m)`` rows of
+            ``E`` (at most ``batch_size``) and ``m − round(expert_fraction · m)`` of the model's own samples;
+            ``None`` means ``batch_size``. The value and χ² terms average over ``M``, so ``m`` sets the variance
+            of their estimate, not its mean, and how many model samples each update generates and trains on
+            (default ``None``).
         divergence: ``"chi2"`` (default), ``"kl"``, ``"js"`` or ``"hellinger"`` (:func:`phi_weights`).
         max_phi_weight: cap on the expert-term weight ``φ'(r)`` (> 0, default 100; unused by ``"chi2"``).
         terminal: ``"absorbing"`` (default: eos enters an absorbing state with its own value, :class:`SoftQ`)
@@ -630,6 +630,13 @@ class SequenceMatchConfig(AugmentationConfig):
         integer("grad_norm_interval", 0)
         if self.mixture_size is not None:
             integer("mixture_size", 1)
+            n_mixed = round(self.expert_fraction * self.mixture_size)
+            if n_mixed > self.batch_size:
+                raise ValueError(
+                    f"mixture_size={self.mixture_size} with expert_fraction={self.expert_fraction} puts {n_mixed} "
+                    f"rows of E in the mixture, more than batch_size={self.batch_size} holds; lower mixture_size "
+                    "or raise batch_size."
+                )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -665,9 +672,8 @@ class SequenceMatch(Agent[SequenceMatchBatch]):
             + bc_weight·L_BC                              # BC anchor, L_BC = − mean_E Σ_i log π(a_i|u_i)
 
     Sums over the steps of a trajectory, means over trajectories. ``E`` is ``batch_size`` augmented
-    demonstrations; ``M`` is ``m = min(mixture_size, batch_size)`` trajectories (``batch_size`` when
-    ``mixture_size`` is ``None``): the first ``round(expert_fraction·m)`` of ``E`` and the rest drawn from the
-    replay buffer.
+    demonstrations; ``M`` is ``m = mixture_size`` trajectories (``batch_size`` when ``None``): the first
+    ``round(expert_fraction·m)`` of ``E`` and the rest drawn from the replay buffer.
 
     **Schedule** (§3): the first ``bc_warmup_steps`` updates compute and minimise ``L_BC`` alone; then the loss
     above. From the first update after the warm-up, and every ``replay_refresh_interval`` updates, the replay
@@ -746,16 +752,16 @@ class SequenceMatch(Agent[SequenceMatchBatch]):
 
     @property
     def n_replay(self) -> int:
-        """Replay trajectories per batch: ``m − round(expert_fraction · m)``, ``m = min(mixture_size, batch_size)``
-        (``batch_size`` when ``mixture_size`` is ``None``)."""
+        """Replay trajectories per batch: ``m − round(expert_fraction · m)``, ``m = mixture_size`` (``batch_size``
+        when ``None``)."""
         return self._mixture_rows(self.config.batch_size)[1]
 
     def _mixture_rows(self, batch_size: int) -> tuple[int, int]:
         """``(expert rows, replay rows)`` of the mixture of a batch of ``batch_size`` expert trajectories."""
         c = self.config
-        m = batch_size if c.mixture_size is None else min(c.mixture_size, batch_size)
+        m = batch_size if c.mixture_size is None else c.mixture_size
         n_mixed = round(c.expert_fraction * m)
-        return min(n_mixed, batch_size), m - n_mixed
+        return min(n_mixed, batch_size), m - n_mixed  # a smaller batch than the config's: all of it
 
     def _dataset_size(self) -> int:
         return len(self.train_trajectories)

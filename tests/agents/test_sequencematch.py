@@ -566,6 +566,7 @@ def tiny_agent(**hp) -> SequenceMatch:
         ({"bc_warmup_steps": -1}, "bc_warmup_steps"),
         ({"mixture_size": 0}, "mixture_size"),
         ({"mixture_size": 2.5}, "mixture_size"),
+        ({"mixture_size": 12}, "mixture_size=12 with expert_fraction=0.5 puts 6 rows of E"),  # batch 4
     ],
 )
 def test_bad_hyperparameters_raise_at_construction(hp: dict, match: str):
@@ -637,11 +638,11 @@ def test_mixture_size_sets_the_replay_rows_and_the_mixed_expert_rows():
     assert isinstance(batch, SequenceMatchBatch) and batch.replay is not None
     assert len(batch.expert) == 4 and batch.n_mixed_expert == 1 and len(batch.replay) == 1
     assert agent.replay_buffer.n_added == 3
-    wide = tiny_agent(bc_warmup_steps=0, mixture_size=64)  # at most the batch: 2 rows of E, 2 samples
-    assert wide.n_replay == 2
+    wide = tiny_agent(bc_warmup_steps=0, mixture_size=8)  # all 4 rows of E and 4 samples
+    assert wide.n_replay == 4
     b = wide.sample_batch()
     assert isinstance(b, SequenceMatchBatch) and b.replay is not None
-    assert b.n_mixed_expert == 2 and len(b.replay) == 2 and len(b.expert) == 4
+    assert b.n_mixed_expert == 4 and len(b.replay) == 4 and len(b.expert) == 4
     assert math.isfinite(wide.train_step(b).loss)
 
 
