@@ -94,6 +94,7 @@ SETTINGS: dict[str, tuple[str, dict[str, Any]]] = {
         {**CHOSEN, "mixture_size": 16, "replay_refresh_interval": 8},
     ),
     "mixture of 8, refresh 8": ("sequencematch", {**CHOSEN, "mixture_size": 8, "replay_refresh_interval": 8}),
+    "mixture of 64 (32 samples)": ("sequencematch", {**CHOSEN, "mixture_size": 64}),
 }
 
 
