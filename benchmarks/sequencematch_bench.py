@@ -63,8 +63,8 @@ class Config:
     """augmentation probability (both agents)"""
     bc_warmup_steps: int = 20
     """SequenceMatch's BC-only updates (part b)"""
-    replay_refresh_interval: int = 4
-    """updates between replay refreshes (the library default)"""
+    replay_refresh_interval: int | None = None
+    """updates between replay refreshes (None: the library default)"""
     mixture_size: int | None = None
     """SequenceMatch's mixture per update (None: the library default)"""
     repeats: int = 20
@@ -93,7 +93,16 @@ def _agents(cfg: Config, *, bc_warmup_steps: int | None = None) -> tuple[BC, Seq
         "learning_rate": 1e-3,
         "policy_kwargs": model_kwargs(cfg),
     }
-    sm_only: dict[str, Any] = {} if cfg.mixture_size is None else {"mixture_size": cfg.mixture_size}
+    sm_only: dict[
+        str, Any
+    ] = {  # the SequenceMatch settings the config sets; the others keep the library defaults
+        name: value
+        for name, value in (
+            ("replay_refresh_interval", cfg.replay_refresh_interval),
+            ("mixture_size", cfg.mixture_size),
+        )
+        if value is not None
+    }
     bc = make_agent("bc", env=env, demonstrations=demos, seed=cfg.seed, **common)
     sm = make_agent(
         "sequencematch",
@@ -101,7 +110,6 @@ def _agents(cfg: Config, *, bc_warmup_steps: int | None = None) -> tuple[BC, Seq
         demonstrations=demos,
         seed=cfg.seed,
         bc_warmup_steps=cfg.bc_warmup_steps if bc_warmup_steps is None else bc_warmup_steps,
-        replay_refresh_interval=cfg.replay_refresh_interval,
         **sm_only,
         **common,
     )
@@ -123,7 +131,7 @@ def bench_update(cfg: Config) -> dict[str, Any]:
         cfg.repeats,
     )
     bc_s, sm_s = statistics.median(times["bc"]), statistics.median(times["sequencematch"])
-    per_update_generation = refresh_s / cfg.replay_refresh_interval
+    per_update_generation = refresh_s / sm.config.replay_refresh_interval
     e_pairs = sum(len(t) for t in batch.expert)
     r_pairs = sum(len(a) for a in batch.replay.actions)
     return {
@@ -139,6 +147,7 @@ def bench_update(cfg: Config) -> dict[str, Any]:
         "ratio": sm_s / bc_s,
         "refresh_s": refresh_s,
         "refresh_trajectories": n_generated,
+        "refresh_interval": sm.config.replay_refresh_interval,
         "sequencematch_update_with_generation_share_s": sm_s + per_update_generation,
         "ratio_with_generation_share": (sm_s + per_update_generation) / bc_s,
         "times_s": times,
@@ -251,7 +260,7 @@ def main(cfg: Config) -> dict[str, Any]:
     print(
         f"    + generation   {update['sequencematch_update_with_generation_share_s'] * 1e3:8.1f} ms   ratio "
         f"{update['ratio_with_generation_share']:.2f}x (one refresh of {update['refresh_trajectories']} "
-        f"trajectories, {update['refresh_s']:.2f} s, every {cfg.replay_refresh_interval} updates)"
+        f"trajectories, {update['refresh_s']:.2f} s, every {update['refresh_interval']} updates)"
     )
     print(f"(b) training to {cfg.budget} expert pairs")
     head = ("agent", "wall s", "updates", "gen %", "upd %", "gen tok/s", "upd pairs/s")

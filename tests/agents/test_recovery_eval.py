@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,12 @@ def test_library_defaults_are_the_setting_the_sweep_chose() -> None:
 
 def test_the_sequencematch_benchmark_measures_the_library_default_refresh() -> None:
     from agents import SequenceMatchConfig
-    from benchmarks.sequencematch_bench import Config
+    from benchmarks.sequencematch_bench import Config, _agents
 
-    assert Config().replay_refresh_interval == SequenceMatchConfig().replay_refresh_interval
+    defaults = SequenceMatchConfig()
+    tiny = Config(n_layer=1, n_embd=16, n_head=2, n_demonstrations=8)
+    _, sm = _agents(tiny)
+    assert sm.config.replay_refresh_interval == defaults.replay_refresh_interval
+    assert sm.config.mixture_size == defaults.mixture_size
+    _, other = _agents(dataclasses.replace(tiny, replay_refresh_interval=8, mixture_size=16))
+    assert (other.config.replay_refresh_interval, other.config.mixture_size) == (8, 16)
