@@ -580,6 +580,8 @@ class LMPolicy(torch.nn.Module):
     Attributes:
         model, vocab, token_map, tokenizer: as given.
         n_positions: the longest model input (BOS slot included) the model's position embeddings allow.
+        compiled_generation: the default of :meth:`generate`'s ``compiled`` (``False``): set it to ``True`` to
+            run every generation of this policy, the agents' own included, through ``torch.compile``.
     """
 
     def __init__(
@@ -622,6 +624,7 @@ class LMPolicy(torch.nn.Module):
         self.n_positions: int = int(n_pos) if n_pos else 1 << 30
         self.pretrained_name: str | None = None
         self._pretrained_rows: int | None = None  # embedding rows before tokens were added (from_pretrained)
+        self.compiled_generation: bool = False
         self._read_forward_signature()
 
     def _read_forward_signature(self) -> None:
@@ -1015,6 +1018,17 @@ class LMPolicy(torch.nn.Module):
             return engine(**kwargs)
         return self.model(**kwargs)
 
+    def compiled_model(self) -> Any:
+        """:attr:`model` wrapped by ``torch.compile(dynamic=True)`` for generation, built on first use and kept
+        (not a submodule: ``state_dict`` and saving are unchanged) until :attr:`model` is replaced. It shares
+        the model's parameters, so training in between needs no rebuild; its first calls compile the prefill
+        and the one-token step (tens of seconds on a CPU; the inductor backend needs a C++ compiler there)."""
+        held = self.__dict__.get("_compiled")
+        if held is None or held[0] is not self.model:
+            held = (self.model, torch.compile(self.model, dynamic=True))
+            object.__setattr__(self, "_compiled", held)
+        return held[1]
+
     @property
     def device(self) -> torch.device:
         """Device of the model's parameters."""
@@ -1031,8 +1045,11 @@ class LMPolicy(torch.nn.Module):
         *,
         keep: int | None = None,
         cache: Cache | None = None,
+        compiled: bool = False,
     ) -> torch.Tensor:
-        """Model forward on env ids ``(B, S)``; returns action logits ``(B, keep or S, A)``."""
+        """Model forward on env ids ``(B, S)``; returns action logits ``(B, keep or S, A)``.
+
+        ``compiled``: through :meth:`compiled_model` (generation only: no gradients, no training engine)."""
         kwargs: dict[str, Any] = {
             "input_ids": self.token_map.to_model(env_ids),
             "position_ids": position_ids,
@@ -1045,7 +1062,8 @@ class LMPolicy(torch.nn.Module):
             kwargs["use_cache"] = False
         if keep is not None and self._keep_kw is not None:
             kwargs[self._keep_kw] = keep
-        logits = self.call_model(**kwargs).logits  # (B, S' , V)
+        out = self.compiled_model()(**kwargs) if compiled else self.call_model(**kwargs)
+        logits = out.logits  # (B, S' , V)
         if keep is not None:
             logits = logits[:, -keep:]
         return self.token_map.action_logits(logits)
@@ -1248,6 +1266,7 @@ class LMPolicy(torch.nn.Module):
         logits_processor: Callable[[torch.Tensor], torch.Tensor] | None = None,
         output_logits: bool = False,
         generated: IdRows | None = None,
+        compiled: bool | None = None,
     ) -> Generation:
         """Sample a batch of action histories with backspace, on a KV cache.
 
@@ -1282,11 +1301,21 @@ class LMPolicy(torch.nn.Module):
                 state ``prompts[b] + generated[b]`` as if it had written ``generated[b]`` itself, so
                 ``<backspace>`` may delete it down to the prompt (``docs/method.md`` §7). ``Generation.actions``
                 are the actions taken from there; ``Generation.sequences`` the final visible sequences.
+            compiled: run the model's forwards through :meth:`compiled_model` (``torch.compile``; the first
+                call compiles, later ones reuse it whatever the batch, prompt and cache lengths). The logits
+                agree with the eager forward to float rounding, so the samples do too but for a draw that
+                falls within that rounding of a boundary. ``None`` (default): :attr:`compiled_generation`.
 
         Returns:
             :class:`Generation`.
         """
         temp = _check_sampling(temperature, top_k, top_p)
+        if compiled is None:
+            compiled = self.compiled_generation
+        if not isinstance(compiled, bool):
+            raise TypeError(
+                f"compiled (and LMPolicy.compiled_generation) must be a bool, got {type(compiled).__name__}."
+            )
         for name, value in (("max_steps", max_steps), ("max_length", max_length)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}.")
@@ -1334,9 +1363,9 @@ class LMPolicy(torch.nn.Module):
         cache = _SlotCache(n_layers, max_slots=Pm + max_length, batch_size=B, device=dev)
         cache.kv_len = Pm + 1
         if generated is None:
-            logits = self._run(tok, pos0, mask0, keep=1, cache=cache)[:, -1]  # (B, A)
+            logits = self._run(tok, pos0, mask0, keep=1, cache=cache, compiled=compiled)[:, -1]  # (B, A)
         else:  # keep the logits of every prefill slot: a backspace into the generated part needs them
-            prefill = self._run(tok, pos0, mask0, keep=Pm + 1, cache=cache)  # (B, Pm+1, A)
+            prefill = self._run(tok, pos0, mask0, keep=Pm + 1, cache=cache, compiled=compiled)  # (B, Pm+1, A)
             logits = prefill[:, -1]
 
         seq = torch.full((B, max_length + 1), v.pad_id, dtype=torch.long, device=dev)  # (B, L+1) by position
@@ -1435,7 +1464,7 @@ class LMPolicy(torch.nn.Module):
             step_mask = (kv[None, :] >= lo[:, None]) & (kv[None, :] <= w[:, None])  # (B', K)
             m4 = torch.where(step_mask, 0.0, neg).to(self.model.dtype)[:, None, None, :]  # (B', 1, 1, K)
             inp = seq[act, feed][:, None]  # (B', 1)
-            out = self._run(inp, feed[:, None], m4, keep=1, cache=cache)[:, -1]  # (B', A)
+            out = self._run(inp, feed[:, None], m4, keep=1, cache=cache, compiled=compiled)[:, -1]  # (B', A)
             logits = logits.index_copy(0, act, out)  # (B, A)
             if use_stack:
                 stack[act, feed] = out

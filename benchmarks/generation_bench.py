@@ -71,6 +71,10 @@ class Config:
     """torch CPU threads"""
     seed: int = 0
     """seed of the models, prompts and sampling"""
+    compiled: bool = False
+    """also time both sides compiled with torch.compile: ours with ``generate(compiled=True)``, HF's with its
+    static cache and ``compile_config`` (its own compiled path); the first call of each compiles and is left
+    out of the timings (its seconds are reported)"""
     out: str = "results/benchmarks/generation_bench.json"
     """where the JSON results go (under results/, which git ignores)"""
 
@@ -105,7 +109,7 @@ def bench_cell(cfg: Config, policy: LMPolicy, batch: int, device: torch.device) 
 
     outs: dict[bool, Any] = {}
 
-    def ours(allow: bool) -> Callable[[], Any]:
+    def ours(allow: bool, compiled: bool = False) -> Callable[[], Any]:
         def run() -> Any:
             g = torch.Generator(device=device).manual_seed(cfg.seed)
             outs[allow] = policy.generate(
@@ -115,6 +119,7 @@ def bench_cell(cfg: Config, policy: LMPolicy, batch: int, device: torch.device) 
                 generator=g,
                 allow_backspace=allow,
                 logits_processor=with_backspace if allow else no_eos,
+                compiled=compiled,
             )
             return outs[allow]
 
@@ -122,22 +127,44 @@ def bench_cell(cfg: Config, policy: LMPolicy, batch: int, device: torch.device) 
 
     input_ids = torch.tensor([[eos, *p] for p in prompts], device=device)  # the same BOS slot as ours
 
-    def hf() -> Any:
-        torch.manual_seed(cfg.seed)
-        with torch.inference_mode():
-            return policy.model.generate(
-                input_ids,
-                attention_mask=torch.ones_like(input_ids),
-                do_sample=True,
-                max_new_tokens=cfg.new_tokens,
-                min_new_tokens=cfg.new_tokens,
-                pad_token_id=v.pad_id,
-                eos_token_id=eos,
-            )
+    def hf(compiled: bool = False) -> Callable[[], Any]:
+        extra: dict[str, Any] = {}
+        if compiled:  # HF's own compiled path: a static cache, and compile_config on any device
+            from transformers import CompileConfig
 
-    fns = {"hf": hf, "ours_no_backspace": ours(False), "ours_backspace": ours(True)}
-    for fn in fns.values():
+            compile_config = CompileConfig(mode="default")
+            compile_config._compile_all_devices = True  # type: ignore[assignment]  # HF: accelerators only unless told
+            extra = {"cache_implementation": "static", "compile_config": compile_config}
+
+        def run() -> Any:
+            torch.manual_seed(cfg.seed)
+            with torch.inference_mode():
+                return policy.model.generate(
+                    input_ids,
+                    attention_mask=torch.ones_like(input_ids),
+                    do_sample=True,
+                    max_new_tokens=cfg.new_tokens,
+                    min_new_tokens=cfg.new_tokens,
+                    pad_token_id=v.pad_id,
+                    eos_token_id=eos,
+                    **extra,
+                )
+
+        return run
+
+    fns = {"hf": hf(), "ours_no_backspace": ours(False), "ours_backspace": ours(True)}
+    if cfg.compiled:
+        fns.update(
+            hf_compiled=hf(True),
+            ours_compiled_no_backspace=ours(False, True),
+            ours_compiled_backspace=ours(True, True),
+        )
+    first: dict[str, float] = {}
+    for name, fn in fns.items():
+        t0 = time.perf_counter()
         fn()
+        _sync(device)
+        first[name] = time.perf_counter() - t0
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(cfg.repeats):
         for name, fn in fns.items():
@@ -151,6 +178,15 @@ def bench_cell(cfg: Config, policy: LMPolicy, batch: int, device: torch.device) 
     steps = sum(len(a) for a in outs[True].actions)
     forward_steps = max(len(a) - a.count(bk) for a in outs[True].actions)  # tokens of the busiest row
     rates = {name: final / statistics.median(t) for name, t in times.items()}
+    extra: dict[str, Any] = {}
+    if cfg.compiled:
+        extra = {
+            # vs HF compiled (like for like) and vs HF eager (its default)
+            "ratio_compiled_no_backspace": rates["ours_compiled_no_backspace"] / rates["hf_compiled"],
+            "ratio_compiled_backspace": rates["ours_compiled_backspace"] / rates["hf_compiled"],
+            "ratio_compiled_backspace_vs_hf_eager": rates["ours_compiled_backspace"] / rates["hf"],
+            "first_call_seconds": first,  # the compiled ones include their compilation
+        }
     return {
         "batch": batch,
         "final_tokens": final,
@@ -161,6 +197,7 @@ def bench_cell(cfg: Config, policy: LMPolicy, batch: int, device: torch.device) 
         "ratio_backspace": rates["ours_backspace"] / rates["hf"],
         "forward_steps": forward_steps,
         "forward_steps_per_final_token": forward_steps / cfg.new_tokens,
+        **extra,
     }
 
 
@@ -196,6 +233,10 @@ def main(cfg: Config) -> dict[str, Any]:
         "targets": {"ratio_no_backspace": 1.0, "ratio_backspace": 0.95},
         "meets_targets": all(c["ratio_no_backspace"] >= 1.0 and c["ratio_backspace"] >= 0.95 for c in cells),
     }
+    if cfg.compiled:
+        results["meets_targets_compiled"] = all(
+            c["ratio_compiled_no_backspace"] >= 1.0 and c["ratio_compiled_backspace"] >= 0.95 for c in cells
+        )
     write_json_atomic(cfg.out, results)
     print_table(results)
     print(f"\nwrote {cfg.out}")
@@ -220,6 +261,25 @@ def print_table(res: dict[str, Any]) -> None:
             f"{r['backspace_fraction']:>8.1%}{r['forward_steps_per_final_token']:>9.2f}x"
         )
     print(f"targets >= 1.0x / >= 0.95x HF: {'met' if res['meets_targets'] else 'NOT met'} in every cell")
+    if not c.get("compiled"):
+        return
+    print(
+        "\ncompiled (torch.compile), both sides: ours generate(compiled=True), HF static cache + compile_config"
+    )
+    print(
+        f"{'size':<8}{'batch':>6}{'HF tok/s':>11}{'ours tok/s':>12}{'x HF':>7}"
+        f"{'bksp tok/s':>12}{'x HF':>7}{'x HF eager':>12}"
+    )
+    for r in res["results"]:
+        t = r["final_tokens_per_s"]
+        print(
+            f"{r['size']:<8}{r['batch']:>6}{t['hf_compiled']:>11.0f}{t['ours_compiled_no_backspace']:>12.0f}"
+            f"{r['ratio_compiled_no_backspace']:>7.2f}{t['ours_compiled_backspace']:>12.0f}"
+            f"{r['ratio_compiled_backspace']:>7.2f}{r['ratio_compiled_backspace_vs_hf_eager']:>12.2f}"
+        )
+    print(
+        f"targets, compiled vs compiled: {'met' if res['meets_targets_compiled'] else 'NOT met'} in every cell"
+    )
 
 
 if __name__ == "__main__":

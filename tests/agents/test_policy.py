@@ -4,6 +4,7 @@ with ``seqgym.dynamics`` and with stepping ``SequenceEnv``."""
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -671,3 +672,42 @@ def test_torch_twins_equal_the_dynamics_primitives(data: st.DataObject) -> None:
     ref_appends, ref_deletes = step_masks(lengths, P, a, VOCAB)
     assert appends.tolist() == ref_appends.tolist() and deletes.tolist() == ref_deletes.tolist()
     assert backspace_allowed_torch(t(lengths), t(P)).tolist() == backspace_allowed(lengths, P).tolist()
+
+
+@pytest.mark.skipif(
+    not any(shutil.which(c) for c in ("c++", "g++", "clang++")),
+    reason="torch.compile's CPU backend (inductor) needs a C++ compiler",
+)
+def test_compiled_generation_agrees_with_eager_and_is_built_once(policy: LMPolicy) -> None:
+    prompts = [[0, 1], [], [2, 2, 3], [1]]
+    kw: dict[str, Any] = {
+        "max_steps": 30,
+        "max_length": 14,
+        "logits_processor": _backspace_bias(1.0),
+        "output_logits": True,
+    }
+    eager = policy.generate(prompts, generator=torch.Generator().manual_seed(2), **kw)
+    compiled = policy.generate(prompts, generator=torch.Generator().manual_seed(2), compiled=True, **kw)
+    assert compiled.actions == eager.actions and compiled.sequences == eager.sequences
+    assert sum(a.count(BK) for a in eager.actions) >= 3  # backspaces taken, rows finished at different steps
+    assert compiled.logits is not None and eager.logits is not None
+    for got, want in zip(compiled.logits, eager.logits):
+        finite = torch.isfinite(want)
+        assert torch.equal(finite, torch.isfinite(got))
+        torch.testing.assert_close(got[finite], want[finite], atol=ATOL, rtol=0)
+    built = policy.compiled_model()
+    # the policy's default applies to every generation, a generated part and another batch size included
+    policy.compiled_generation = True
+    try:
+        again = policy.generate(
+            [[3], [0]], generated=[[1, 2], []], generator=torch.Generator().manual_seed(4), **kw
+        )
+    finally:
+        policy.compiled_generation = False
+    assert policy.compiled_model() is built  # reused, not rebuilt
+    ref = policy.generate(
+        [[3], [0]], generated=[[1, 2], []], generator=torch.Generator().manual_seed(4), **kw
+    )
+    assert again.actions == ref.actions
+    with pytest.raises(TypeError, match="compiled"):
+        policy.generate(prompts, max_steps=5, max_length=10, compiled=1)  # type: ignore[arg-type]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,40 @@ def test_generation_bench(tmp_path: Path) -> None:
     assert result["meets_targets"] == all(
         c["ratio_no_backspace"] >= 1.0 and c["ratio_backspace"] >= 0.95 for c in result["results"]
     )
+    assert "meets_targets_compiled" not in result and "hf_compiled" not in c["final_tokens_per_s"]
+
+
+@pytest.mark.skipif(
+    not any(shutil.which(c) for c in ("c++", "g++", "clang++")),
+    reason="torch.compile's CPU backend (inductor) needs a C++ compiler",
+)
+def test_generation_bench_times_both_sides_compiled(tmp_path: Path) -> None:
+    out = tmp_path / "generation.json"
+    cfg = generation_bench.Config(
+        architecture="llama",
+        sizes=("1x32",),
+        batches=(3,),
+        n_tokens=16,
+        prompt_length=2,
+        new_tokens=6,
+        repeats=1,
+        compiled=True,
+        out=str(out),
+    )
+    (c,) = saved(out, generation_bench.main(cfg))["results"]
+    rates = c["final_tokens_per_s"]
+    assert set(rates) == {
+        "hf",
+        "ours_no_backspace",
+        "ours_backspace",
+        "hf_compiled",
+        "ours_compiled_no_backspace",
+        "ours_compiled_backspace",
+    }
+    assert all(positive(x) for x in rates.values())
+    assert c["ratio_compiled_backspace"] == rates["ours_compiled_backspace"] / rates["hf_compiled"]
+    assert c["ratio_compiled_backspace_vs_hf_eager"] == rates["ours_compiled_backspace"] / rates["hf"]
+    assert set(c["first_call_seconds"]) == set(rates)
 
 
 def test_policy_bench(tmp_path: Path) -> None:
