@@ -1357,7 +1357,8 @@ class LMPolicy(torch.nn.Module):
         attend0 = (causal & (q[None, None, :] >= off[:, None, None])) | torch.eye(
             Pm + 1, dtype=torch.bool, device=dev
         )
-        mask0 = torch.zeros(B, 1, Pm + 1, Pm + 1, dtype=self.model.dtype, device=dev)
+        mdtype = self.model.dtype  # (read once: the property walks the parameters)
+        mask0 = torch.zeros(B, 1, Pm + 1, Pm + 1, dtype=mdtype, device=dev)
         mask0.masked_fill_(~attend0[:, None], neg)  # (B, 1, Q, Q)
         n_layers = int(getattr(self.model.config, "num_hidden_layers", 0) or self.model.config.n_layer)
         cache = _SlotCache(n_layers, max_slots=Pm + max_length, batch_size=B, device=dev)
@@ -1462,7 +1463,7 @@ class LMPolicy(torch.nn.Module):
             cache.kv_len = kv_hi  # slots past a row's own are masked out below
             kv = ar[:kv_hi]  # (K,)
             step_mask = (kv[None, :] >= lo[:, None]) & (kv[None, :] <= w[:, None])  # (B', K)
-            m4 = torch.where(step_mask, 0.0, neg).to(self.model.dtype)[:, None, None, :]  # (B', 1, 1, K)
+            m4 = torch.where(step_mask, 0.0, neg).to(mdtype)[:, None, None, :]  # (B', 1, 1, K)
             inp = seq[act, feed][:, None]  # (B', 1)
             out = self._run(inp, feed[:, None], m4, keep=1, cache=cache, compiled=compiled)[:, -1]  # (B', A)
             logits = logits.index_copy(0, act, out)  # (B, A)

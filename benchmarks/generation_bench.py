@@ -206,6 +206,10 @@ def main(cfg: Config) -> dict[str, Any]:
 
     transformers.logging.set_verbosity_error()  # HF generate may sample the pad id; its warning is noise here
     torch.set_num_threads(cfg.threads)
+    if cfg.compiled:
+        # HF's compiled generate (a static cache, so one graph per batch size) and ours share the model's
+        # forward, whose compiled graphs count against one limit (8 by default; past it dynamo runs eagerly)
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     device = resolve_device(cfg.device)
     vocab = Vocabulary([f"t{i}" for i in range(cfg.n_tokens)], separator=" ")
     cells = []

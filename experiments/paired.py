@@ -1,0 +1,135 @@
+"""Paired differences between the runs of two studies, matched by seed: ablations and A/A controls.
+
+``experiments.compare`` pairs the agents of one study. This compares an agent of one study with an agent of
+another (or the same) study, seed by seed, on the seeds both ran: for instance SequenceMatch with its terms
+switched off (``--sm-alpha 1e-6 --sm-chi2-coef 5e-5``: the same ``c/α``, every term scaled by α) against BC,
+to tell what the method changes from what a different random stream through the same data changes. The two
+studies should differ only in what is being tested; the settings in which their configs differ are printed and
+saved beside the table, so that a reader sees them.
+
+Usage (from the repository root)::
+
+    python -m experiments.paired --a results/aa_arith_1m:sequencematch --b results/compare_arithmetic_long:bc \\
+        --out results/paired_aa_arith_1m
+
+Writes ``results.json`` and ``table.md`` to ``--out`` (when given) and prints the table. The interval is the
+95% bootstrap interval of :func:`experiments.stats.paired_differences` (``scipy.stats.bootstrap``, BCa).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from experiments.common import ConfigError, run_cli, write_json_atomic
+from experiments.stats import paired_differences
+from seqgym._files import atomic_write
+
+IGNORED_SETTINGS = ("out", "workers", "resume", "progress", "seeds", "agents")
+"""Config fields left out of the list of settings in which the two studies differ (they change no run)."""
+
+
+@dataclasses.dataclass
+class Config:
+    """Compare agent A of one study with agent B of another, paired by seed."""
+
+    a: str
+    """STUDY:AGENT, e.g. results/aa_arith_1m:sequencematch (the study folder holds results.json)"""
+    b: str
+    """STUDY:AGENT, the other side of the difference A − B"""
+    metrics: tuple[str, ...] = ("validity", "unseen_validity", "backspace_first", "deliberate_mistakes")
+    """per-run metrics to compare (keys of the runs in results.json; a metric a task lacks is refused)"""
+    out: Path | None = None
+    """folder for results.json and table.md (default: print only)"""
+
+
+def _side(spec: str, what: str) -> tuple[Path, str, dict[str, Any], dict[int, dict[str, Any]]]:
+    """``STUDY:AGENT`` -> (folder, agent, the study's config, {seed: run})."""
+    folder, sep, agent = spec.rpartition(":")
+    if not sep or not folder or not agent:
+        raise ConfigError(f"--{what} must be STUDY:AGENT (e.g. results/compare_dyck:bc), got {spec!r}.")
+    path = Path(folder) / "results.json"
+    try:
+        study = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"--{what}: {path} does not exist (run the study first).") from None
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--{what}: cannot read {path}: {e}.") from None
+    if not isinstance(study, dict) or not isinstance(study.get("runs"), list):
+        raise ConfigError(f"--{what}: {path} is not a study's results.json (no list of runs).")
+    mine = [r for r in study["runs"] if r.get("agent") == agent]  # the main runs (a noise study's are apart)
+    runs = {int(r["seed"]): r for r in mine}
+    if len(runs) < len(mine):
+        raise ConfigError(f"--{what}: {path} holds more than one run of agent {agent!r} for a seed.")
+    if not runs:
+        agents = sorted({str(r.get("agent")) for r in study["runs"]})
+        raise ConfigError(f"--{what}: {path} has no runs of agent {agent!r}; it has {agents}.")
+    return Path(folder), agent, dict(study.get("config", {})), runs
+
+
+def main(cfg: Config) -> dict[str, Any]:
+    """Pair the two sides by seed and compute each metric's paired difference; returns what results.json holds."""
+    fa, agent_a, config_a, runs_a = _side(cfg.a, "a")
+    fb, agent_b, config_b, runs_b = _side(cfg.b, "b")
+    seeds = sorted(set(runs_a) & set(runs_b))
+    if len(seeds) < 2:
+        raise ConfigError(
+            f"The two sides share {len(seeds)} seed(s) ({seeds}); a paired interval needs at least 2 "
+            f"(A ran {sorted(runs_a)}, B ran {sorted(runs_b)})."
+        )
+    for m in cfg.metrics:
+        missing = [s for s in seeds if m not in runs_a[s] or m not in runs_b[s]]
+        if missing:
+            raise ConfigError(f"Metric {m!r} is missing from the runs of seeds {missing}.")
+    differs = {
+        k: [config_a.get(k), config_b.get(k)]
+        for k in sorted(set(config_a) | set(config_b))
+        if k not in IGNORED_SETTINGS and config_a.get(k) != config_b.get(k)
+    }
+    name_a, name_b = f"{agent_a} ({fa.name})", f"{agent_b} ({fb.name})"
+    values = {
+        m: ([float(runs_a[s][m]) for s in seeds], [float(runs_b[s][m]) for s in seeds]) for m in cfg.metrics
+    }
+    diffs = {m: paired_differences(a, b) for m, (a, b) in values.items()}
+
+    def num(x: float) -> str:
+        return "nan" if math.isnan(x) else f"{x:.3f}"
+
+    lines = [f"A = {name_a}, B = {name_b}, seeds {seeds} (paired)", ""]
+    lines += [
+        "| metric | A per seed | B per seed | A − B: mean [95% bootstrap interval] |",
+        "|---|---|---|---|",
+    ]
+    for m, (a, b) in values.items():
+        d = diffs[m]
+        lines.append(
+            f"| {m} | {' / '.join(num(x) for x in a)} | {' / '.join(num(x) for x in b)} | "
+            f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] |"
+        )
+    lines += [
+        "",
+        "Settings in which the studies differ (A, B): " + (json.dumps(differs) if differs else "none"),
+    ]
+    table = "\n".join(lines)
+    print(table)
+    results = {
+        "config": {**dataclasses.asdict(cfg), "out": None if cfg.out is None else str(cfg.out)},
+        "a": name_a,
+        "b": name_b,
+        "seeds": seeds,
+        "values": {m: {"a": a, "b": b} for m, (a, b) in values.items()},
+        "differences": diffs,
+        "settings_that_differ": differs,
+    }
+    if cfg.out is not None:
+        write_json_atomic(cfg.out / "results.json", results)
+        data = (table + "\n").encode("utf-8")
+        atomic_write(cfg.out / "table.md", lambda f: f.write(data))
+    return results
+
+
+if __name__ == "__main__":
+    run_cli(Config, main, prog="python -m experiments.paired")

@@ -1,0 +1,80 @@
+"""experiments.paired: two studies' runs paired by seed, with the differences and what settings differ."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from experiments.common import ConfigError
+from experiments.paired import Config, main
+from experiments.stats import paired_differences
+
+
+def _study(folder: Path, config: dict[str, Any], runs: list[dict[str, Any]]) -> str:
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps({"config": config, "runs": runs}), encoding="utf-8")
+    return str(folder)
+
+
+@pytest.fixture
+def studies(tmp_path: Path) -> tuple[str, str]:
+    a = _study(
+        tmp_path / "control",
+        {"task": "arithmetic", "sm_alpha": 1e-6, "out": "x", "seeds": [1, 2, 3, 4]},
+        [
+            {"agent": "sequencematch", "seed": s, "validity": v}
+            for s, v in ((1, 0.5), (2, 0.7), (3, 0.6), (4, 0.9))
+        ],
+    )
+    b = _study(
+        tmp_path / "main",
+        {"task": "arithmetic", "sm_alpha": None, "out": "y", "seeds": [2, 3, 4, 5]},
+        [
+            {"agent": a, "seed": s, "validity": v}
+            for a in ("bc", "mle")
+            for s, v in ((2, 0.6), (3, 0.8), (4, 0.7), (5, 0.1))
+        ],
+    )
+    return a, b
+
+
+def test_pairs_the_shared_seeds_and_names_the_settings_that_differ(
+    studies: tuple[str, str], tmp_path: Path
+) -> None:
+    a, b = studies
+    out = tmp_path / "out"
+    res = main(Config(a=f"{a}:sequencematch", b=f"{b}:bc", metrics=("validity",), out=out))
+    assert res["seeds"] == [2, 3, 4]
+    assert res["values"]["validity"] == {"a": [0.7, 0.6, 0.9], "b": [0.6, 0.8, 0.7]}
+    assert res["differences"]["validity"] == paired_differences([0.7, 0.6, 0.9], [0.6, 0.8, 0.7])
+    assert res["settings_that_differ"] == {"sm_alpha": [1e-6, None]}  # out and seeds change no run
+    assert json.loads((out / "results.json").read_text())["seeds"] == [2, 3, 4]
+    table = (out / "table.md").read_text()
+    assert "0.700 / 0.600 / 0.900" in table and "sm_alpha" in table
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "metrics", "match"),
+    [
+        ("{a}", "{b}:bc", ("validity",), "STUDY:AGENT"),
+        ("{a}:bc", "{b}:bc", ("validity",), "no runs of agent 'bc'"),
+        ("{a}/nowhere:bc", "{b}:bc", ("validity",), "does not exist"),
+        ("{a}:sequencematch", "{b}:bc", ("recovery",), "'recovery' is missing"),
+    ],
+)
+def test_bad_input_is_refused_with_the_cause(
+    studies: tuple[str, str], a: str, b: str, metrics: tuple[str, ...], match: str
+) -> None:
+    sa, sb = studies
+    with pytest.raises(ConfigError, match=match):
+        main(Config(a=a.format(a=sa), b=b.format(b=sb), metrics=metrics))
+
+
+def test_too_few_shared_seeds_is_refused(tmp_path: Path) -> None:
+    a = _study(tmp_path / "a", {}, [{"agent": "bc", "seed": 1, "validity": 0.5}])
+    b = _study(tmp_path / "b", {}, [{"agent": "bc", "seed": 1, "validity": 0.4}])
+    with pytest.raises(ConfigError, match="at least 2"):
+        main(Config(a=f"{a}:bc", b=f"{b}:bc", metrics=("validity",)))
