@@ -636,6 +636,30 @@ class LMPolicy(torch.nn.Module):
 
     # -- construction ---------------------------------------------------------------------------------
     @classmethod
+    def config_sizes(cls, **from_config_kwargs: Any) -> dict[str, int]:
+        """The sizes a :meth:`from_config` call with these keyword arguments would build, its defaults filled
+        in, for estimating memory before building: ``n_layer``, ``n_embd``, ``n_head``, and
+        ``position_table``, the rows of a learned position embedding (``n_positions`` for ``"gpt2"``, 0 for
+        the rotary positions of ``"llama"``). Nothing is checked here; :meth:`from_config` checks.
+
+        Example:
+            >>> LMPolicy.config_sizes(architecture="gpt2", n_positions=64)
+            {'n_layer': 2, 'n_embd': 64, 'n_head': 2, 'position_table': 64}
+        """
+        defaults = {
+            name: p.default
+            for name, p in inspect.signature(cls.from_config).parameters.items()
+            if p.default is not inspect.Parameter.empty
+        }
+        kw = {**defaults, **from_config_kwargs}
+        return {
+            "n_layer": int(kw["n_layer"]),
+            "n_embd": int(kw["n_embd"]),
+            "n_head": int(kw["n_head"]),
+            "position_table": int(kw["n_positions"]) if kw["architecture"] == "gpt2" else 0,
+        }
+
+    @classmethod
     def from_config(
         cls,
         vocab: Vocabulary,

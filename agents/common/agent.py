@@ -86,7 +86,7 @@ from agents.common.config import AgentConfig
 from agents.common.hooks import BatchT
 from agents.common.resolve import DemonstrationsLike, EnvLike, resolve_device, resolve_env, resolve_seed
 from agents.common.training import TrainingMixin
-from agents.policy import DEFAULT_ARCHITECTURE, LMPolicy
+from agents.policy import LMPolicy
 from seqgym.data import Trajectory, collect, load_demonstrations
 from seqgym.vocab import Vocabulary
 
@@ -249,15 +249,15 @@ class Agent(TrainingMixin[BatchT], ActingMixin[BatchT], CheckpointMixin[BatchT])
             kwargs = dict(config.policy_kwargs)
             kwargs.setdefault("seed", self.seed)
             kwargs.setdefault("n_positions", max(128, self.max_length + 1))
-            learned_positions = kwargs.get("architecture", DEFAULT_ARCHITECTURE) == "gpt2"  # rotary: no table
+            sizes = LMPolicy.config_sizes(**kwargs)
             check_memory(
                 max_length=self.max_length,
                 max_steps=self.max_steps,
                 batch_size=config.batch_size,
-                n_positions=kwargs["n_positions"] if learned_positions else 0,
-                n_layer=kwargs.get("n_layer", 2),
-                n_embd=kwargs.get("n_embd", 64),
-                n_head=kwargs.get("n_head", 2),
+                n_positions=sizes["position_table"],
+                n_layer=sizes["n_layer"],
+                n_embd=sizes["n_embd"],
+                n_head=sizes["n_head"],
                 device=self.device,
             )
             policy = LMPolicy.from_config(vocab, **kwargs)

@@ -711,3 +711,14 @@ def test_compiled_generation_agrees_with_eager_and_is_built_once(policy: LMPolic
     assert again.actions == ref.actions
     with pytest.raises(TypeError, match="compiled"):
         policy.generate(prompts, max_steps=5, max_length=10, compiled=1)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+@pytest.mark.parametrize("kwargs", [{}, {"n_layer": 1, "n_embd": 16, "n_head": 4, "n_positions": 40}])
+def test_config_sizes_are_those_from_config_builds(architecture: str, kwargs: dict[str, int]) -> None:
+    sizes = LMPolicy.config_sizes(architecture=architecture, **kwargs)
+    cfg = LMPolicy.from_config(VOCAB, architecture=architecture, **kwargs).model.config
+    assert sizes["n_layer"] == cfg.num_hidden_layers and sizes["n_embd"] == cfg.hidden_size
+    assert sizes["n_head"] == cfg.num_attention_heads
+    table = cfg.max_position_embeddings if architecture == "gpt2" else 0  # rotary positions have no table
+    assert sizes["position_table"] == table
