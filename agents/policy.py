@@ -69,6 +69,10 @@ __all__ = [
 #: new last token instead (one cache slot, no prefix recompute).
 _LOGIT_STACK_BYTES = 256 * 2**20
 
+#: Dynamo's recompile limit (per code object) while :meth:`LMPolicy.generate` runs compiled: room for the kinds
+#: of graph generation needs (:meth:`LMPolicy.compiled_model`) in eval and train mode, with some to spare.
+COMPILED_GRAPHS = 32
+
 #: The model families :meth:`LMPolicy.from_config` builds.
 Architecture = Literal["llama", "gpt2"]
 ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
@@ -534,6 +538,14 @@ class _SlotCache(Cache):
 # ======================================================================================================
 # The policy
 # ======================================================================================================
+def _check_sizes(architecture: object, **sizes: object) -> None:
+    """``architecture`` is one of :data:`ARCHITECTURES` and every size an int >= 1 (``ValueError``)."""
+    check_option("architecture", architecture, ARCHITECTURES)
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}.")
+
+
 def _as_ids(x: Sequence[int] | np.ndarray | torch.Tensor, what: str) -> np.ndarray:
     """A 1-D int64 array of ids, or ``TypeError`` naming ``what``."""
     if isinstance(x, torch.Tensor):
@@ -640,7 +652,8 @@ class LMPolicy(torch.nn.Module):
         """The sizes a :meth:`from_config` call with these keyword arguments would build, its defaults filled
         in, for estimating memory before building: ``n_layer``, ``n_embd``, ``n_head``, and
         ``position_table``, the rows of a learned position embedding (``n_positions`` for ``"gpt2"``, 0 for
-        the rotary positions of ``"llama"``). Nothing is checked here; :meth:`from_config` checks.
+        the rotary positions of ``"llama"``). The architecture and the sizes are checked as
+        :meth:`from_config` checks them (``ValueError``).
 
         Example:
             >>> LMPolicy.config_sizes(architecture="gpt2", n_positions=64)
@@ -652,6 +665,10 @@ class LMPolicy(torch.nn.Module):
             if p.default is not inspect.Parameter.empty
         }
         kw = {**defaults, **from_config_kwargs}
+        _check_sizes(
+            kw["architecture"],
+            **{name: kw[name] for name in ("n_layer", "n_embd", "n_head", "n_positions")},
+        )
         return {
             "n_layer": int(kw["n_layer"]),
             "n_embd": int(kw["n_embd"]),
@@ -714,15 +731,7 @@ class LMPolicy(torch.nn.Module):
 
         if not isinstance(vocab, Vocabulary):
             raise TypeError(f"vocab must be a seqgym Vocabulary, got {type(vocab).__name__}.")
-        check_option("architecture", architecture, ARCHITECTURES)
-        for name, value in (
-            ("n_layer", n_layer),
-            ("n_embd", n_embd),
-            ("n_head", n_head),
-            ("n_positions", n_positions),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}.")
+        _check_sizes(architecture, n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_positions=n_positions)
         if n_embd % n_head:
             raise ValueError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head}).")
         if architecture == "llama" and (n_embd // n_head) % 2:
@@ -1045,8 +1054,14 @@ class LMPolicy(torch.nn.Module):
     def compiled_model(self) -> Any:
         """:attr:`model` wrapped by ``torch.compile(dynamic=True)`` for generation, built on first use and kept
         (not a submodule: ``state_dict`` and saving are unchanged) until :attr:`model` is replaced. It shares
-        the model's parameters, so training in between needs no rebuild; its first calls compile the prefill
-        and the one-token step (tens of seconds on a CPU; the inductor backend needs a C++ compiler there)."""
+        the model's parameters, so training in between needs no rebuild.
+
+        Sizes are symbolic, so one graph serves every batch, prompt and cache length of its kind, but dynamo
+        compiles a graph per kind on its first call: the prefill, the one-token step, a step with a single
+        live row and a batch of one (sizes 0 and 1 are specialised), a prefill that keeps every logit (a
+        ``generated`` part), and each of these again in train mode. Each takes seconds to tens of seconds on
+        a CPU (the inductor backend needs a C++ compiler there); later calls reuse them. Generation runs
+        with dynamo's recompile limit raised to :data:`COMPILED_GRAPHS` so that these kinds fit."""
         held = self.__dict__.get("_compiled")
         if held is None or held[0] is not self.model:
             held = (self.model, torch.compile(self.model, dynamic=True))
@@ -1086,7 +1101,14 @@ class LMPolicy(torch.nn.Module):
             kwargs["use_cache"] = False
         if keep is not None and self._keep_kw is not None:
             kwargs[self._keep_kw] = keep
-        out = self.compiled_model()(**kwargs) if compiled else self.call_model(**kwargs)
+        if compiled:
+            import torch._dynamo
+
+            limit = max(torch._dynamo.config.cache_size_limit, COMPILED_GRAPHS)
+            with torch._dynamo.config.patch(cache_size_limit=limit):
+                out = self.compiled_model()(**kwargs)
+        else:
+            out = self.call_model(**kwargs)
         logits = out.logits  # (B, S' , V)
         if keep is not None:
             logits = logits[:, -keep:]
@@ -1326,7 +1348,8 @@ class LMPolicy(torch.nn.Module):
                 ``<backspace>`` may delete it down to the prompt (``docs/method.md`` §7). ``Generation.actions``
                 are the actions taken from there; ``Generation.sequences`` the final visible sequences.
             compiled: run the model's forwards through :meth:`compiled_model` (``torch.compile``; the first
-                call compiles, later ones reuse it whatever the batch, prompt and cache lengths). The logits
+                calls compile a few graphs, later ones reuse them whatever the batch, prompt and cache
+                lengths). The logits
                 agree with the eager forward to float rounding, so the samples do too but for a draw that
                 falls within that rounding of a boundary. ``None`` (default): :attr:`compiled_generation`.
 
@@ -1336,6 +1359,8 @@ class LMPolicy(torch.nn.Module):
         temp = _check_sampling(temperature, top_k, top_p)
         if compiled is None:
             compiled = self.compiled_generation
+        if isinstance(compiled, np.bool_):
+            compiled = bool(compiled)
         if not isinstance(compiled, bool):
             raise TypeError(
                 f"compiled (and LMPolicy.compiled_generation) must be a bool, got {type(compiled).__name__}."

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch._dynamo
 
 from agents.common.resolve import resolve_device
 from agents.policy import Architecture, LMPolicy
@@ -107,12 +108,12 @@ def bench_cell(cfg: Config, policy: LMPolicy, batch: int, device: torch.device) 
         policy, prompts, cfg.new_tokens, cfg.p_backspace, seed=cfg.seed
     )
 
-    outs: dict[bool, Any] = {}
+    outs: dict[tuple[bool, bool], Any] = {}
 
     def ours(allow: bool, compiled: bool = False) -> Callable[[], Any]:
         def run() -> Any:
             g = torch.Generator(device=device).manual_seed(cfg.seed)
-            outs[allow] = policy.generate(
+            outs[allow, compiled] = policy.generate(
                 prompts,
                 max_steps=10 * cfg.new_tokens,
                 max_length=max_length,
@@ -121,7 +122,7 @@ def bench_cell(cfg: Config, policy: LMPolicy, batch: int, device: torch.device) 
                 logits_processor=with_backspace if allow else no_eos,
                 compiled=compiled,
             )
-            return outs[allow]
+            return outs[allow, compiled]
 
         return run
 
@@ -133,6 +134,11 @@ def bench_cell(cfg: Config, policy: LMPolicy, batch: int, device: torch.device) 
             from transformers import CompileConfig
 
             compile_config = CompileConfig(mode="default")
+            if not hasattr(CompileConfig, "_compile_all_devices"):
+                raise RuntimeError(
+                    "This transformers version has no CompileConfig._compile_all_devices, which the benchmark sets "
+                    "to compile HF's generate on any device; run without --compiled."
+                )
             compile_config._compile_all_devices = True  # type: ignore[assignment]  # HF: accelerators only unless told
             extra = {"cache_implementation": "static", "compile_config": compile_config}
 
@@ -174,9 +180,11 @@ def bench_cell(cfg: Config, policy: LMPolicy, batch: int, device: torch.device) 
             _sync(device)
             times[name].append(time.perf_counter() - t0)
     final = batch * cfg.new_tokens
-    assert all(len(s) == max_length for s in outs[True].sequences), "every row writes new_tokens final tokens"
-    steps = sum(len(a) for a in outs[True].actions)
-    forward_steps = max(len(a) - a.count(bk) for a in outs[True].actions)  # tokens of the busiest row
+    assert all(len(s) == max_length for s in outs[True, False].sequences), (
+        "every row writes new_tokens final tokens"
+    )
+    steps = sum(len(a) for a in outs[True, False].actions)
+    forward_steps = max(len(a) - a.count(bk) for a in outs[True, False].actions)  # tokens of the busiest row
     rates = {name: final / statistics.median(t) for name, t in times.items()}
     extra: dict[str, Any] = {}
     if cfg.compiled:
@@ -190,7 +198,7 @@ def bench_cell(cfg: Config, policy: LMPolicy, batch: int, device: torch.device) 
     return {
         "batch": batch,
         "final_tokens": final,
-        "backspace_fraction": sum(a.count(bk) for a in outs[True].actions) / steps,
+        "backspace_fraction": sum(a.count(bk) for a in outs[True, False].actions) / steps,
         "seconds": times,
         "final_tokens_per_s": rates,
         "ratio_no_backspace": rates["ours_no_backspace"] / rates["hf"],
@@ -201,17 +209,8 @@ def bench_cell(cfg: Config, policy: LMPolicy, batch: int, device: torch.device) 
     }
 
 
-def main(cfg: Config) -> dict[str, Any]:
-    import transformers
-
-    transformers.logging.set_verbosity_error()  # HF generate may sample the pad id; its warning is noise here
-    torch.set_num_threads(cfg.threads)
-    if cfg.compiled:
-        # HF's compiled generate (a static cache, so one graph per batch size) and ours share the model's
-        # forward, whose compiled graphs count against one limit (8 by default; past it dynamo runs eagerly)
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    device = resolve_device(cfg.device)
-    vocab = Vocabulary([f"t{i}" for i in range(cfg.n_tokens)], separator=" ")
+def _cells(cfg: Config, vocab: Vocabulary, device: torch.device) -> list[dict[str, Any]]:
+    """Every (size, batch) cell of the sweep."""
     cells = []
     for size in cfg.sizes:
         n_layer, n_embd, n_head = parse_size(size)
@@ -227,6 +226,21 @@ def main(cfg: Config) -> dict[str, Any]:
         policy.eval()
         for batch in cfg.batches:
             cells.append({"size": size, **bench_cell(cfg, policy, batch, device)})
+    return cells
+
+
+def main(cfg: Config) -> dict[str, Any]:
+    import transformers
+
+    transformers.logging.set_verbosity_error()  # HF generate may sample the pad id; its warning is noise here
+    torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    vocab = Vocabulary([f"t{i}" for i in range(cfg.n_tokens)], separator=" ")
+    # HF's compiled generate (a static cache: graphs per batch size) and ours compile the same forward, whose
+    # graphs count against one recompile limit (8 by default; past it dynamo runs eagerly): raised for the run
+    limit = max(torch._dynamo.config.cache_size_limit, 64 if cfg.compiled else 0)
+    with torch._dynamo.config.patch(cache_size_limit=limit):
+        cells = _cells(cfg, vocab, device)
     info = machine_info(transformers=transformers.__version__, device=str(device), torch_threads=cfg.threads)
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)

@@ -31,6 +31,16 @@ from seqgym._files import atomic_write
 IGNORED_SETTINGS = ("out", "workers", "resume", "progress", "seeds", "agents")
 """Config fields left out of the list of settings in which the two studies differ (they change no run)."""
 
+DEFAULT_METRICS = (
+    "validity",
+    "unseen_validity",
+    "backspace_first",
+    "recovery",
+    "deliberate_mistakes",
+    "heldout_nll",
+)
+"""The metrics compared when none are named: those of these that both sides' runs hold."""
+
 
 @dataclasses.dataclass
 class Config:
@@ -40,8 +50,9 @@ class Config:
     """STUDY:AGENT, e.g. results/aa_arith_1m:sequencematch (the study folder holds results.json)"""
     b: str
     """STUDY:AGENT, the other side of the difference A − B"""
-    metrics: tuple[str, ...] = ("validity", "unseen_validity", "backspace_first", "deliberate_mistakes")
-    """per-run metrics to compare (keys of the runs in results.json; a metric a task lacks is refused)"""
+    metrics: tuple[str, ...] = ()
+    """per-run metrics to compare (keys of the runs in results.json; a named metric a run lacks is refused);
+    empty: those of DEFAULT_METRICS that both sides hold"""
     out: Path | None = None
     """folder for results.json and table.md (default: print only)"""
 
@@ -60,6 +71,8 @@ def _side(spec: str, what: str) -> tuple[Path, str, dict[str, Any], dict[int, di
         raise ConfigError(f"--{what}: cannot read {path}: {e}.") from None
     if not isinstance(study, dict) or not isinstance(study.get("runs"), list):
         raise ConfigError(f"--{what}: {path} is not a study's results.json (no list of runs).")
+    if not all(isinstance(r, dict) and _is_int(r.get("seed")) for r in study["runs"]):
+        raise ConfigError(f"--{what}: {path} holds a run that is not a record with an integer seed.")
     mine = [r for r in study["runs"] if r.get("agent") == agent]  # the main runs (a noise study's are apart)
     runs = {int(r["seed"]): r for r in mine}
     if len(runs) < len(mine):
@@ -68,6 +81,14 @@ def _side(spec: str, what: str) -> tuple[Path, str, dict[str, Any], dict[int, di
         agents = sorted({str(r.get("agent")) for r in study["runs"]})
         raise ConfigError(f"--{what}: {path} has no runs of agent {agent!r}; it has {agents}.")
     return Path(folder), agent, dict(study.get("config", {})), runs
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _number(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 def main(cfg: Config) -> dict[str, Any]:
@@ -80,10 +101,18 @@ def main(cfg: Config) -> dict[str, Any]:
             f"The two sides share {len(seeds)} seed(s) ({seeds}); a paired interval needs at least 2 "
             f"(A ran {sorted(runs_a)}, B ran {sorted(runs_b)})."
         )
-    for m in cfg.metrics:
-        missing = [s for s in seeds if m not in runs_a[s] or m not in runs_b[s]]
-        if missing:
-            raise ConfigError(f"Metric {m!r} is missing from the runs of seeds {missing}.")
+
+    def held(m: str) -> list[int]:  # seeds whose runs lack a number for m, on either side
+        return [s for s in seeds if not (_number(runs_a[s].get(m)) and _number(runs_b[s].get(m)))]
+
+    metrics = tuple(cfg.metrics) or tuple(m for m in DEFAULT_METRICS if not held(m))
+    if not metrics:
+        raise ConfigError(
+            f"The two sides hold none of the metrics {list(DEFAULT_METRICS)}; name some with --metrics."
+        )
+    for m in metrics:
+        if held(m):
+            raise ConfigError(f"Metric {m!r} is missing (or not a number) in the runs of seeds {held(m)}.")
     differs = {
         k: [config_a.get(k), config_b.get(k)]
         for k in sorted(set(config_a) | set(config_b))
@@ -91,7 +120,7 @@ def main(cfg: Config) -> dict[str, Any]:
     }
     name_a, name_b = f"{agent_a} ({fa.name})", f"{agent_b} ({fb.name})"
     values = {
-        m: ([float(runs_a[s][m]) for s in seeds], [float(runs_b[s][m]) for s in seeds]) for m in cfg.metrics
+        m: ([float(runs_a[s][m]) for s in seeds], [float(runs_b[s][m]) for s in seeds]) for m in metrics
     }
     diffs = {m: paired_differences(a, b) for m, (a, b) in values.items()}
 
@@ -117,6 +146,7 @@ def main(cfg: Config) -> dict[str, Any]:
     print(table)
     results = {
         "config": {**dataclasses.asdict(cfg), "out": None if cfg.out is None else str(cfg.out)},
+        "metrics": list(metrics),
         "a": name_a,
         "b": name_b,
         "seeds": seeds,

@@ -18,6 +18,7 @@ pytest.importorskip("transformers")
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from torch._dynamo.utils import counters
 
 from agents.policy import ARCHITECTURES, Generation, LMPolicy, TokenMap, TrajectoryLogits, sample_actions
 from seqgym.dynamics import replay, states
@@ -687,7 +688,13 @@ def test_compiled_generation_agrees_with_eager_and_is_built_once(policy: LMPolic
         "output_logits": True,
     }
     eager = policy.generate(prompts, generator=torch.Generator().manual_seed(2), **kw)
+    graphs = counters["stats"]["unique_graphs"]
     compiled = policy.generate(prompts, generator=torch.Generator().manual_seed(2), compiled=True, **kw)
+    assert counters["stats"]["unique_graphs"] > graphs  # it did compile (not a silent eager fallback)
+    graphs = counters["stats"]["unique_graphs"]
+    repeat = policy.generate(prompts, generator=torch.Generator().manual_seed(2), compiled=True, **kw)
+    assert counters["stats"]["unique_graphs"] == graphs  # and the same call reuses its graphs
+    assert repeat.actions == eager.actions
     assert compiled.actions == eager.actions and compiled.sequences == eager.sequences
     assert sum(a.count(BK) for a in eager.actions) >= 3  # backspaces taken, rows finished at different steps
     assert compiled.logits is not None and eager.logits is not None
@@ -711,6 +718,9 @@ def test_compiled_generation_agrees_with_eager_and_is_built_once(policy: LMPolic
     assert again.actions == ref.actions
     with pytest.raises(TypeError, match="compiled"):
         policy.generate(prompts, max_steps=5, max_length=10, compiled=1)  # type: ignore[arg-type]
+    assert policy.generate(
+        prompts, max_steps=5, max_length=10, compiled=np.False_
+    ).actions  # numpy bools pass
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
@@ -722,3 +732,19 @@ def test_config_sizes_are_those_from_config_builds(architecture: str, kwargs: di
     assert sizes["n_head"] == cfg.num_attention_heads
     table = cfg.max_position_embeddings if architecture == "gpt2" else 0  # rotary positions have no table
     assert sizes["position_table"] == table
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"architecture": "bert"}, "architecture"),
+        ({"n_layer": None}, "n_layer must be an int >= 1"),
+        ({"n_head": "two"}, "n_head must be an int >= 1"),
+        ({"n_positions": 0}, "n_positions must be an int >= 1"),
+    ],
+)
+def test_config_sizes_refuses_what_from_config_refuses(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        LMPolicy.config_sizes(**kwargs)
+    with pytest.raises(ValueError, match=match):
+        LMPolicy.from_config(VOCAB, **kwargs)

@@ -63,6 +63,7 @@ def test_pairs_the_shared_seeds_and_names_the_settings_that_differ(
         ("{a}:bc", "{b}:bc", ("validity",), "no runs of agent 'bc'"),
         ("{a}/nowhere:bc", "{b}:bc", ("validity",), "does not exist"),
         ("{a}:sequencematch", "{b}:bc", ("recovery",), "'recovery' is missing"),
+        ("{a}:sequencematch", "{b}:bc", ("validity", "heldout_nll"), "'heldout_nll' is missing"),
     ],
 )
 def test_bad_input_is_refused_with_the_cause(
@@ -71,6 +72,43 @@ def test_bad_input_is_refused_with_the_cause(
     sa, sb = studies
     with pytest.raises(ConfigError, match=match):
         main(Config(a=a.format(a=sa), b=b.format(b=sb), metrics=metrics))
+
+
+def test_default_metrics_are_those_both_sides_hold(studies: tuple[str, str]) -> None:
+    a, b = studies  # their runs hold validity alone
+    res = main(Config(a=f"{a}:sequencematch", b=f"{b}:mle"))
+    assert res["metrics"] == ["validity"] and list(res["differences"]) == ["validity"]
+
+
+@pytest.mark.parametrize(
+    ("runs", "match"),
+    [
+        ([{"agent": "bc", "validity": 0.5}], "integer seed"),
+        (["bc"], "integer seed"),
+        (
+            [{"agent": "bc", "seed": 1, "validity": 0.5}, {"agent": "bc", "seed": 1, "validity": 0.6}],
+            "more than one",
+        ),
+        ([{"agent": "bc", "seed": s, "validity": None} for s in (1, 2)], "none of the metrics"),
+    ],
+)
+def test_malformed_runs_are_refused(tmp_path: Path, runs: list[Any], match: str) -> None:
+    a = _study(tmp_path / "a", {}, runs)
+    b = _study(tmp_path / "b", {}, [{"agent": "bc", "seed": s, "validity": 0.4} for s in (1, 2)])
+    with pytest.raises(ConfigError, match=match):
+        main(Config(a=f"{a}:bc", b=f"{b}:bc"))
+
+
+def test_an_unreadable_or_foreign_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "results.json").write_text("{not json", encoding="utf-8")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "results.json").write_text('{"rows": []}', encoding="utf-8")
+    b = _study(tmp_path / "b", {}, [{"agent": "bc", "seed": s, "validity": 0.4} for s in (1, 2)])
+    with pytest.raises(ConfigError, match="cannot read"):
+        main(Config(a=f"{tmp_path / 'bad'}:bc", b=f"{b}:bc"))
+    with pytest.raises(ConfigError, match=r"not a study's results\.json"):
+        main(Config(a=f"{tmp_path / 'other'}:bc", b=f"{b}:bc"))
 
 
 def test_too_few_shared_seeds_is_refused(tmp_path: Path) -> None:
