@@ -5,12 +5,15 @@ another (or the same) study, seed by seed, on the seeds both ran: for instance S
 switched off (``--sm-alpha 1e-6 --sm-chi2-coef 5e-5``: the same ``c/α``, every term scaled by α) against BC,
 to tell what the method changes from what a different random stream through the same data changes. The two
 studies should differ only in what is being tested; the settings in which their configs differ are printed and
-saved beside the table, so that a reader sees them.
+saved beside the table, so that a reader sees them. A side may pool several studies of the same settings that
+ran different seeds (e.g. a second set of fresh seeds), so that the interval is over all of them.
 
 Usage (from the repository root)::
 
     python -m experiments.paired --a results/aa_arith_1m:sequencematch --b results/compare_arithmetic_long:bc \\
         --out results/paired_aa_arith_1m
+    python -m experiments.paired --a results/compare_dyck_long:sequencematch results/compare_dyck_long2:sequencematch \\
+        --b results/compare_dyck_long:bc results/compare_dyck_long2:bc
 
 Writes ``results.json`` and ``table.md`` to ``--out`` (when given) and prints the table. The interval is the
 95% bootstrap interval of :func:`experiments.stats.paired_differences` (``scipy.stats.bootstrap``, BCa).
@@ -44,12 +47,13 @@ DEFAULT_METRICS = (
 
 @dataclasses.dataclass
 class Config:
-    """Compare agent A of one study with agent B of another, paired by seed."""
+    """Compare agent A of one study (or several pooled) with agent B of another, paired by seed."""
 
-    a: str
-    """STUDY:AGENT, e.g. results/aa_arith_1m:sequencematch (the study folder holds results.json)"""
-    b: str
-    """STUDY:AGENT, the other side of the difference A − B"""
+    a: tuple[str, ...]
+    """STUDY:AGENT, e.g. results/aa_arith_1m:sequencematch (the study folder holds results.json); several pool
+    their runs (the same agent and settings, different seeds)"""
+    b: tuple[str, ...]
+    """STUDY:AGENT ..., the other side of the difference A − B"""
     metrics: tuple[str, ...] = ()
     """per-run metrics to compare (keys of the runs in results.json; a named metric a run lacks is refused);
     empty: those of DEFAULT_METRICS that both sides hold"""
@@ -83,6 +87,42 @@ def _side(spec: str, what: str) -> tuple[Path, str, dict[str, Any], dict[int, di
     return Path(folder), agent, dict(study.get("config", {})), runs
 
 
+def _pooled(specs: tuple[str, ...], what: str) -> tuple[str, dict[str, Any], dict[int, dict[str, Any]]]:
+    """One side: its name, its settings and ``{seed: run}`` over the studies it pools."""
+    if isinstance(specs, str):  # one study, from Python
+        specs = (specs,)
+    if not specs:
+        raise ConfigError(f"--{what} needs at least one STUDY:AGENT.")
+    sides = [_side(spec, what) for spec in specs]
+    agents = {agent for _, agent, _, _ in sides}
+    if len(agents) > 1:
+        raise ConfigError(f"--{what} pools different agents {sorted(agents)}; pool runs of one agent.")
+    config = sides[0][2]
+    runs: dict[int, dict[str, Any]] = {}
+    for folder, _, other, more in sides:
+        differs = _differences(config, other)
+        if differs:
+            raise ConfigError(
+                f"--{what}: {folder} ran other settings than {sides[0][0]} ({sorted(differs)}); pool only "
+                "studies of the same settings."
+            )
+        twice = sorted(set(runs) & set(more))
+        if twice:
+            raise ConfigError(f"--{what}: seeds {twice} appear in more than one of the pooled studies.")
+        runs.update(more)
+    name = f"{agents.pop()} ({' + '.join(folder.name for folder, _, _, _ in sides)})"
+    return name, config, runs
+
+
+def _differences(config_a: dict[str, Any], config_b: dict[str, Any]) -> dict[str, list[Any]]:
+    """``{setting: [a, b]}`` for the settings (beyond :data:`IGNORED_SETTINGS`) in which two configs differ."""
+    return {
+        k: [config_a.get(k), config_b.get(k)]
+        for k in sorted(set(config_a) | set(config_b))
+        if k not in IGNORED_SETTINGS and config_a.get(k) != config_b.get(k)
+    }
+
+
 def _is_int(x: object) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
@@ -93,8 +133,8 @@ def _number(x: object) -> bool:
 
 def main(cfg: Config) -> dict[str, Any]:
     """Pair the two sides by seed and compute each metric's paired difference; returns what results.json holds."""
-    fa, agent_a, config_a, runs_a = _side(cfg.a, "a")
-    fb, agent_b, config_b, runs_b = _side(cfg.b, "b")
+    name_a, config_a, runs_a = _pooled(cfg.a, "a")
+    name_b, config_b, runs_b = _pooled(cfg.b, "b")
     seeds = sorted(set(runs_a) & set(runs_b))
     if len(seeds) < 2:
         raise ConfigError(
@@ -113,12 +153,7 @@ def main(cfg: Config) -> dict[str, Any]:
     for m in metrics:
         if held(m):
             raise ConfigError(f"Metric {m!r} is missing (or not a number) in the runs of seeds {held(m)}.")
-    differs = {
-        k: [config_a.get(k), config_b.get(k)]
-        for k in sorted(set(config_a) | set(config_b))
-        if k not in IGNORED_SETTINGS and config_a.get(k) != config_b.get(k)
-    }
-    name_a, name_b = f"{agent_a} ({fa.name})", f"{agent_b} ({fb.name})"
+    differs = _differences(config_a, config_b)
     values = {
         m: ([float(runs_a[s][m]) for s in seeds], [float(runs_b[s][m]) for s in seeds]) for m in metrics
     }
@@ -145,7 +180,12 @@ def main(cfg: Config) -> dict[str, Any]:
     table = "\n".join(lines)
     print(table)
     results = {
-        "config": {**dataclasses.asdict(cfg), "out": None if cfg.out is None else str(cfg.out)},
+        "config": {
+            **dataclasses.asdict(cfg),
+            "a": list(cfg.a),
+            "b": list(cfg.b),
+            "out": None if cfg.out is None else str(cfg.out),
+        },
         "metrics": list(metrics),
         "a": name_a,
         "b": name_b,

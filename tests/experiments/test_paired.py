@@ -111,6 +111,30 @@ def test_an_unreadable_or_foreign_file_is_refused(tmp_path: Path) -> None:
         main(Config(a=f"{tmp_path / 'other'}:bc", b=f"{b}:bc"))
 
 
+def test_a_side_pools_studies_of_the_same_settings(tmp_path: Path) -> None:
+    def runs(agent: str, seeds: tuple[int, ...], base: float) -> list[dict[str, Any]]:
+        return [{"agent": agent, "seed": s, "validity": base + 0.01 * s} for s in seeds]
+
+    first = _study(
+        tmp_path / "s1", {"task": "dyck", "seeds": [1, 2]}, runs("sm", (1, 2), 0.5) + runs("bc", (1, 2), 0.4)
+    )
+    second = _study(
+        tmp_path / "s2", {"task": "dyck", "seeds": [3]}, runs("sm", (3,), 0.5) + runs("bc", (3,), 0.4)
+    )
+    res = main(Config(a=(f"{first}:sm", f"{second}:sm"), b=(f"{first}:bc", f"{second}:bc")))
+    assert res["seeds"] == [1, 2, 3] and res["a"] == "sm (s1 + s2)"
+    assert res["differences"]["validity"]["mean"] == pytest.approx(0.1)
+    other = _study(tmp_path / "s3", {"task": "mirror"}, runs("sm", (4,), 0.5))
+    with pytest.raises(ConfigError, match="other settings"):
+        main(Config(a=(f"{first}:sm", f"{other}:sm"), b=(f"{first}:bc",)))
+    with pytest.raises(ConfigError, match="more than one of the pooled"):
+        main(Config(a=(f"{first}:sm", f"{first}:sm"), b=(f"{first}:bc",)))
+    with pytest.raises(ConfigError, match="different agents"):
+        main(Config(a=(f"{first}:sm", f"{second}:bc"), b=(f"{first}:bc",)))
+    with pytest.raises(ConfigError, match="at least one"):
+        main(Config(a=(), b=(f"{first}:bc",)))
+
+
 def test_too_few_shared_seeds_is_refused(tmp_path: Path) -> None:
     a = _study(tmp_path / "a", {}, [{"agent": "bc", "seed": 1, "validity": 0.5}])
     b = _study(tmp_path / "b", {}, [{"agent": "bc", "seed": 1, "validity": 0.4}])
