@@ -593,7 +593,8 @@ class LMPolicy(torch.nn.Module):
         model, vocab, token_map, tokenizer: as given.
         n_positions: the longest model input (BOS slot included) the model's position embeddings allow.
         compiled_generation: the default of :meth:`generate`'s ``compiled`` (``False``): set it to ``True`` to
-            run every generation of this policy, the agents' own included, through ``torch.compile``.
+            run every generation of this policy, the agents' own included, through ``torch.compile`` (a
+            setting of this process: it is not saved with the policy).
     """
 
     def __init__(
