@@ -1350,9 +1350,9 @@ class LMPolicy(torch.nn.Module):
                 are the actions taken from there; ``Generation.sequences`` the final visible sequences.
             compiled: run the model's forwards through :meth:`compiled_model` (``torch.compile``; the first
                 calls compile a few graphs, later ones reuse them whatever the batch, prompt and cache
-                lengths). The logits
-                agree with the eager forward to float rounding, so the samples do too but for a draw that
-                falls within that rounding of a boundary. ``None`` (default): :attr:`compiled_generation`.
+                lengths). The logits agree with the eager forward to float rounding, so the samples do too
+                but for a draw that falls within that rounding of a boundary. ``None`` (default):
+                :attr:`compiled_generation`.
 
         Returns:
             :class:`Generation`.
