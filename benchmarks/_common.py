@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 __all__ = [
     "cli",
     "generation_processors",
+    "hf_generate",
     "interleaved_times",
     "load_average",
     "machine_info",
@@ -85,6 +86,28 @@ def generation_processors(
         return logits
 
     return with_backspace, no_eos
+
+
+def hf_generate(policy: Any, input_ids: torch.Tensor, new_tokens: int, seed: int, **extra: Any) -> Any:
+    """Hugging Face ``generate`` of ``policy.model`` (``policy`` an :class:`agents.policy.LMPolicy`) sampling
+    exactly ``new_tokens`` tokens after every row of ``input_ids`` (``(B, 1+P)``: the BOS slot, then the prompt),
+    the baseline of the generation benchmarks; ``extra`` goes to ``generate`` (e.g. a static cache and
+    ``compile_config``). Returns ``(B, 1+P+new_tokens)``."""
+    import torch
+
+    v = policy.vocab
+    torch.manual_seed(seed)
+    with torch.inference_mode():
+        return policy.model.generate(
+            input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            do_sample=True,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            pad_token_id=v.pad_id,
+            eos_token_id=v.eos_id,
+            **extra,
+        )
 
 
 def load_average() -> float | None:

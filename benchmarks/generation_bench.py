@@ -41,7 +41,7 @@ import torch._dynamo
 
 from agents.common.resolve import resolve_device
 from agents.policy import Architecture, LMPolicy
-from benchmarks._common import cli, generation_processors, machine_info
+from benchmarks._common import cli, generation_processors, hf_generate, machine_info
 from experiments.common import write_json_atomic
 from seqgym.vocab import Vocabulary
 
@@ -143,18 +143,7 @@ def bench_cell(cfg: Config, policy: LMPolicy, batch: int, device: torch.device) 
             extra = {"cache_implementation": "static", "compile_config": compile_config}
 
         def run() -> Any:
-            torch.manual_seed(cfg.seed)
-            with torch.inference_mode():
-                return policy.model.generate(
-                    input_ids,
-                    attention_mask=torch.ones_like(input_ids),
-                    do_sample=True,
-                    max_new_tokens=cfg.new_tokens,
-                    min_new_tokens=cfg.new_tokens,
-                    pad_token_id=v.pad_id,
-                    eos_token_id=eos,
-                    **extra,
-                )
+            return hf_generate(policy, input_ids, cfg.new_tokens, cfg.seed, **extra)
 
         return run
 

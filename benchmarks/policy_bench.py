@@ -33,6 +33,7 @@ from agents.policy import Architecture, LMPolicy
 from benchmarks._common import (
     cli,
     generation_processors,
+    hf_generate,
     interleaved_times,
     load_average,
     machine_info,
@@ -192,17 +193,7 @@ def bench_generation(cfg: Config, policy: LMPolicy, rng: np.random.Generator) ->
     input_ids = torch.tensor([[eos, *p] for p in prompts])  # (B, 1+P): the same BOS slot as ours
 
     def hf() -> torch.Tensor:
-        torch.manual_seed(cfg.seed)
-        with torch.inference_mode():
-            return policy.model.generate(
-                input_ids,
-                attention_mask=torch.ones_like(input_ids),
-                do_sample=True,
-                max_new_tokens=cfg.new_tokens,
-                min_new_tokens=cfg.new_tokens,
-                pad_token_id=v.pad_id,
-                eos_token_id=eos,
-            )
+        return hf_generate(policy, input_ids, cfg.new_tokens, cfg.seed)
 
     fns = {
         "hf_generate_no_backspace": hf,
