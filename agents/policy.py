@@ -1089,7 +1089,8 @@ class LMPolicy(torch.nn.Module):
     ) -> torch.Tensor:
         """Model forward on env ids ``(B, S)``; returns action logits ``(B, keep or S, A)``.
 
-        ``compiled``: through :meth:`compiled_model` (generation only: no gradients, no training engine)."""
+        ``compiled``: through :meth:`compiled_model` (generation only: no gradients, no training engine; the
+        caller raises dynamo's recompile limit, as :meth:`generate` does)."""
         kwargs: dict[str, Any] = {
             "input_ids": self.token_map.to_model(env_ids),
             "position_ids": position_ids,
@@ -1102,14 +1103,7 @@ class LMPolicy(torch.nn.Module):
             kwargs["use_cache"] = False
         if keep is not None and self._keep_kw is not None:
             kwargs[self._keep_kw] = keep
-        if compiled:
-            import torch._dynamo
-
-            limit = max(torch._dynamo.config.cache_size_limit, COMPILED_GRAPHS)
-            with torch._dynamo.config.patch(cache_size_limit=limit):
-                out = self.compiled_model()(**kwargs)
-        else:
-            out = self.call_model(**kwargs)
+        out = self.compiled_model()(**kwargs) if compiled else self.call_model(**kwargs)
         logits = out.logits  # (B, S' , V)
         if keep is not None:
             logits = logits[:, -keep:]
@@ -1366,6 +1360,59 @@ class LMPolicy(torch.nn.Module):
             raise TypeError(
                 f"compiled (and LMPolicy.compiled_generation) must be a bool, got {type(compiled).__name__}."
             )
+        if not compiled:
+            return self._sample(
+                prompts,
+                max_steps,
+                max_length,
+                temp,
+                top_k,
+                top_p,
+                generator,
+                allow_backspace,
+                logits_processor,
+                output_logits,
+                generated,
+                compiled=False,
+            )
+        import torch._dynamo
+
+        # dynamo's recompile limit, raised once for the whole generation: room for its few graph kinds
+        limit = max(torch._dynamo.config.cache_size_limit, COMPILED_GRAPHS)
+        with torch._dynamo.config.patch(cache_size_limit=limit):
+            return self._sample(
+                prompts,
+                max_steps,
+                max_length,
+                temp,
+                top_k,
+                top_p,
+                generator,
+                allow_backspace,
+                logits_processor,
+                output_logits,
+                generated,
+                compiled=True,
+            )
+
+    def _sample(
+        self,
+        prompts: IdRows,
+        max_steps: int,
+        max_length: int,
+        temp: float,
+        top_k: int | None,
+        top_p: float | None,
+        generator: torch.Generator | None,
+        allow_backspace: bool,
+        logits_processor: Callable[[torch.Tensor], torch.Tensor] | None,
+        output_logits: bool,
+        generated: IdRows | None,
+        *,
+        compiled: bool,
+    ) -> Generation:
+        """The body of :meth:`generate`, its sampling arguments checked (``temp`` from :func:`_check_sampling`)
+        and ``compiled`` resolved; the other arguments are checked here."""
         for name, value in (("max_steps", max_steps), ("max_length", max_length)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}.")

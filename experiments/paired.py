@@ -27,7 +27,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from experiments.common import ConfigError, run_cli, write_json_atomic
+from agents.common.config import is_number
+from experiments.common import ConfigError, _is_int, run_cli, write_json_atomic
 from experiments.stats import paired_differences
 from seqgym._files import atomic_write
 
@@ -123,14 +124,6 @@ def _differences(config_a: dict[str, Any], config_b: dict[str, Any]) -> dict[str
     }
 
 
-def _is_int(x: object) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _number(x: object) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
 def main(cfg: Config) -> dict[str, Any]:
     """Pair the two sides by seed and compute each metric's paired difference; returns what results.json holds."""
     name_a, config_a, runs_a = _pooled(cfg.a, "a")
@@ -143,7 +136,7 @@ def main(cfg: Config) -> dict[str, Any]:
         )
 
     def held(m: str) -> list[int]:  # seeds whose runs lack a number for m, on either side
-        return [s for s in seeds if not (_number(runs_a[s].get(m)) and _number(runs_b[s].get(m)))]
+        return [s for s in seeds if not (is_number(runs_a[s].get(m)) and is_number(runs_b[s].get(m)))]
 
     metrics = tuple(cfg.metrics) or tuple(m for m in DEFAULT_METRICS if not held(m))
     if not metrics:
