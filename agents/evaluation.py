@@ -25,7 +25,14 @@ from agents.policy import Generation, LMPolicy
 from seqgym.dynamics import pad_histories, surviving_actions
 from seqgym.metrics import SourceStatistics, evaluate_samples, model_heldout_nll
 
-__all__ = ["Generator", "evaluate_generator", "evaluate_recovery", "policy_heldout_nll", "sequence_logprobs"]
+__all__ = [
+    "Generator",
+    "evaluate_generator",
+    "evaluate_recovery",
+    "most_likely_tokens",
+    "policy_heldout_nll",
+    "sequence_logprobs",
+]
 
 
 class Generator(Protocol):
@@ -110,6 +117,32 @@ def policy_heldout_nll(
     return model_heldout_nll(score, source, n=n, seed=seed)
 
 
+@torch.no_grad()
+def most_likely_tokens(
+    policy: LMPolicy,
+    prompts: Sequence[Sequence[int]],
+    generated: Sequence[Sequence[int]],
+    *,
+    batch_size: int = 256,
+) -> np.ndarray:
+    """The policy's most likely token or eos (never ``<backspace>``) after each ``prompt + generated``.
+
+    Returns:
+        ``(N,)`` int64 env ids.
+    """
+    if len(prompts) != len(generated):
+        raise ValueError(f"Got {len(prompts)} prompts but {len(generated)} generated parts.")
+    bk = policy.vocab.backspace_id
+    out = np.zeros(len(prompts), dtype=np.int64)
+    for lo in range(0, len(prompts), batch_size):
+        hi = min(lo + batch_size, len(prompts))
+        states = [[*map(int, p), *map(int, g)] for p, g in zip(prompts[lo:hi], generated[lo:hi])]
+        logits = policy.state_logits(states, [len(p) for p in prompts[lo:hi]]).float()  # (b, A)
+        logits[:, bk] = float("-inf")
+        out[lo:hi] = logits.argmax(-1).cpu().numpy()
+    return out
+
+
 def evaluate_recovery(
     agent: Any,
     source: Any,
@@ -127,7 +160,10 @@ def evaluate_recovery(
     - from ``prompt + injected`` (a clean generated prefix followed by an impossible token, all deletable):
       ``backspace_first`` (share whose first action deletes the mistake: P(``<backspace>`` next | just after
       it)), ``recovery`` (final sequence valid), ``mistake_removed`` (the injected token was deleted at some
-      point);
+      point); for an agent with an :class:`~agents.policy.LMPolicy`, also ``known_share`` (share of states where
+      the policy's most likely token at ``prompt + clean`` is one the source allows: where it knows what belongs
+      there) and ``backspace_first`` split over those states and the others (``backspace_first_known``,
+      ``backspace_first_unknown``; ``nan`` where there are none);
     - from ``prompt + clean`` (the clean prefix alone): ``false_deletions`` (share that deleted a correct token
       of the prefix);
     - from the prompts, as usual: ``deliberate_mistakes`` (tokens emitted then deleted, per sequence), split into
@@ -152,7 +188,11 @@ def evaluate_recovery(
     bad = agent.generate(
         prompts=states.prompts, generated=states.injected, seed=seed + 1, temperature=temperature
     )
-    out.update(recovery_metrics(source, states.prompts, states.injected, bad.actions))
+    policy = getattr(agent, "policy", None)
+    predicted = (
+        most_likely_tokens(policy, states.prompts, states.clean) if isinstance(policy, LMPolicy) else None
+    )
+    out.update(recovery_metrics(source, states.prompts, states.injected, bad.actions, predicted=predicted))
     clean = agent.generate(
         prompts=states.prompts, generated=states.clean, seed=seed + 2, temperature=temperature
     )

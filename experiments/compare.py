@@ -11,8 +11,10 @@ per-seed difference SequenceMatch − BC, SequenceMatch − MLE and BC − MLE w
 Where the task has prompts (arithmetic), ``unseen_validity`` is the validity on prompts that none of the seed's
 demonstrations holds (:func:`unseen_prompts`): held-out problems, not answers learned by heart.
 Beside validity it reports recovery (``agents.evaluation.evaluate_recovery``): P(``<backspace>`` first) just after
-an injected impossible token, the recovery rate, false deletions of a clean generated part, deliberate mistakes
-in clean generation, and validity with ``<backspace>`` masked (what backspace buys is the difference). Options add
+an injected impossible token (also split by whether the model's own most likely token at that point is right:
+``backspace_first_known`` / ``backspace_first_unknown``, with ``known_share``), the recovery rate, false deletions
+of a clean generated part, deliberate mistakes in clean generation, and validity with ``<backspace>`` masked (what
+backspace buys is the difference). Options add
 validity against the sampling temperature (``--temperatures``) and against the length of a prefix beyond the
 training data (``--lengths``, Dyck and Mirror), and validity against the noise level (``--noise-levels``).
 
@@ -96,6 +98,9 @@ RECOVERY_METRICS = (
     "deliberate_mistakes",
     "deleted_allowed",
     "deleted_ruled_out",
+    "known_share",
+    "backspace_first_known",
+    "backspace_first_unknown",
 )
 """The keys of ``agents.evaluation.evaluate_recovery`` (imitation agents, sources with exact probabilities)."""
 DIFF_METRICS = (

@@ -725,31 +725,84 @@ def _check_rows(prompts: Sequence[Ids], prefixes: Sequence[Ids] | None, actions:
 
 
 def recovery_metrics(
-    source: object, prompts: Sequence[Ids], prefixes: Sequence[Ids], actions: Sequence[Ids]
+    source: object,
+    prompts: Sequence[Ids],
+    prefixes: Sequence[Ids],
+    actions: Sequence[Ids],
+    *,
+    predicted: Sequence[int] | np.ndarray | None = None,
 ) -> dict[str, float]:
     """How a model recovers from an injected mistake at the end of a deletable prefix.
 
     Args:
-        source: a source with ``is_valid`` (and ``next_token_logprobs`` for the deletion split).
+        source: a source with ``is_valid`` (and ``next_token_logprobs`` for the deletion split and ``predicted``).
         prompts, prefixes: the start states (:attr:`RecoveryStates.prompts`, :attr:`RecoveryStates.injected`).
         actions: the action history each run took after its prefix (backspaces included).
+        predicted: optional, one token id per run: the model's own most likely token at the clean state (the
+            prefix without its injected last token). A model can only tell a mistake where it knows what
+            belongs there, so ``backspace_first`` is split by whether the source allows that token.
 
     Returns:
         ``backspace_first``: share of runs whose first action is ``<backspace>`` (P(backspace next | just after
         the mistake), estimated by sampling); ``recovery``: share whose final sequence is valid;
-        ``mistake_removed``: share that deleted the injected token.
+        ``mistake_removed``: share that deleted the injected token. With ``predicted``, also ``known_share``
+        (share of states where the model's own choice is allowed), ``backspace_first_known`` and
+        ``backspace_first_unknown`` (``backspace_first`` over those states and over the others; ``nan`` where
+        there are none).
+
+    Raises:
+        ValueError: rows of different counts, or ``predicted`` of another length, or ids out of range.
+        TypeError: ``predicted`` with a source without ``next_token_logprobs``.
     """
     _check_rows(prompts, prefixes, actions)
     vocab = _vocab_of(source)
-    first = removed = valid = 0
-    for p, g, a in zip(prompts, prefixes, actions):
+    first = np.zeros(len(actions), dtype=bool)
+    removed = valid = 0
+    for i, (p, g, a) in enumerate(zip(prompts, prefixes, actions)):
         p, g, a = [int(t) for t in p], [int(t) for t in g], [int(t) for t in a]
-        first += bool(a) and a[0] == vocab.backspace_id
+        first[i] = bool(a) and a[0] == vocab.backspace_id
         final, prefix_deleted, _, _ = _walk(source, vocab, p, g, a)
         removed += prefix_deleted > 0
         valid += bool(source.is_valid(final))  # type: ignore[attr-defined]
     n = len(actions)
-    return {"backspace_first": first / n, "recovery": valid / n, "mistake_removed": removed / n}
+    out = {"backspace_first": float(first.mean()), "recovery": valid / n, "mistake_removed": removed / n}
+    if predicted is not None:
+        known = _allowed(source, vocab, prompts, prefixes, predicted)  # (n,)
+        out["known_share"] = float(known.mean())
+        out["backspace_first_known"] = float(first[known].mean()) if known.any() else float("nan")
+        out["backspace_first_unknown"] = float(first[~known].mean()) if (~known).any() else float("nan")
+    return out
+
+
+def _allowed(
+    source: object,
+    vocab: Vocabulary,
+    prompts: Sequence[Ids],
+    prefixes: Sequence[Ids],
+    predicted: Sequence[int] | np.ndarray,
+) -> np.ndarray:
+    """``(n,)`` bool: does the source allow ``predicted[i]`` after ``prompts[i] + prefixes[i][:-1]``?"""
+    if not callable(getattr(source, "next_token_logprobs", None)):
+        raise TypeError(f"{type(source).__name__} has no next_token_logprobs: it cannot judge `predicted`.")
+    pred = np.asarray(predicted)
+    if pred.ndim != 1 or len(pred) != len(prefixes):
+        raise ValueError(
+            f"predicted must hold one token id per run ({len(prefixes)}), got shape {pred.shape}."
+        )
+    if pred.size and (
+        not np.issubdtype(pred.dtype, np.integer) or pred.min() < 0 or pred.max() >= vocab.n_actions
+    ):
+        raise ValueError(
+            f"predicted must hold action ids in 0..{vocab.n_actions - 1}, got {pred.tolist()[:8]}..."
+        )
+    out = np.zeros(len(pred), dtype=bool)
+    for i, (p, g, t) in enumerate(zip(prompts, prefixes, pred)):
+        if len(g) == 0:
+            raise ValueError(f"prefixes[{i}] is empty: it must end with the injected token.")
+        state = [int(x) for x in p] + [int(x) for x in g[:-1]]
+        lp = np.asarray(source.next_token_logprobs(state))  # type: ignore[attr-defined]
+        out[i] = int(t) != vocab.backspace_id and bool(lp[int(t)] > -np.inf)
+    return out
 
 
 def deletion_stats(

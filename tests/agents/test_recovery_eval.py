@@ -23,7 +23,11 @@ KEYS = {
     "deleted_ruled_out",
     "validity",
     "validity_no_backspace",
+    "known_share",
+    "backspace_first_known",
+    "backspace_first_unknown",
 }
+SPLIT = {"known_share", "backspace_first_known", "backspace_first_unknown"}
 
 
 def test_recovery_metrics_of_mle_and_bc() -> None:
@@ -38,9 +42,31 @@ def test_recovery_metrics_of_mle_and_bc() -> None:
     bc = make_agent("bc", env="seqgym/Dyck-v0", seed=0, p_noise=0.5, **TINY).learn(3000)
     b = evaluate_recovery(bc, bc.env.unwrapped.source, n=64, seed=3)
     assert all(
-        0.0 <= b[k] <= 1.0 for k in KEYS - {"deliberate_mistakes", "deleted_allowed", "deleted_ruled_out"}
+        0.0 <= b[k] <= 1.0
+        for k in KEYS - {"deliberate_mistakes", "deleted_allowed", "deleted_ruled_out"} - SPLIT
     )
     assert b["mistake_removed"] >= b["backspace_first"] > 0.0  # BC has learnt to take a mistake back
+    # the split by the policy's own choice at the clean state adds up to backspace_first
+    k = b["known_share"]
+    parts = [(k, b["backspace_first_known"]), (1.0 - k, b["backspace_first_unknown"])]
+    assert sum(w * v for w, v in parts if w > 0) == pytest.approx(b["backspace_first"])
+
+
+def test_most_likely_tokens_is_the_argmax_of_the_state_logits_without_backspace() -> None:
+    from agents.evaluation import most_likely_tokens
+    from seqgym.metrics import sample_recovery_states
+
+    bc = make_agent("bc", env="seqgym/Dyck-v0", seed=0, **TINY)
+    st = sample_recovery_states(bc.env.unwrapped.source, 40, seed=1, max_length=bc.max_length)
+    got = most_likely_tokens(bc.policy, st.prompts, st.clean, batch_size=16)  # three batches
+    logits = bc.policy.state_logits(
+        [p + c for p, c in zip(st.prompts, st.clean)], [len(p) for p in st.prompts]
+    )
+    logits[:, bc.vocab.backspace_id] = float("-inf")
+    assert got.tolist() == logits.argmax(-1).tolist()
+    assert bc.vocab.backspace_id not in got.tolist()
+    with pytest.raises(ValueError, match="prompts but"):
+        most_likely_tokens(bc.policy, st.prompts, st.clean[:-1])
 
 
 def test_fine_tuning_starts_from_the_saved_agents_policy(tmp_path: Path) -> None:

@@ -44,6 +44,37 @@ def test_recovery_metrics_on_hand_made_runs() -> None:
     }
 
 
+def test_backspace_first_is_split_by_whether_the_models_own_choice_is_right() -> None:
+    prompts = [[], [], [], []]
+    prefixes = [[OP, SQ]] * 4  # "(" then the impossible "]"
+    runs = [[BK, C, EOS], [C, EOS], [BK, C, EOS], [BK, C, EOS]]
+    # the model's most likely token after "(": ")" and "(" are allowed, "]" and eos are not
+    predicted = [C, C, SQ, EOS]
+    assert SRC.next_token_logprobs([OP])[EOS] == -math.inf
+    m = recovery_metrics(SRC, prompts, prefixes, runs, predicted=predicted)
+    assert m["known_share"] == pytest.approx(0.5)
+    assert m["backspace_first_known"] == pytest.approx(0.5)  # runs 0 and 1
+    assert m["backspace_first_unknown"] == pytest.approx(1.0)  # runs 2 and 3
+    assert m["backspace_first"] == pytest.approx(0.75)  # unchanged by the split
+    every = recovery_metrics(SRC, prompts, prefixes, runs, predicted=[C] * 4)
+    assert every["known_share"] == 1.0 and math.isnan(every["backspace_first_unknown"])
+    with pytest.raises(ValueError, match="one token id per run"):
+        recovery_metrics(SRC, prompts, prefixes, runs, predicted=[C])
+    with pytest.raises(ValueError, match="action ids"):
+        recovery_metrics(SRC, prompts, prefixes, runs, predicted=[C, C, C, 99])
+    with pytest.raises(TypeError, match="next_token_logprobs"):
+        recovery_metrics(_NoProbs(), prompts, prefixes, runs, predicted=[C] * 4)
+
+
+class _NoProbs:
+    """Dyck's validity without its probabilities."""
+
+    vocab = V
+
+    def is_valid(self, seq: list[int]) -> bool:
+        return bool(SRC.is_valid(seq))
+
+
 def test_deletion_stats_split_deleted_tokens_by_the_sources_verdict() -> None:
     runs = [
         [OP, C, BK, C, EOS],  # ")" emitted, deleted, written again: an allowed token taken back
