@@ -68,6 +68,7 @@ __all__ = [
     "SequenceMatchConfig",
     "SoftQ",
     "TerminalMode",
+    "WarmupOnlyWarning",
     "bc_term",
     "chi2_term",
     "expert_term",
@@ -77,6 +78,14 @@ __all__ = [
     "value_term",
     "value_term_telescoped",
 ]
+
+
+class WarmupOnlyWarning(UserWarning):
+    """``learn`` ended with every update so far inside the BC warm-up: the agent has trained as BC would.
+
+    A study that trains in chunks (to draw learning curves) can ignore it on every chunk but the last.
+    """
+
 
 #: The divergences of :func:`phi_weights`: ``"chi2"`` is SequenceMatch-χ² (identity weight, the χ² term on
 #: the mixture); ``"kl"``, ``"js"`` and ``"hellinger"`` weight the expert term by IQ-Learn's ``φ'(r)``.
@@ -923,15 +932,15 @@ class SequenceMatch(Agent[SequenceMatchBatch]):
 
     # -- training --------------------------------------------------------------------------------------------
     def _on_learn_end(self) -> None:
-        """Warn (``UserWarning``) when every update so far fell inside the BC warm-up, i.e. :meth:`learn` has
-        trained the agent exactly as :class:`~agents.bc.BC` would."""
+        """Warn (:class:`WarmupOnlyWarning`) when every update so far fell inside the BC warm-up, i.e.
+        :meth:`learn` has trained the agent exactly as :class:`~agents.bc.BC` would."""
         k = self.config.bc_warmup_steps
         if 0 < self._n_updates <= k:
             warnings.warn(
                 f"SequenceMatch has run {self._n_updates} updates, all within bc_warmup_steps={k}: so far it "
                 "has minimised the BC loss alone. Raise total_timesteps or lower bc_warmup_steps to train "
                 "the SequenceMatch objective.",
-                UserWarning,
+                WarmupOnlyWarning,
                 stacklevel=3,
             )
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import textwrap
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,6 +42,7 @@ import torch
 from agents import evaluation, make_agent
 from agents.evaluation import evaluate_generator, policy_heldout_nll
 from agents.sb3 import train_sb3_baseline
+from agents.sequencematch import WarmupOnlyWarning
 from experiments.common import (
     IMITATION_AGENTS,
     NOISY_AGENTS,
@@ -283,9 +285,16 @@ def _run_one(
         while done < cfg.budget:
             step = min(chunk, cfg.budget - done)
             t0 = time.perf_counter()
-            learner.learn(
-                step, reset_num_timesteps=done == 0, progress_bar=False, log_interval=0, callback=callback()
-            )
+            with warnings.catch_warnings():
+                if done + step < cfg.budget:  # a chunk of the run: only its end may still be in the warm-up
+                    warnings.simplefilter("ignore", WarmupOnlyWarning)
+                learner.learn(
+                    step,
+                    reset_num_timesteps=done == 0,
+                    progress_bar=False,
+                    log_interval=0,
+                    callback=callback(),
+                )
             train_time += time.perf_counter() - t0
             done = learner.num_timesteps
             if curve:

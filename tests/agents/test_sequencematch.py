@@ -26,6 +26,7 @@ from agents.sequencematch import (
     PHI_WEIGHT_MAX,
     SequenceMatch,
     SequenceMatchBatch,
+    WarmupOnlyWarning,
     bc_term,
     chi2_term,
     expert_term,
@@ -602,7 +603,7 @@ def test_warmup_is_exactly_bc(noise: str):
 
 def test_learn_warns_when_it_never_leaves_the_bc_warmup():
     agent = tiny_agent(bc_warmup_steps=1_000)
-    with pytest.warns(UserWarning, match=r"all within bc_warmup_steps=1000"):
+    with pytest.warns(WarmupOnlyWarning, match=r"all within bc_warmup_steps=1000"):
         agent.learn(20)
     past = tiny_agent(bc_warmup_steps=1)
     with warnings.catch_warnings():

@@ -3,7 +3,9 @@ paired differences, recovery beside validity, and the temperature and length cur
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -171,3 +173,21 @@ def test_unseen_prompts_are_distinct_problems_no_demonstration_holds() -> None:
     everything = collect(source, 5000, np.random.default_rng(0))  # every problem seen
     assert compare.unseen_prompts(source, everything, 50, seed=1) is None
     assert compare.unseen_prompts(Dyck(2), collect(Dyck(2), 8, np.random.default_rng(0)), 5, seed=1) is None
+
+
+def test_a_chunked_run_warns_of_the_bc_warmup_only_when_the_whole_run_stayed_in_it(tmp_path: Path) -> None:
+    from agents.sequencematch import WarmupOnlyWarning
+
+    def warned(warmup: int) -> list[str]:
+        cfg = tiny(tmp_path / str(warmup), agents=("sequencematch",), seeds=(10,), n_curve=4)
+        cfg = dataclasses.replace(cfg, sm_bc_warmup_steps=warmup, temperatures=(), lengths=())
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            compare.main(cfg)
+        return [str(w.message) for w in caught if issubclass(w.category, WarmupOnlyWarning)]
+
+    # the first of four chunks ends inside a warm-up of 2 updates, the run does not: no warning
+    assert warned(2) == []
+    # a run that never leaves the warm-up warns once, at its end
+    (message,) = warned(1_000)
+    assert "all within bc_warmup_steps=1000" in message
