@@ -572,10 +572,18 @@ def main(cfg: Config) -> dict[str, Any]:
             f"Paired differences over seeds {list(cfg.seeds)}: mean [95% bootstrap interval, "
             "scipy.stats.bootstrap BCa]\n\n" + format_differences(differences)
         )
+    curve_diffs: dict[str, dict[str, dict[float, dict[str, float]]]] = {}
     for name, label in (("temperature_curve", "temperature"), ("length_curve", "prefix length")):
         rows = curve_rows(records, name)
         if rows:
             tables.append(f"Validity vs {label}: mean [95% bootstrap interval over seeds]\n\n" + rows)
+        diffs = curve_differences(records, name, cfg.seeds)
+        if diffs:
+            curve_diffs[name] = diffs
+            tables.append(
+                f"Validity vs {label}, paired differences: mean [95% bootstrap interval, scipy.stats.bootstrap "
+                "BCa]\n\n" + format_curve_differences(diffs)
+            )
     if noise_summary:
         spread = ", mean ± std over seeds" if len(noise_seeds) > 1 else ""
         noise_header = (
@@ -586,6 +594,9 @@ def main(cfg: Config) -> dict[str, Any]:
         "config": dataclasses.asdict(cfg),
         "summary": summary,
         "differences": differences,
+        "curve_differences": {
+            n: {p: [[x, d] for x, d in row.items()] for p, row in c.items()} for n, c in curve_diffs.items()
+        },
         "noise_summary": noise_summary,
         "runs": records,
         "noise_study": noise_records,
@@ -683,6 +694,40 @@ def curve_rows(records: list[dict[str, Any]], name: str) -> str:
             m, lo, hi = mean_interval(col)
             cells.append(f"{m:.3f}" if np.isnan(lo) else f"{m:.3f} [{lo:.3f}, {hi:.3f}]")
         lines.append(f"| {agent} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def curve_differences(
+    records: list[dict[str, Any]], name: str, seeds: tuple[int, ...]
+) -> dict[str, dict[float, dict[str, float]]]:
+    """``{"a − b": {x: paired_differences(...)}}`` at each point ``x`` of a per-run curve (``temperature_curve`` /
+    ``length_curve``), for each pair of :data:`DIFF_PAIRS` that has it, over the seeds where both runs have the
+    point; empty when no run has the curve."""
+    points = {(r["agent"], int(r["seed"])): dict(map(tuple, r.get(name) or [])) for r in records}
+    out: dict[str, dict[float, dict[str, float]]] = {}
+    for a, b in DIFF_PAIRS:
+        xs = sorted({float(x) for (agent, _), c in points.items() if agent == a for x in c})
+        row: dict[float, dict[str, float]] = {}
+        for x in xs:
+            pairs = [
+                (float(points[a, s][x]), float(points[b, s][x]))
+                for s in seeds
+                if x in points.get((a, s), {}) and x in points.get((b, s), {})
+            ]
+            if pairs:
+                u, v = np.array(pairs).T
+                row[x] = paired_differences(u, v)
+        if row:
+            out[f"{a} − {b}"] = row
+    return out
+
+
+def format_curve_differences(differences: dict[str, dict[float, dict[str, float]]]) -> str:
+    """A Markdown table of :func:`curve_differences`: one row per pair, one column per curve point."""
+    xs = sorted({x for row in differences.values() for x in row})
+    lines = ["| difference | " + " | ".join(f"{x:g}" for x in xs) + " |", "|---|" + "---|" * len(xs)]
+    for pair, row in differences.items():
+        lines.append(f"| {pair} | " + " | ".join(_interval(row[x]) if x in row else "n/a" for x in xs) + " |")
     return "\n".join(lines)
 
 

@@ -130,6 +130,13 @@ def test_compare_reports_paired_differences_recovery_and_curves(
         assert d["low"] <= d["mean"] <= d["high"]
     table = (tmp_path / "table.md").read_text()
     assert "Validity vs temperature" in table and "Validity vs prefix length" in table
+    assert "Validity vs prefix length, paired differences" in table
+    for name in ("temperature_curve", "length_curve"):
+        points = saved["curve_differences"][name]["sequencematch − bc"]
+        assert [x for x, _ in points] == [x for x, _ in saved["runs"][0][name]]
+        for x, d in points:
+            per_seed = [dict(by["sequencematch", s][name])[x] - dict(by["bc", s][name])[x] for s in cfg.seeds]
+            assert d["mean"] == pytest.approx(float(np.mean(per_seed))) and d["n"] == 2
     # every agent of a seed was judged on the same recovery states, with n_eval of them
     seeds_by_agent = {a: sorted(s for name, n, s in CALLS if name == a) for a in cfg.agents}
     assert len(set(map(tuple, seeds_by_agent.values()))) == 1 and len(seeds_by_agent["bc"]) == 2
