@@ -127,11 +127,21 @@ def most_likely_tokens(
 ) -> np.ndarray:
     """The policy's most likely token or eos (never ``<backspace>``) after each ``prompt + generated``.
 
+    The argmax of :meth:`~agents.policy.LMPolicy.state_logits` in the policy's current mode, without the
+    autocast that generation may use (as :func:`sequence_logprobs`).
+
+    Args:
+        policy: the policy.
+        prompts, generated: ``N`` prompts and the generated part after each.
+        batch_size: states per forward (>= 1).
+
     Returns:
         ``(N,)`` int64 env ids.
     """
     if len(prompts) != len(generated):
         raise ValueError(f"Got {len(prompts)} prompts but {len(generated)} generated parts.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
     bk = policy.vocab.backspace_id
     out = np.zeros(len(prompts), dtype=np.int64)
     for lo in range(0, len(prompts), batch_size):
@@ -161,9 +171,10 @@ def evaluate_recovery(
       ``backspace_first`` (share whose first action deletes the mistake: P(``<backspace>`` next | just after
       it)), ``recovery`` (final sequence valid), ``mistake_removed`` (the injected token was deleted at some
       point); for an agent with an :class:`~agents.policy.LMPolicy`, also ``known_share`` (share of states where
-      the policy's most likely token at ``prompt + clean`` is one the source allows: where it knows what belongs
-      there) and ``backspace_first`` split over those states and the others (``backspace_first_known``,
-      ``backspace_first_unknown``; ``nan`` where there are none);
+      the policy's most likely token at ``prompt + clean``, just before the injected token, is one the source
+      allows: a proxy for knowing what belongs there) and ``backspace_first`` split over those states and the
+      others (``backspace_first_known``, ``backspace_first_unknown``; ``nan`` where there are none). The two
+      classes are the agent's own, so the split values of two agents are not paired;
     - from ``prompt + clean`` (the clean prefix alone): ``false_deletions`` (share that deleted a correct token
       of the prefix);
     - from the prompts, as usual: ``deliberate_mistakes`` (tokens emitted then deleted, per sequence), split into

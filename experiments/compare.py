@@ -11,8 +11,9 @@ per-seed difference SequenceMatch − BC, SequenceMatch − MLE and BC − MLE w
 Where the task has prompts (arithmetic), ``unseen_validity`` is the validity on prompts that none of the seed's
 demonstrations holds (:func:`unseen_prompts`): held-out problems, not answers learned by heart.
 Beside validity it reports recovery (``agents.evaluation.evaluate_recovery``): P(``<backspace>`` first) just after
-an injected impossible token (also split by whether the model's own most likely token at that point is right:
-``backspace_first_known`` / ``backspace_first_unknown``, with ``known_share``), the recovery rate, false deletions
+an injected impossible token (also split by whether the model's own most likely token at the clean state just
+before it is one the source allows: ``backspace_first_known`` / ``backspace_first_unknown``, with ``known_share``;
+NaN for a seed where a class is empty), the recovery rate, false deletions
 of a clean generated part, deliberate mistakes in clean generation, and validity with ``<backspace>`` masked (what
 backspace buys is the difference). Options add
 validity against the sampling temperature (``--temperatures``) and against the length of a prefix beyond the
@@ -33,6 +34,7 @@ import dataclasses
 import textwrap
 import time
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -282,12 +284,12 @@ def _run_one(
             **cfg.agent_kwargs(agent, p_noise=p_noise if agent in NOISY_AGENTS else None),
         )
         done = 0
+        warmup_only: list[warnings.WarningMessage] = []  # of the latest chunk: only the run's end may warn
         while done < cfg.budget:
             step = min(chunk, cfg.budget - done)
             t0 = time.perf_counter()
-            with warnings.catch_warnings():
-                if done + step < cfg.budget:  # a chunk of the run: only its end may still be in the warm-up
-                    warnings.simplefilter("ignore", WarmupOnlyWarning)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
                 learner.learn(
                     step,
                     reset_num_timesteps=done == 0,
@@ -296,10 +298,13 @@ def _run_one(
                     callback=callback(),
                 )
             train_time += time.perf_counter() - t0
+            warmup_only = [w for w in caught if issubclass(w.category, WarmupOnlyWarning)]
+            _reissue(w for w in caught if not issubclass(w.category, WarmupOnlyWarning))
             done = learner.num_timesteps
             if curve:
                 m = evaluate_generator(learner, source, n=cfg.n_curve_samples, seed=777, reference=reference)
                 curve_points.append([float(done), m.get("validity", float("nan"))])
+        _reissue(warmup_only)
     elif agent in SB3_ALGOS:
         budget = sb3_budget(cfg)
         chunk = max(1, budget // max(1, cfg.n_curve if curve else 1))
@@ -649,6 +654,12 @@ def paired_table(
         if row:
             out[f"{a} − {b}"] = row
     return out
+
+
+def _reissue(caught: Iterable[warnings.WarningMessage]) -> None:
+    """Warn again, through the current filters, with warnings recorded by ``warnings.catch_warnings``."""
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
 
 
 def _interval(d: dict[str, float]) -> str:

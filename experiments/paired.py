@@ -164,7 +164,9 @@ def main(cfg: Config) -> dict[str, Any]:
         d = diffs[m]
         lines.append(
             f"| {m} | {' / '.join(num(x) for x in a)} | {' / '.join(num(x) for x in b)} | "
-            f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] |"
+            f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+            + (f" (n={int(d['n'])}: NaN pairs left out)" if d["n"] < len(seeds) else "")
+            + " |"
         )
     lines += [
         "",

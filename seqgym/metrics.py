@@ -738,9 +738,9 @@ def recovery_metrics(
         source: a source with ``is_valid`` (and ``next_token_logprobs`` for the deletion split and ``predicted``).
         prompts, prefixes: the start states (:attr:`RecoveryStates.prompts`, :attr:`RecoveryStates.injected`).
         actions: the action history each run took after its prefix (backspaces included).
-        predicted: optional, one token id per run: the model's own most likely token at the clean state (the
-            prefix without its injected last token). A model can only tell a mistake where it knows what
-            belongs there, so ``backspace_first`` is split by whether the source allows that token.
+        predicted: optional, one token id (or eos) per run: the model's own most likely token at the clean
+            state (the prefix without its injected last token). ``backspace_first`` is then split by whether
+            the source allows that token: a proxy for whether the model knows what belongs there.
 
     Returns:
         ``backspace_first``: share of runs whose first action is ``<backspace>`` (P(backspace next | just after
@@ -751,11 +751,13 @@ def recovery_metrics(
         there are none).
 
     Raises:
-        ValueError: rows of different counts, or ``predicted`` of another length, or ids out of range.
+        ValueError: rows of different counts, or ``predicted`` of another length, or ids that are not tokens or
+            eos.
         TypeError: ``predicted`` with a source without ``next_token_logprobs``.
     """
     _check_rows(prompts, prefixes, actions)
     vocab = _vocab_of(source)
+    known = None if predicted is None else _allowed(source, vocab, prompts, prefixes, predicted)  # (n,)
     first = np.zeros(len(actions), dtype=bool)
     removed = valid = 0
     for i, (p, g, a) in enumerate(zip(prompts, prefixes, actions)):
@@ -766,8 +768,7 @@ def recovery_metrics(
         valid += bool(source.is_valid(final))  # type: ignore[attr-defined]
     n = len(actions)
     out = {"backspace_first": float(first.mean()), "recovery": valid / n, "mistake_removed": removed / n}
-    if predicted is not None:
-        known = _allowed(source, vocab, prompts, prefixes, predicted)  # (n,)
+    if known is not None:
         out["known_share"] = float(known.mean())
         out["backspace_first_known"] = float(first[known].mean()) if known.any() else float("nan")
         out["backspace_first_unknown"] = float(first[~known].mean()) if (~known).any() else float("nan")
@@ -789,11 +790,13 @@ def _allowed(
         raise ValueError(
             f"predicted must hold one token id per run ({len(prefixes)}), got shape {pred.shape}."
         )
-    if pred.size and (
-        not np.issubdtype(pred.dtype, np.integer) or pred.min() < 0 or pred.max() >= vocab.n_actions
-    ):
+    if pred.size and not np.issubdtype(pred.dtype, np.integer):
+        raise ValueError(f"predicted must hold integer token ids, got dtype {pred.dtype}.")
+    bad = np.flatnonzero((pred < 0) | (pred > vocab.eos_id))
+    if bad.size:
         raise ValueError(
-            f"predicted must hold action ids in 0..{vocab.n_actions - 1}, got {pred.tolist()[:8]}..."
+            f"predicted[{int(bad[0])}] = {int(pred[bad[0]])} is not a token id or eos (0..{vocab.eos_id}; "
+            "a prediction is never <backspace> or pad)."
         )
     out = np.zeros(len(pred), dtype=bool)
     for i, (p, g, t) in enumerate(zip(prompts, prefixes, pred)):

@@ -185,16 +185,19 @@ def test_unseen_prompts_are_distinct_problems_no_demonstration_holds() -> None:
 def test_a_chunked_run_warns_of_the_bc_warmup_only_when_the_whole_run_stayed_in_it(tmp_path: Path) -> None:
     from agents.sequencematch import WarmupOnlyWarning
 
-    def warned(warmup: int) -> list[str]:
-        cfg = tiny(tmp_path / str(warmup), agents=("sequencematch",), seeds=(10,), n_curve=4)
-        cfg = dataclasses.replace(cfg, sm_bc_warmup_steps=warmup, temperatures=(), lengths=())
+    def warned(warmup: int, n_curve: int) -> list[str]:
+        out = tmp_path / f"{warmup}_{n_curve}"
+        cfg = tiny(out, agents=("sequencematch",), seeds=(10,), n_curve=n_curve, temperatures=(), lengths=())
+        cfg = dataclasses.replace(cfg, sm_bc_warmup_steps=warmup)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             compare.main(cfg)
         return [str(w.message) for w in caught if issubclass(w.category, WarmupOnlyWarning)]
 
     # the first of four chunks ends inside a warm-up of 2 updates, the run does not: no warning
-    assert warned(2) == []
-    # a run that never leaves the warm-up warns once, at its end
-    (message,) = warned(1_000)
-    assert "all within bc_warmup_steps=1000" in message
+    assert warned(2, 4) == []
+    # a run that never leaves the warm-up warns once, at its end; with chunks smaller than an update the
+    # run's last chunk is one planned to end short of the budget that overshoots it
+    for n_curve in (4, 12):
+        (message,) = warned(1_000, n_curve)
+        assert "all within bc_warmup_steps=1000" in message

@@ -140,3 +140,14 @@ def test_too_few_shared_seeds_is_refused(tmp_path: Path) -> None:
     b = _study(tmp_path / "b", {}, [{"agent": "bc", "seed": 1, "validity": 0.4}])
     with pytest.raises(ConfigError, match="at least 2"):
         main(Config(a=f"{a}:bc", b=f"{b}:bc", metrics=("validity",)))
+
+
+def test_a_metric_with_nan_pairs_says_how_many_pairs_its_interval_holds(tmp_path: Path) -> None:
+    runs = [
+        {"agent": "bc", "seed": s, "rate": v} for s, v in ((1, 0.5), (2, float("nan")), (3, 0.7), (4, 0.6))
+    ]
+    a = _study(tmp_path / "a", {"task": "dyck"}, runs)
+    b = _study(tmp_path / "b", {"task": "dyck"}, [{**r, "rate": 0.4} for r in runs])
+    res = main(Config(a=f"{a}:bc", b=f"{b}:bc", metrics=("rate",), out=tmp_path / "out"))
+    assert res["differences"]["rate"]["n"] == 3
+    assert "(n=3: NaN pairs left out)" in (tmp_path / "out" / "table.md").read_text()

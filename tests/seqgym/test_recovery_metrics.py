@@ -60,8 +60,11 @@ def test_backspace_first_is_split_by_whether_the_models_own_choice_is_right() ->
     assert every["known_share"] == 1.0 and math.isnan(every["backspace_first_unknown"])
     with pytest.raises(ValueError, match="one token id per run"):
         recovery_metrics(SRC, prompts, prefixes, runs, predicted=[C])
-    with pytest.raises(ValueError, match="action ids"):
-        recovery_metrics(SRC, prompts, prefixes, runs, predicted=[C, C, C, 99])
+    for bad in (99, BK, -1):
+        with pytest.raises(ValueError, match=r"predicted\[3\] = .* is not a token id or eos"):
+            recovery_metrics(SRC, prompts, prefixes, runs, predicted=[C, C, C, bad])
+    with pytest.raises(ValueError, match="integer token ids"):
+        recovery_metrics(SRC, prompts, prefixes, runs, predicted=[0.5] * 4)
     with pytest.raises(TypeError, match="next_token_logprobs"):
         recovery_metrics(_NoProbs(), prompts, prefixes, runs, predicted=[C] * 4)
 
