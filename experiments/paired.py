@@ -14,6 +14,8 @@ Usage (from the repository root)::
         --out results/paired_aa_arith_1m
     python -m experiments.paired --a results/compare_dyck_long:sequencematch results/compare_dyck_long2:sequencematch \\
         --b results/compare_dyck_long:bc results/compare_dyck_long2:bc
+    python -m experiments.paired --a results/curves_dyck_1m:sequencematch --b results/curves_dyck_1m:bc \\
+        --metrics validity length_curve@16 temperature_curve@1.5
 
 Writes ``results.json`` and ``table.md`` to ``--out`` (when given) and prints the table. The interval is the
 95% bootstrap interval of :func:`experiments.stats.paired_differences` (``scipy.stats.bootstrap``, BCa).
@@ -56,8 +58,9 @@ class Config:
     b: tuple[str, ...]
     """STUDY:AGENT ..., the other side of the difference A − B"""
     metrics: tuple[str, ...] = ()
-    """per-run metrics to compare (keys of the runs in results.json; a named metric a run lacks is refused);
-    empty: those of DEFAULT_METRICS that both sides hold"""
+    """per-run metrics to compare (keys of the runs in results.json, or CURVE@X for a point of a curve, e.g.
+    length_curve@16 or temperature_curve@1.5; a named metric a run lacks is refused); empty: those of
+    DEFAULT_METRICS that both sides hold"""
     out: Path | None = None
     """folder for results.json and table.md (default: print only)"""
 
@@ -115,6 +118,26 @@ def _pooled(specs: tuple[str, ...], what: str) -> tuple[str, dict[str, Any], dic
     return name, config, runs
 
 
+def _value(run: dict[str, Any], metric: str) -> Any:
+    """``run[metric]``, or for ``CURVE@X`` (e.g. ``length_curve@16``) the curve's value at ``X`` (None if absent)."""
+    if "@" not in metric:
+        return run.get(metric)
+    name, _, at = metric.partition("@")
+    try:
+        x = float(at)
+    except ValueError:
+        raise ConfigError(
+            f"Metric {metric!r}: {at!r} after '@' is not a number (e.g. length_curve@16)."
+        ) from None
+    points = run.get(name)
+    if not isinstance(points, list):
+        return None
+    for point in points:
+        if isinstance(point, list) and len(point) == 2 and is_number(point[0]) and float(point[0]) == x:
+            return point[1]
+    return None
+
+
 def _differences(config_a: dict[str, Any], config_b: dict[str, Any]) -> dict[str, list[Any]]:
     """``{setting: [a, b]}`` for the settings (beyond :data:`IGNORED_SETTINGS`) in which two configs differ."""
     return {
@@ -136,7 +159,7 @@ def main(cfg: Config) -> dict[str, Any]:
         )
 
     def held(m: str) -> list[int]:  # seeds whose runs lack a number for m, on either side
-        return [s for s in seeds if not (is_number(runs_a[s].get(m)) and is_number(runs_b[s].get(m)))]
+        return [s for s in seeds if not (is_number(_value(runs_a[s], m)) and is_number(_value(runs_b[s], m)))]
 
     metrics = tuple(cfg.metrics) or tuple(m for m in DEFAULT_METRICS if not held(m))
     if not metrics:
@@ -148,7 +171,8 @@ def main(cfg: Config) -> dict[str, Any]:
             raise ConfigError(f"Metric {m!r} is missing (or not a number) in the runs of seeds {held(m)}.")
     differs = _differences(config_a, config_b)
     values = {
-        m: ([float(runs_a[s][m]) for s in seeds], [float(runs_b[s][m]) for s in seeds]) for m in metrics
+        m: ([float(_value(runs_a[s], m)) for s in seeds], [float(_value(runs_b[s], m)) for s in seeds])
+        for m in metrics
     }
     diffs = {m: paired_differences(a, b) for m, (a, b) in values.items()}
 

@@ -151,3 +151,22 @@ def test_a_metric_with_nan_pairs_says_how_many_pairs_its_interval_holds(tmp_path
     res = main(Config(a=f"{a}:bc", b=f"{b}:bc", metrics=("rate",), out=tmp_path / "out"))
     assert res["differences"]["rate"]["n"] == 3
     assert "(n=3: NaN pairs left out)" in (tmp_path / "out" / "table.md").read_text()
+
+
+def test_a_point_of_a_curve_is_a_metric(tmp_path: Path) -> None:
+    def runs(shift: float) -> list[dict[str, Any]]:
+        return [
+            {"agent": "bc", "seed": s, "length_curve": [[4, 0.9], [16, 0.5 + shift + s / 100]]}
+            for s in (1, 2, 3)
+        ]
+
+    a = _study(tmp_path / "a", {"task": "dyck"}, runs(0.1))
+    b = _study(tmp_path / "b", {"task": "dyck"}, runs(0.0))
+    res = main(Config(a=f"{a}:bc", b=f"{b}:bc", metrics=("length_curve@16", "length_curve@4.0")))
+    assert res["values"]["length_curve@16"] == {"a": [0.61, 0.62, 0.63], "b": [0.51, 0.52, 0.53]}
+    assert res["differences"]["length_curve@16"]["mean"] == pytest.approx(0.1)
+    assert res["differences"]["length_curve@4.0"]["mean"] == 0.0
+    with pytest.raises(ConfigError, match="missing"):
+        main(Config(a=f"{a}:bc", b=f"{b}:bc", metrics=("length_curve@8",)))
+    with pytest.raises(ConfigError, match="not a number"):
+        main(Config(a=f"{a}:bc", b=f"{b}:bc", metrics=("length_curve@long",)))
