@@ -34,9 +34,9 @@ import dataclasses
 import textwrap
 import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -127,6 +127,7 @@ RELATIVE_COST = {"mle": 1.0, "bc": 1.2, "sequencematch": 2.8, "maskable_ppo": 3.
 processes start the costliest runs first, so no core idles at the end while one long run finishes."""
 NOISE_METRICS = ("validity", "backspace_rate")
 GALLERY_SEED = 30_000  # samples of the gallery (not those the metrics judge)
+K = TypeVar("K", str, float)  # the key of a paired difference: a metric name or a curve point
 
 
 @dataclasses.dataclass
@@ -636,21 +637,23 @@ def paired_table(
     """``{"a − b": {metric: paired_differences(...)}}`` for each pair of :data:`DIFF_PAIRS` that ran, over the
     seeds where both agents have the metric (each seed's two runs share demonstrations and evaluation states)."""
     by = {(r["agent"], int(r["seed"])): r for r in records}
-    out: dict[str, dict[str, dict[str, float]]] = {}
+    return _by_pair(lambda _: DIFF_METRICS, lambda agent, s, m: by.get((agent, s), {}).get(m), seeds)
+
+
+def _by_pair(
+    keys: Callable[[str], Iterable[K]], value: Callable[[str, int, K], Any], seeds: tuple[int, ...]
+) -> dict[str, dict[K, dict[str, float]]]:
+    """``{"a − b": {key: paired_differences(...)}}`` for each pair of :data:`DIFF_PAIRS` and each of ``keys(a)``,
+    over the seeds where ``value(agent, seed, key)`` is not None for both agents; pairs without any are left out."""
+    out: dict[str, dict[K, dict[str, float]]] = {}
     for a, b in DIFF_PAIRS:
-        row: dict[str, dict[str, float]] = {}
-        for m in DIFF_METRICS:
-            pairs = [
-                (float(by[a, s][m]), float(by[b, s][m]))
-                for s in seeds
-                if (a, s) in by
-                and (b, s) in by
-                and by[a, s].get(m) is not None
-                and by[b, s].get(m) is not None
-            ]
-            if pairs:
-                x, y = np.array(pairs).T
-                row[m] = paired_differences(x, y)
+        row: dict[K, dict[str, float]] = {}
+        for k in keys(a):
+            pairs = [(value(a, s, k), value(b, s, k)) for s in seeds]
+            kept = [(float(u), float(v)) for u, v in pairs if u is not None and v is not None]
+            if kept:
+                x, y = np.array(kept).T
+                row[k] = paired_differences(x, y)
         if row:
             out[f"{a} − {b}"] = row
     return out
@@ -715,22 +718,11 @@ def curve_differences(
     ``length_curve``), for each pair of :data:`DIFF_PAIRS` that has it, over the seeds where both runs have the
     point; empty when no run has the curve."""
     points = {(r["agent"], int(r["seed"])): dict(map(tuple, r.get(name) or [])) for r in records}
-    out: dict[str, dict[float, dict[str, float]]] = {}
-    for a, b in DIFF_PAIRS:
-        xs = sorted({float(x) for (agent, _), c in points.items() if agent == a for x in c})
-        row: dict[float, dict[str, float]] = {}
-        for x in xs:
-            pairs = [
-                (float(points[a, s][x]), float(points[b, s][x]))
-                for s in seeds
-                if x in points.get((a, s), {}) and x in points.get((b, s), {})
-            ]
-            if pairs:
-                u, v = np.array(pairs).T
-                row[x] = paired_differences(u, v)
-        if row:
-            out[f"{a} − {b}"] = row
-    return out
+
+    def xs(agent: str) -> list[float]:
+        return sorted({float(x) for (a, _), c in points.items() if a == agent for x in c})
+
+    return _by_pair(xs, lambda agent, s, x: points.get((agent, s), {}).get(x), seeds)
 
 
 def format_curve_differences(differences: dict[str, dict[float, dict[str, float]]]) -> str:
