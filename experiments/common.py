@@ -24,7 +24,9 @@ import json
 import math
 import multiprocessing
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -598,7 +600,8 @@ def run_jobs(
     (spawned) processes with ``bar=None``, and the log says when each one finishes. ``fn`` must be a module-level
     function, its arguments picklable, and it must seed everything it draws from, so that its record does not
     depend on where or when it runs. When a run raises (or the study is interrupted), no further run starts,
-    every finished run is in the cache, and the error is raised without waiting for the runs under way.
+    every finished run is in the cache, and the error is raised without waiting for the runs under way; the
+    worker processes are stopped. A ``SIGTERM`` to the study (``kill``) counts as an interruption, as Ctrl-C does.
 
     Raises:
         ValueError: ``workers`` is not a positive int.
@@ -630,11 +633,12 @@ def run_jobs(
         costliest_first = sorted(todo, key=lambda i: -jobs[i].cost)  # stable: ties keep the study's order
         futures = {pool.submit(fn, *jobs[i].args, bar=None): i for i in costliest_first}
         try:
-            for fut in concurrent.futures.as_completed(futures):
-                i = futures[fut]
-                records[i] = fut.result()
-                cache.put(*jobs[i].key, records[i])
-                log.run(f"finished {jobs[i].label} at {time.perf_counter() - started:.0f} s")
+            with _terminate_raises():
+                for fut in concurrent.futures.as_completed(futures):
+                    i = futures[fut]
+                    records[i] = fut.result()
+                    cache.put(*jobs[i].key, records[i])
+                    log.run(f"finished {jobs[i].label} at {time.perf_counter() - started:.0f} s")
         except BaseException:
             # a run failed or the user interrupted: start nothing more, keep what finished, report at once
             # the worker processes, to stop the runs under way (Python 3.11's executor has no public call for it)
@@ -649,6 +653,25 @@ def run_jobs(
             raise
         pool.shutdown()
     return [records[i] for i in range(len(jobs))]
+
+
+@contextlib.contextmanager
+def _terminate_raises() -> Iterator[None]:
+    """While inside, ``SIGTERM`` raises ``SystemExit`` in this (main) thread, as Ctrl-C raises
+    ``KeyboardInterrupt``, so that a study stopped with ``kill`` stops its worker processes instead of leaving
+    them running; outside the main thread it changes nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # ==========================================================================================================

@@ -4,6 +4,10 @@ in the study's order, and a failing run reported at once with every finished run
 from __future__ import annotations
 
 import io
+import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -70,3 +74,49 @@ def test_workers_must_be_a_positive_int(tmp_path: Path) -> None:
     for bad in (0, -1, True, 1.5):
         with pytest.raises(ValueError, match="workers must be an int >= 1"):
             run_jobs(square, [], cache=RunCache(tmp_path), log=log, workers=bad)  # type: ignore[arg-type]
+
+
+STUDY = """
+import sys
+from experiments.common import Job, RunCache, run_jobs
+from experiments.progress import StudyLog
+from jobs_helper import write_pid_and_sleep
+
+if __name__ == "__main__":
+    folder = sys.argv[1]
+    log = StudyLog("t", 2, progress=False, timed=False)
+    jobs = [Job(("a",), "a", (folder,)), Job(("b",), "b", (folder,))]
+    run_jobs(write_pid_and_sleep, jobs, cache=RunCache(folder + "/cache"), log=log, workers=2)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status  # a zombie has stopped
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads process states from /proc")
+def test_a_study_stopped_with_sigterm_stops_its_worker_processes(tmp_path: Path) -> None:
+    script = tmp_path / "study.py"
+    script.write_text(STUDY)
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(root / "tests")])}
+    study = subprocess.Popen([sys.executable, str(script), str(tmp_path)], env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(tmp_path.glob("*.pid"))) < 2:  # both runs under way
+            assert time.monotonic() < deadline and study.poll() is None, "the workers never started"
+            time.sleep(0.2)
+        workers = [int(p.stem) for p in tmp_path.glob("*.pid")]
+        study.send_signal(signal.SIGTERM)
+        assert study.wait(timeout=30) != 0
+        deadline = time.monotonic() + 30
+        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(pid) for pid in workers), "a worker outlived the study"
+    finally:
+        if study.poll() is None:
+            study.kill()
