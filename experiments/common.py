@@ -31,7 +31,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar, get_args
 
 import numpy as np
 
@@ -601,7 +601,8 @@ def run_jobs(
     function, its arguments picklable, and it must seed everything it draws from, so that its record does not
     depend on where or when it runs. When a run raises (or the study is interrupted), no further run starts,
     every finished run is in the cache, and the error is raised without waiting for the runs under way; the
-    worker processes are stopped. A ``SIGTERM`` to the study (``kill``) counts as an interruption, as Ctrl-C does.
+    worker processes are stopped. While they run, a ``SIGTERM`` to the study (``kill`` on POSIX) counts as an
+    interruption, as Ctrl-C does (:class:`StudyTerminated`).
 
     Raises:
         ValueError: ``workers`` is not a positive int.
@@ -626,48 +627,61 @@ def run_jobs(
             cache.put(*job.key, records[i])
     else:
         log.note(f"training {len(todo)} runs in {min(workers, len(todo))} worker processes")
-        pool = concurrent.futures.ProcessPoolExecutor(
-            max_workers=workers, mp_context=multiprocessing.get_context("spawn")
-        )
-        started = time.perf_counter()
-        costliest_first = sorted(todo, key=lambda i: -jobs[i].cost)  # stable: ties keep the study's order
-        futures = {pool.submit(fn, *jobs[i].args, bar=None): i for i in costliest_first}
-        try:
-            with _terminate_raises():
+        with _terminate_raises():
+            pool = concurrent.futures.ProcessPoolExecutor(
+                max_workers=workers, mp_context=multiprocessing.get_context("spawn")
+            )
+            started = time.perf_counter()
+            costliest_first = sorted(todo, key=lambda i: -jobs[i].cost)  # stable: ties keep the study's order
+            futures = {pool.submit(fn, *jobs[i].args, bar=None): i for i in costliest_first}
+            try:
                 for fut in concurrent.futures.as_completed(futures):
                     i = futures[fut]
-                    records[i] = fut.result()
-                    cache.put(*jobs[i].key, records[i])
+                    record = fut.result()
+                    cache.put(*jobs[i].key, record)  # cached before it counts as kept
+                    records[i] = record
                     log.run(f"finished {jobs[i].label} at {time.perf_counter() - started:.0f} s")
-        except BaseException:
-            # a run failed or the user interrupted: start nothing more, keep what finished, report at once
-            # the worker processes, to stop the runs under way (Python 3.11's executor has no public call for it)
-            processes = list((getattr(pool, "_processes", None) or {}).values())
-            pool.shutdown(wait=False, cancel_futures=True)
-            for fut, i in futures.items():
-                if i not in records and fut.done() and not fut.cancelled() and fut.exception() is None:
-                    cache.put(*jobs[i].key, fut.result())
-            for process in processes:
-                with contextlib.suppress(Exception):
-                    process.terminate()
-            raise
-        pool.shutdown()
+            except BaseException:
+                # a run failed or the user interrupted: start nothing more, stop the runs under way (Python
+                # 3.11's executor has no public call for it), keep what finished, report at once
+                processes = list((getattr(pool, "_processes", None) or {}).values())
+                pool.shutdown(wait=False, cancel_futures=True)
+                for process in processes:
+                    with contextlib.suppress(Exception):
+                        process.terminate()
+                for fut, i in futures.items():
+                    if i not in records and fut.done() and not fut.cancelled() and fut.exception() is None:
+                        cache.put(*jobs[i].key, fut.result())
+                raise
+            pool.shutdown()
     return [records[i] for i in range(len(jobs))]
+
+
+class StudyTerminated(KeyboardInterrupt):
+    """A study's process got ``SIGTERM`` while its worker processes ran (handled as Ctrl-C is)."""
+
+    signum = signal.SIGTERM
 
 
 @contextlib.contextmanager
 def _terminate_raises() -> Iterator[None]:
-    """While inside, ``SIGTERM`` raises ``SystemExit`` in this (main) thread, as Ctrl-C raises
+    """While inside, the first ``SIGTERM`` raises :class:`StudyTerminated` in this (main) thread, as Ctrl-C raises
     ``KeyboardInterrupt``, so that a study stopped with ``kill`` stops its worker processes instead of leaving
-    them running; outside the main thread it changes nothing."""
+    them running; later ones are ignored until the block is left, so they cannot cut that cleanup short.
+    Outside the main thread, or where ``SIGTERM`` is ignored or handled outside Python, it changes nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is None or previous is signal.SIG_IGN:
+        yield
+        return
 
-    def stop(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)
+    def stop(signum: int, frame: object) -> NoReturn:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the cleanup runs to its end
+        raise StudyTerminated
 
-    previous = signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGTERM, stop)
     try:
         yield
     finally:
@@ -821,6 +835,6 @@ def run_cli(
         message = " ".join(str(e).split())
         print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print(f"{prog}: interrupted; finished runs are kept and a rerun resumes from them.", file=sys.stderr)
-        raise SystemExit(130) from None
+        raise SystemExit(128 + int(getattr(e, "signum", signal.SIGINT))) from None

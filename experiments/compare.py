@@ -127,7 +127,7 @@ RELATIVE_COST = {"mle": 1.0, "bc": 1.2, "sequencematch": 2.8, "maskable_ppo": 3.
 processes start the costliest runs first, so no core idles at the end while one long run finishes."""
 NOISE_METRICS = ("validity", "backspace_rate")
 GALLERY_SEED = 30_000  # samples of the gallery (not those the metrics judge)
-K = TypeVar("K", str, float)  # the key of a paired difference: a metric name or a curve point
+_K = TypeVar("_K", str, float)  # the key of a paired difference: a metric name or a curve point
 
 
 @dataclasses.dataclass
@@ -641,13 +641,13 @@ def paired_table(
 
 
 def _by_pair(
-    keys: Callable[[str], Iterable[K]], value: Callable[[str, int, K], Any], seeds: tuple[int, ...]
-) -> dict[str, dict[K, dict[str, float]]]:
+    keys: Callable[[str], Iterable[_K]], value: Callable[[str, int, _K], Any], seeds: tuple[int, ...]
+) -> dict[str, dict[_K, dict[str, float]]]:
     """``{"a − b": {key: paired_differences(...)}}`` for each pair of :data:`DIFF_PAIRS` and each of ``keys(a)``,
     over the seeds where ``value(agent, seed, key)`` is not None for both agents; pairs without any are left out."""
-    out: dict[str, dict[K, dict[str, float]]] = {}
+    out: dict[str, dict[_K, dict[str, float]]] = {}
     for a, b in DIFF_PAIRS:
-        row: dict[K, dict[str, float]] = {}
+        row: dict[_K, dict[str, float]] = {}
         for k in keys(a):
             pairs = [(value(a, s, k), value(b, s, k)) for s in seeds]
             kept = [(float(u), float(v)) for u, v in pairs if u is not None and v is not None]
@@ -666,6 +666,8 @@ def _reissue(caught: Iterable[warnings.WarningMessage]) -> None:
 
 
 def _interval(d: dict[str, float]) -> str:
+    if d.get("n", 1.0) == 0:
+        return "n/a"  # every pair held a NaN
     if np.isnan(d["low"]):
         return f"{d['mean']:+.3f} (one seed)"
     return f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"

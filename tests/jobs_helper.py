@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 
@@ -22,9 +24,6 @@ def fail_or_sleep(x: int, *, bar: Any = None) -> dict[str, Any]:
 
 def write_pid_and_sleep(folder: str, *, bar: Any = None) -> dict[str, Any]:
     """Write this process's id to a file in ``folder``, then sleep for a minute (a run to be stopped)."""
-    import os
-    from pathlib import Path
-
     (Path(folder) / f"{os.getpid()}.pid").write_text(str(os.getpid()))
     time.sleep(60)
     return {}

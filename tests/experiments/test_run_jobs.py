@@ -3,6 +3,7 @@ in the study's order, and a failing run reported at once with every finished run
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import signal
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 from jobs_helper import fail_or_sleep, square
 
-from experiments.common import Job, RunCache, run_jobs
+from experiments.common import Job, RunCache, StudyTerminated, run_jobs
 from experiments.progress import StudyLog
 
 
@@ -78,7 +79,7 @@ def test_workers_must_be_a_positive_int(tmp_path: Path) -> None:
 
 STUDY = """
 import sys
-from experiments.common import Job, RunCache, run_jobs
+from experiments.common import Job, RunCache, StudyTerminated, run_jobs
 from experiments.progress import StudyLog
 from jobs_helper import write_pid_and_sleep
 
@@ -86,7 +87,10 @@ if __name__ == "__main__":
     folder = sys.argv[1]
     log = StudyLog("t", 2, progress=False, timed=False)
     jobs = [Job(("a",), "a", (folder,)), Job(("b",), "b", (folder,))]
-    run_jobs(write_pid_and_sleep, jobs, cache=RunCache(folder + "/cache"), log=log, workers=2)
+    try:
+        run_jobs(write_pid_and_sleep, jobs, cache=RunCache(folder + "/cache"), log=log, workers=2)
+    except StudyTerminated:
+        sys.exit(99)  # the handler turned SIGTERM into an interruption
 """
 
 
@@ -105,6 +109,7 @@ def test_a_study_stopped_with_sigterm_stops_its_worker_processes(tmp_path: Path)
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(root / "tests")])}
     study = subprocess.Popen([sys.executable, str(script), str(tmp_path)], env=env)
+    workers: list[int] = []
     try:
         deadline = time.monotonic() + 120
         while len(list(tmp_path.glob("*.pid"))) < 2:  # both runs under way
@@ -112,11 +117,49 @@ def test_a_study_stopped_with_sigterm_stops_its_worker_processes(tmp_path: Path)
             time.sleep(0.2)
         workers = [int(p.stem) for p in tmp_path.glob("*.pid")]
         study.send_signal(signal.SIGTERM)
-        assert study.wait(timeout=30) != 0
+        assert study.wait(timeout=30) == 99
         deadline = time.monotonic() + 30
         while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not any(_alive(pid) for pid in workers), "a worker outlived the study"
-    finally:
+    finally:  # leave nothing behind, whatever failed
         if study.poll() is None:
             study.kill()
+            study.wait()
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                if _alive(pid):
+                    os.kill(pid, signal.SIGKILL)
+
+
+def test_the_command_line_exits_128_plus_the_signal_and_says_the_finished_runs_are_kept(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import dataclasses
+
+    from experiments.common import run_cli
+
+    @dataclasses.dataclass
+    class Config:
+        """A study with nothing to set."""
+
+    def interrupted(cfg: Config) -> None:
+        raise KeyboardInterrupt
+
+    def terminated(cfg: Config) -> None:
+        raise StudyTerminated
+
+    for main, code in ((interrupted, 130), (terminated, 128 + signal.SIGTERM)):
+        with pytest.raises(SystemExit) as exit_:
+            run_cli(Config, main, prog="study", args=[])
+        assert exit_.value.code == code
+        assert "finished runs are kept" in capsys.readouterr().err
+
+
+def test_a_difference_without_any_pair_reads_n_a() -> None:
+    from experiments.compare import _interval
+
+    assert _interval({"mean": float("nan"), "low": float("nan"), "high": float("nan"), "n": 0.0}) == "n/a"
+    assert (
+        _interval({"mean": 0.5, "low": float("nan"), "high": float("nan"), "n": 1.0}) == "+0.500 (one seed)"
+    )
