@@ -54,6 +54,7 @@ __all__ = [
     "Job",
     "RunCache",
     "StudyError",
+    "StudyTerminated",
     "Terminal",
     "check_int",
     "check_number",
@@ -824,8 +825,8 @@ def run_cli(
 ) -> None:
     """Parse ``args`` (default ``sys.argv[1:]``) into ``config_cls`` with tyro (``--help`` explains every
     field) and run ``main`` on it. A :class:`StudyError` (a bad option, an unreadable cache file) prints one
-    line ``<prog>: error: ...`` and exits with status 2; Ctrl-C exits with status 130, saying that finished
-    runs are kept. Any other exception is a bug and keeps its traceback."""
+    line ``<prog>: error: ...`` and exits with status 2; Ctrl-C exits with status 130 (``SIGTERM`` while worker
+    processes run: 143), saying that finished runs are kept. Any other exception is a bug and keeps its traceback."""
     import tyro
 
     cfg = tyro.cli(config_cls, args=args, prog=prog)
