@@ -30,6 +30,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import inspect
 import json
@@ -1360,26 +1361,14 @@ class LMPolicy(torch.nn.Module):
             raise TypeError(
                 f"compiled (and LMPolicy.compiled_generation) must be a bool, got {type(compiled).__name__}."
             )
-        if not compiled:
-            return self._sample(
-                prompts,
-                max_steps,
-                max_length,
-                temp,
-                top_k,
-                top_p,
-                generator,
-                allow_backspace,
-                logits_processor,
-                output_logits,
-                generated,
-                compiled=False,
-            )
-        import torch._dynamo
+        # compiled: dynamo's recompile limit, raised once for the whole generation (room for its few graph kinds)
+        limit = contextlib.nullcontext()
+        if compiled:
+            import torch._dynamo
 
-        # dynamo's recompile limit, raised once for the whole generation: room for its few graph kinds
-        limit = max(torch._dynamo.config.cache_size_limit, COMPILED_GRAPHS)
-        with torch._dynamo.config.patch(cache_size_limit=limit):
+            size = max(torch._dynamo.config.cache_size_limit, COMPILED_GRAPHS)
+            limit = torch._dynamo.config.patch(cache_size_limit=size)
+        with limit:
             return self._sample(
                 prompts,
                 max_steps,
@@ -1392,7 +1381,7 @@ class LMPolicy(torch.nn.Module):
                 logits_processor,
                 output_logits,
                 generated,
-                compiled=True,
+                compiled=compiled,
             )
 
     def _sample(
