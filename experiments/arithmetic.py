@@ -35,6 +35,7 @@ from experiments.common import (
     run_stamp,
     summarize,
     write_json_atomic,
+    write_text_atomic,
 )
 from experiments.compare import NOT_IN_RUN, check_source, run_one
 from experiments.compare import Config as CompareConfig
@@ -167,7 +168,7 @@ def main(cfg: Config) -> dict[str, Any]:
     cfg.out.mkdir(parents=True, exist_ok=True)
     results = {"config": dataclasses.asdict(cfg), "summary": summary, "runs": records}
     write_json_atomic(cfg.out / "results.json", results)
-    (cfg.out / "table.md").write_text(header + table + "\n")
+    write_text_atomic(cfg.out / "table.md", header + table + "\n")
     _plot(records, cfg)
     first = cfg.seeds[0]
     write_gallery(

@@ -38,6 +38,7 @@ from experiments.common import (
     run_stamp,
     torch_threads,
     write_json_atomic,
+    write_text_atomic,
 )
 from experiments.progress import RunBar, StudyLog
 from experiments.stats import paired_differences
@@ -182,7 +183,7 @@ def main(cfg: Config) -> dict[str, Any]:
     results = {"config": dataclasses.asdict(cfg), "runs": records, "differences": diffs}
     cfg.out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(cfg.out / "results.json", results)
-    (cfg.out / "table.md").write_text(table + "\n", encoding="utf-8")
+    write_text_atomic(cfg.out / "table.md", table + "\n")
     return results
 
 

@@ -73,6 +73,7 @@ __all__ = [
     "summarize",
     "torch_threads",
     "write_json_atomic",
+    "write_text_atomic",
 ]
 
 ConfigT = TypeVar("ConfigT")
@@ -478,7 +479,13 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
     """Write ``obj`` as indented JSON to ``path`` (folders created) through :func:`seqgym._files.atomic_write`:
     an interrupted or failed write leaves the previous file in place. Raises ``TypeError`` for an object JSON
     cannot hold (before anything is written)."""
-    data = json.dumps(obj, indent=2, sort_keys=False, default=_jsonable).encode("utf-8")
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=_jsonable))
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` (folders created) through :func:`seqgym._files.atomic_write`: an
+    interrupted or failed write leaves the previous file in place."""
+    data = text.encode("utf-8")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda f: f.write(data))
 

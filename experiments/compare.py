@@ -62,6 +62,7 @@ from experiments.common import (
     summarize,
     torch_threads,
     write_json_atomic,
+    write_text_atomic,
 )
 from experiments.gallery import gallery_samples, write_gallery
 from experiments.progress import RunBar, StudyLog
@@ -610,7 +611,7 @@ def main(cfg: Config) -> dict[str, Any]:
     }
     cfg.out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(cfg.out / "results.json", results)
-    (cfg.out / "table.md").write_text("\n\n".join(tables) + "\n")
+    write_text_atomic(cfg.out / "table.md", "\n\n".join(tables) + "\n")
     plot(
         records,
         noise_records,

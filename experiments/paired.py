@@ -30,9 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from agents.common.config import is_number
-from experiments.common import ConfigError, _is_int, run_cli, write_json_atomic
+from experiments.common import ConfigError, _is_int, run_cli, write_json_atomic, write_text_atomic
 from experiments.stats import paired_differences
-from seqgym._files import atomic_write
 
 IGNORED_SETTINGS = ("out", "workers", "resume", "progress", "seeds", "agents")
 """Config fields left out of the list of settings in which the two studies differ (they change no run)."""
@@ -215,8 +214,7 @@ def main(cfg: Config) -> dict[str, Any]:
     }
     if cfg.out is not None:
         write_json_atomic(cfg.out / "results.json", results)
-        data = (table + "\n").encode("utf-8")
-        atomic_write(cfg.out / "table.md", lambda f: f.write(data))
+        write_text_atomic(cfg.out / "table.md", table + "\n")
     return results
 
 

@@ -38,8 +38,8 @@ from experiments.common import (
     run_cli,
     torch_threads,
     write_json_atomic,
+    write_text_atomic,
 )
-from seqgym._files import atomic_write
 
 PROBES = ("mistakes", "eos")
 """The probes (module docstring)."""
@@ -213,8 +213,7 @@ def main(cfg: Config) -> dict[str, Any]:
     out = {"config": {**dataclasses.asdict(cfg), "out": str(cfg.out)}, "results": results}
     cfg.out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(cfg.out / "results.json", out)
-    data = (table + "\n").encode("utf-8")
-    atomic_write(cfg.out / "table.md", lambda f: f.write(data))
+    write_text_atomic(cfg.out / "table.md", table + "\n")
     return out
 
 

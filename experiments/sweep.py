@@ -41,6 +41,7 @@ from experiments.common import (
     summarize,
     torch_threads,
     write_json_atomic,
+    write_text_atomic,
 )
 from experiments.progress import RunBar, StudyLog
 
@@ -187,7 +188,7 @@ def main(cfg: Config) -> dict[str, Any]:
     table = format_table(summary, columns, row_label="setting")
     print(table)
     cfg.out.mkdir(parents=True, exist_ok=True)
-    (cfg.out / "table.md").write_text(table + "\n", encoding="utf-8")
+    write_text_atomic(cfg.out / "table.md", table + "\n")
     write_json_atomic(cfg.out / "results.json", {"config": dataclasses.asdict(cfg), "runs": ordered})
     _plot(ordered, list(cfg.settings), cfg.out / "sweep.png")
     return summary

@@ -49,6 +49,7 @@ from experiments.common import (
     summarize,
     torch_threads,
     write_json_atomic,
+    write_text_atomic,
 )
 from experiments.corpus import AUSTEN, HELDOUT, bundled_corpus, checksums
 from experiments.gallery import gallery_samples, write_gallery
@@ -380,7 +381,7 @@ def _main(cfg: Config) -> dict[str, Any]:
         "train_seconds": seconds,
     }
     write_json_atomic(cfg.out / "results.json", results)
-    (cfg.out / "table.md").write_text(header + table + "\n")
+    write_text_atomic(cfg.out / "table.md", header + table + "\n")
     write_gallery(
         cfg.out / "samples.md",
         gallery,
