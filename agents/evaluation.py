@@ -27,6 +27,7 @@ from seqgym.metrics import SourceStatistics, evaluate_samples, model_heldout_nll
 
 __all__ = [
     "Generator",
+    "action_logits",
     "evaluate_generator",
     "evaluate_recovery",
     "most_likely_tokens",
@@ -118,6 +119,44 @@ def policy_heldout_nll(
 
 
 @torch.no_grad()
+def action_logits(
+    policy: LMPolicy,
+    prompts: Sequence[Sequence[int]],
+    generated: Sequence[Sequence[int]],
+    *,
+    allow_backspace: bool = True,
+    batch_size: int = 256,
+) -> torch.Tensor:
+    """The policy's logits over env actions after each ``prompt + generated``, in batches.
+
+    :meth:`~agents.policy.LMPolicy.state_logits` in the policy's current mode, without the autocast that
+    generation may use (as :func:`sequence_logprobs`).
+
+    Args:
+        policy: the policy.
+        prompts, generated: ``N`` prompts and the generated part after each (``[]``: the state is the prompt).
+        allow_backspace: False sets the ``<backspace>`` logit to ``-inf`` everywhere (it is ``-inf`` at the
+            prompt boundary anyway).
+        batch_size: states per forward (>= 1).
+
+    Returns:
+        ``(N, A)`` float32 logits on the CPU.
+    """
+    if len(prompts) != len(generated):
+        raise ValueError(f"Got {len(prompts)} prompts but {len(generated)} generated parts.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
+    chunks = [torch.empty(0, policy.vocab.n_actions)]
+    for lo in range(0, len(prompts), batch_size):
+        hi = min(lo + batch_size, len(prompts))
+        states = [[*map(int, p), *map(int, g)] for p, g in zip(prompts[lo:hi], generated[lo:hi])]
+        logits = policy.state_logits(states, [len(p) for p in prompts[lo:hi]]).float()  # (b, A)
+        if not allow_backspace:
+            logits[:, policy.vocab.backspace_id] = float("-inf")
+        chunks.append(logits.cpu())
+    return torch.cat(chunks)
+
+
 def most_likely_tokens(
     policy: LMPolicy,
     prompts: Sequence[Sequence[int]],
@@ -125,32 +164,14 @@ def most_likely_tokens(
     *,
     batch_size: int = 256,
 ) -> np.ndarray:
-    """The policy's most likely token or eos (never ``<backspace>``) after each ``prompt + generated``.
-
-    The argmax of :meth:`~agents.policy.LMPolicy.state_logits` in the policy's current mode, without the
-    autocast that generation may use (as :func:`sequence_logprobs`).
-
-    Args:
-        policy: the policy.
-        prompts, generated: ``N`` prompts and the generated part after each.
-        batch_size: states per forward (>= 1).
+    """The policy's most likely token or eos (never ``<backspace>``) after each ``prompt + generated``: the
+    argmax of :func:`action_logits` with ``<backspace>`` left out.
 
     Returns:
         ``(N,)`` int64 env ids.
     """
-    if len(prompts) != len(generated):
-        raise ValueError(f"Got {len(prompts)} prompts but {len(generated)} generated parts.")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
-    bk = policy.vocab.backspace_id
-    out = np.zeros(len(prompts), dtype=np.int64)
-    for lo in range(0, len(prompts), batch_size):
-        hi = min(lo + batch_size, len(prompts))
-        states = [[*map(int, p), *map(int, g)] for p, g in zip(prompts[lo:hi], generated[lo:hi])]
-        logits = policy.state_logits(states, [len(p) for p in prompts[lo:hi]]).float()  # (b, A)
-        logits[:, bk] = float("-inf")
-        out[lo:hi] = logits.argmax(-1).cpu().numpy()
-    return out
+    logits = action_logits(policy, prompts, generated, allow_backspace=False, batch_size=batch_size)
+    return logits.argmax(-1).numpy().astype(np.int64)
 
 
 def evaluate_recovery(

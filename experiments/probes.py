@@ -111,32 +111,15 @@ def _train(cfg: Config, agent: str, env: Any, demos: Any) -> Any:
     return learner.learn(cfg.budget, progress_bar=cfg.progress)
 
 
-@torch.no_grad()
-def _probs(
-    policy: Any, states: list[list[int]], prompt_lengths: list[int], allow_backspace: bool
-) -> np.ndarray:
-    """``(N, A)`` action probabilities at each state (``<backspace>`` left out where the agent never takes it)."""
-    out = []
-    for lo in range(0, len(states), 256):
-        logits = policy.state_logits(states[lo : lo + 256], prompt_lengths[lo : lo + 256]).float()
-        if not allow_backspace:
-            logits[:, policy.vocab.backspace_id] = float("-inf")
-        out.append(logits.softmax(-1).cpu().numpy())
-    return np.concatenate(out)
-
-
 def probe_mistakes(learner: Any, source: Any, n: int, seed: int) -> dict[str, Any]:
     """P(``<backspace>``) just after an injected impossible token, by injected token (module docstring)."""
+    from agents.evaluation import action_logits
     from seqgym.metrics import sample_recovery_states
 
     vocab = source.vocab
     st = sample_recovery_states(source, n, seed=seed, max_length=learner.max_length)
-    p = _probs(
-        learner.policy,
-        [[*a, *b] for a, b in zip(st.prompts, st.injected)],
-        [len(a) for a in st.prompts],
-        learner.allow_backspace,
-    )
+    logits = action_logits(learner.policy, st.prompts, st.injected, allow_backspace=learner.allow_backspace)
+    p = logits.softmax(-1).numpy()  # (N, A)
     p_bk = p[:, vocab.backspace_id]  # (N,)
     by: dict[str, list[float]] = collections.defaultdict(list)
     kept: collections.Counter[str] = collections.Counter()
@@ -157,13 +140,17 @@ def probe_eos(
     learner: Any, source: Any, task: str, lengths: tuple[int, ...], n: int, seed: int
 ) -> dict[str, Any]:
     """Mean P(eos) right after a correct prefix of each length (module docstring)."""
+    from agents.evaluation import action_logits
     from experiments.compare import long_prefixes
 
     out = {}
     for n_tokens in lengths:
         prompts, _, _ = long_prefixes(task, source, lengths, n_tokens, n, seed)
-        p = _probs(learner.policy, prompts, [len(q) for q in prompts], learner.allow_backspace)
-        out[str(n_tokens)] = float(p[:, source.vocab.eos_id].mean())
+        logits = action_logits(
+            learner.policy, prompts, [[]] * len(prompts), allow_backspace=learner.allow_backspace
+        )
+        p_eos = logits.softmax(-1)[:, source.vocab.eos_id]  # (N,)
+        out[str(n_tokens)] = float(p_eos.mean())
     return {"p_eos": out}
 
 
