@@ -149,7 +149,7 @@ def probe_eos(
         logits = action_logits(
             learner.policy, prompts, [[]] * len(prompts), allow_backspace=learner.allow_backspace
         )
-        p_eos = logits.softmax(-1)[:, source.vocab.eos_id]  # (N,)
+        p_eos = logits.softmax(-1)[:, source.vocab.eos_id].numpy()  # (N,)
         out[str(n_tokens)] = float(p_eos.mean())
     return {"p_eos": out}
 
