@@ -98,6 +98,12 @@ _FORMAT = "seqgym-lm-policy"
 _FORMAT_VERSION = 1
 
 
+def upcast_logits(logits: torch.Tensor) -> torch.Tensor:
+    """``logits`` in float32 when they are float16 or bfloat16 (a forward under bf16 autocast), else as they
+    are: losses, soft values and sampling then work at full precision, as Hugging Face's heads upcast theirs."""
+    return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+
+
 # ======================================================================================================
 # Token map
 # ======================================================================================================
@@ -164,10 +170,11 @@ class TokenMap:
         return self._tables(env_ids.device)[0][env_ids]
 
     def action_logits(self, model_logits: torch.Tensor) -> torch.Tensor:
-        """Restrict model logits ``(..., V)`` to the env actions: ``(..., A)`` in env id order."""
+        """Restrict model logits ``(..., V)`` to the env actions: ``(..., A)`` in env id order, float32 where the
+        model's are bfloat16 or float16 (:func:`upcast_logits`)."""
         if self.is_identity:
-            return model_logits[..., : self.n_actions]
-        return model_logits.index_select(-1, self._tables(model_logits.device)[1])
+            return upcast_logits(model_logits[..., : self.n_actions])
+        return upcast_logits(model_logits.index_select(-1, self._tables(model_logits.device)[1]))
 
     def to_env(self, model_ids: Sequence[int]) -> list[int]:
         """Env action ids of model ids; raises ``KeyError`` for a model id that is no env action."""

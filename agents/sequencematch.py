@@ -53,6 +53,7 @@ from agents.common.agent import Agent
 from agents.common.distributed import ProcessGroup
 from agents.common.noise import Augmentation, AugmentationConfig
 from agents.common.registry import register_agent
+from agents.policy import upcast_logits
 from seqgym._options import check_option
 from seqgym.data import Trajectory
 
@@ -301,6 +302,7 @@ def sequencematch_loss(
         raise ValueError(f"chi2_coef must be > 0, got {chi2_coef!r}.")
     if not bc_weight >= 0:
         raise ValueError(f"bc_weight must be >= 0, got {bc_weight!r}.")
+    logits = upcast_logits(logits)  # (B, T+1, A) float32 under bf16 autocast (as soft_q computes)
     dev = logits.device
     e_rows = in_expert.to(dev, torch.bool)  # (B,) E
     m_rows = in_mixture.to(dev, torch.bool)  # (B,) M
@@ -359,9 +361,10 @@ class SoftQ:
     Every ``(B, T)`` tensor is 0 on padding (steps ``i >= T_b``).
 
     Attributes:
-        q: ``(B, T)`` ``Q(u_i, a_i) = l(a_i|u_i)``.
+        q: ``(B, T)`` ``Q(u_i, a_i) = α·l(a_i|u_i)``.
         v: ``(B, T+1)`` ``V(u_i) = α·logsumexp(l(·|u_i))`` over the allowed actions, ``i = 0 .. T_b``.
-        v_next: ``(B, T)`` ``V'(u_{i+1})``: ``V(u_{i+1})``, except 0 after eos (terminal).
+        v_next: ``(B, T)`` ``V'(u_{i+1})``: ``V(u_{i+1})``; after eos 0 (``"iq"``) or the absorbing state's
+            value ``V(z) = V(u_T)`` (``"absorbing"``).
         reward: ``(B, T)`` recovered reward ``r_i = Q(u_i, a_i) − γ·V'(u_{i+1})``.
         log_pi: ``(B, T)`` ``log π(a_i|u_i) = (Q(u_i, a_i) − V(u_i)) / α``.
         discount: ``(B, T)`` ``γ^k`` on the kept steps (``k`` = kept steps before this one; ``γ^i`` when every
@@ -446,6 +449,7 @@ def soft_q(
     """
     _check_gamma_alpha(gamma, alpha)
     check_option("terminal_mode", terminal_mode, TERMINAL_MODES)
+    logits = upcast_logits(logits)  # bf16 would round γ (0.998 -> 0.996) and the step counts of γ^k
     actions, step_mask, terminal, state_mask = _padded_batch(logits, actions, step_mask, terminal)
     dev = logits.device
     B, T = actions.shape
@@ -583,7 +587,8 @@ class SequenceMatchConfig(AugmentationConfig):
         terminal: ``"absorbing"`` (default: eos enters an absorbing state with its own value, :class:`SoftQ`)
             or ``"iq"`` (``V' = 0`` after eos).
         inserted_steps: ``"bc_only"`` (default: the inserted (mistake, ``<backspace>``) pairs train the BC anchor only;
-            in the other terms each expert row weighs as its clean trajectory) or ``"all"`` (the pairs are
+            in the other terms each expert row weighs as its clean trajectory: the steps of
+            :meth:`~seqgym.data.Trajectory.mistake_steps` are left out) or ``"all"`` (the pairs are
             steps of the expert rows in every term; the mistake token itself never in the expert or BC terms).
         grad_norm_interval: every this many updates after the warm-up, log the gradient norm of the
             SequenceMatch terms (``train/grad_norm_sm``) and of the weighted BC anchor (``train/grad_norm_bc``),
@@ -885,9 +890,7 @@ class SequenceMatch(Agent[SequenceMatchBatch]):
         for b, t in enumerate(batch.expert):
             expert_np[b, : len(t)] = t.expert
             if c.inserted_steps == "bc_only":
-                inserted = ~t.expert  # each mistake token, and the backspace right after it
-                inserted[1:] |= inserted[:-1]
-                kept_np[b, : len(t)] = ~inserted
+                kept_np[b, : len(t)] = ~t.mistake_steps()  # each mistake up to the backspace deleting it
         dev = logits.device
         row = torch.arange(B, device=dev)
         loss, terms = sequencematch_loss(

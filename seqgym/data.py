@@ -333,6 +333,42 @@ class Trajectory:
         """
         return dynamics.visible_lengths(self.actions, self.prompt_length, self.vocab)
 
+    def mistake_steps(self) -> np.ndarray:
+        """bool, shape ``(T,)``: the steps taken while an inserted mistake is visible.
+
+        For each inserted mistake (a token with ``expert`` False, written at step ``j``), the steps from ``j``
+        to the ``<backspace>`` that deletes it, inclusive (to the end when nothing deletes it). The state after
+        such a detour is the state before it, so leaving these steps out leaves the clean trajectory. For what
+        :func:`augment` makes, these are each mistake and the backspace right after it.
+
+        Example:
+            >>> from seqgym.vocab import Vocabulary
+            >>> v = Vocabulary(["a", "b"])                   # a=0 b=1 eos=2 backspace=3
+            >>> t = Trajectory(prompt=[], actions=[0, 1, 0, 3, 3, 1, 2], terminal=True,
+            ...                expert=[True, False, True, True, True, True, True], vocab=v)
+            >>> t.mistake_steps().astype(int).tolist()
+            [0, 1, 1, 1, 1, 0, 0]
+        """
+        T = len(self)
+        out = np.zeros(T, dtype=np.bool_)
+        starts = np.flatnonzero(~self.expert)  # (K,) steps that write a mistake
+        if starts.size == 0:
+            return out
+        after = starts + 1
+        if after[-1] < T and np.all(self.actions[after] == self.vocab.backspace_id):  # augment's shape
+            out[starts] = True
+            out[after] = True
+            return out
+        vis = self.visible_lengths()  # (T+1,) len(u_i)
+        for j in starts.tolist():
+            if self.actions[j] >= self.vocab.n_tokens:  # a backspace or eos marked non-expert: itself only
+                out[j] = True
+                continue
+            gone = np.flatnonzero(vis[j + 2 :] < vis[j + 1])  # later states without the token of step j
+            end = j + 1 + int(gone[0]) if gone.size else T - 1  # the step that deletes it
+            out[j : end + 1] = True
+        return out
+
     def clean(self) -> Trajectory:
         """The backspace-free trajectory that reaches the same final sequence (what plain MLE trains on).
 

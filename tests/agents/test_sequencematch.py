@@ -680,6 +680,58 @@ def test_bc_only_loss_is_the_bc_term_of_the_full_loss(model, batch):
     torch.testing.assert_close(loss, full["bc"])
 
 
+def test_bf16_logits_are_scored_in_float32(model, batch):
+    """Under bf16 autocast the logits come back float32, and bf16 logits given to the loss are upcast: the
+    discount keeps γ = 0.998 and exact step counts (bf16 would give 0.996 and round counts above 256)."""
+    prompts, actions, expert = batch
+    policy = LMPolicy(model=model, vocab=VOCAB)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = policy.trajectory_logits(prompts, actions)
+    assert out.logits.dtype == torch.float32
+    low = out.logits.to(torch.bfloat16)
+    args = (out.actions, out.action_mask, torch.tensor([a[-1] == EOS for a in actions]))
+    rows = torch.ones(len(actions), dtype=torch.bool)
+    kw = {"in_expert": rows, "in_mixture": rows, "alpha": 0.5, "gamma": 0.998, "terminal_mode": "absorbing"}
+    loss_low, _ = sequencematch_loss(low, *args, padded(expert, torch.bool), **kw)
+    loss_full, _ = sequencematch_loss(low.float(), *args, padded(expert, torch.bool), **kw)
+    assert loss_low.dtype == torch.float32
+    torch.testing.assert_close(loss_low, loss_full, atol=0.0, rtol=0.0)
+    long = soft_q(
+        torch.zeros(1, 301, A, dtype=torch.bfloat16),
+        torch.zeros(1, 300, dtype=torch.long),
+        torch.ones(1, 300, dtype=torch.bool),
+        torch.tensor([False]),
+        alpha=0.01,
+        gamma=0.998,
+    )
+    torch.testing.assert_close(
+        long.discount[0, [100, 257, 299]], torch.tensor([0.998**k for k in (100, 257, 299)])
+    )
+    torch.testing.assert_close(long.gamma_t, torch.tensor([0.998**300]))
+
+
+def test_bc_only_leaves_out_each_detour_from_a_mistake_to_the_backspace_that_deletes_it():
+    """With ``inserted_steps="bc_only"`` a demonstration whose mistakes are nested (two wrong tokens, then two
+    backspaces) gives the expert, value and χ² terms of its clean trajectory, as augment's adjacent pairs do."""
+    agent = tiny_agent(bc_warmup_steps=0, expert_fraction=1.0, p_noise=0.0)
+    vocab = agent.vocab
+    o, c = vocab.encode("("), vocab.encode(")")
+    assert len(o) == len(c) == 1
+    clean = Trajectory.from_completion([], [o[0], c[0], vocab.eos_id], vocab=vocab)
+    nested = Trajectory(
+        prompt=[],
+        actions=[o[0], c[0], o[0], vocab.backspace_id, vocab.backspace_id, c[0], vocab.eos_id],
+        terminal=True,
+        expert=[True, False, False, True, True, True, True],
+        vocab=vocab,
+    )
+    assert nested.final() == clean.final()
+    _, want = agent._loss(SequenceMatchBatch(expert=[clean], replay=None, n_mixed_expert=1, warmup=False))
+    _, got = agent._loss(SequenceMatchBatch(expert=[nested], replay=None, n_mixed_expert=1, warmup=False))
+    for term in ("expert", "value", "chi2"):
+        torch.testing.assert_close(got[term], want[term], **TOL)
+
+
 def test_train_step_is_the_update_learn_takes():
     """``sample_batch`` + ``train_step`` reproduce ``train(n_batches=...)`` exactly (same seed), warm-up and
     replay refresh included."""

@@ -316,6 +316,42 @@ def test_augment_of_augmented_data_inserts_only_before_expert_actions(t, seed):
     assert noisy.n_mistakes == t.n_mistakes + int(t.expert.sum())
 
 
+@settings(deadline=None)
+@given(clean_trajectories(), st.floats(0.0, 1.0), st.integers(0, 2**32 - 1))
+def test_mistake_steps_of_augmented_data_are_the_inserted_pairs(clean, p, seed):
+    """Leaving out the mistake steps of an augmented trajectory leaves its clean trajectory, step for step."""
+    (noisy,) = augment([clean], p, seed)
+    out = noisy.mistake_steps()
+    assert out.shape == (len(noisy),) and out.dtype == np.bool_
+    assert out.sum() == 2 * noisy.n_mistakes
+    assert noisy.actions[~out].tolist() == clean.actions.tolist()
+    assert np.all(noisy.actions[np.flatnonzero(~noisy.expert) + 1] == BK)
+    assert np.array_equal(out[np.flatnonzero(~noisy.expert) + 1], np.ones(noisy.n_mistakes, dtype=bool))
+
+
+@pytest.mark.parametrize(
+    ("actions", "expert", "want"),
+    [
+        ([0, 1, BK, 2, EOS], [1, 0, 1, 1, 1], [0, 1, 1, 0, 0]),  # augment's shape
+        ([0, 1, 2, BK, BK, 2], [1, 0, 1, 1, 1, 1], [0, 1, 1, 1, 1, 0]),  # a detour of two tokens
+        ([1, 0, BK, BK, 0], [0, 0, 1, 1, 1], [1, 1, 1, 1, 0]),  # nested mistakes
+        ([0, 1, 2], [1, 0, 1], [0, 1, 1]),  # never deleted: to the end
+        ([0, 2, 1, BK, BK, 1, 0, BK], [1, 1, 0, 1, 1, 1, 0, 1], [0, 0, 1, 1, 0, 0, 1, 1]),  # two detours
+    ],
+)
+def test_mistake_steps_run_from_each_mistake_to_the_backspace_that_deletes_it(actions, expert, want):
+    t = Trajectory(
+        prompt=[2], actions=actions, terminal=actions[-1] == EOS, expert=[e == 1 for e in expert], vocab=V
+    )
+    assert t.mistake_steps().astype(int).tolist() == want
+    states = t.states()
+    kept = np.flatnonzero(~t.mistake_steps())
+    for j in np.flatnonzero(np.diff(np.r_[-1, kept]) > 1):  # a kept step right after a detour
+        i = int(kept[j])
+        start = int(kept[j - 1]) + 1 if j else 0
+        assert states[i] == states[start]  # the detour returned to the state before it
+
+
 def test_number_of_inserted_pairs_is_binomial():
     clean = collect(Tiny(), 2000, 0)
     n_positions = sum(len(t) for t in clean)
