@@ -590,9 +590,10 @@ class SequenceMatchConfig(AugmentationConfig):
             in the other terms each expert row weighs as its clean trajectory: the steps of
             :meth:`~seqgym.data.Trajectory.mistake_steps` are left out) or ``"all"`` (the pairs are
             steps of the expert rows in every term; the mistake token itself never in the expert or BC terms).
-        grad_norm_interval: every this many updates after the warm-up, log the gradient norm of the
-            SequenceMatch terms (``train/grad_norm_sm``) and of the weighted BC anchor (``train/grad_norm_bc``),
-            at the cost of two extra backward passes (default 50; 0: never).
+        grad_norm_interval: every this many updates after the warm-up, log the gradient norm of each
+            SequenceMatch term (``train/grad_norm_expert``, ``train/grad_norm_value``, ``train/grad_norm_chi2``),
+            of their sum (``train/grad_norm_sm``) and of the weighted BC anchor (``train/grad_norm_bc``), at the
+            cost of four extra backward passes (default 50; 0: never).
     """
 
     gamma: float = 0.998
@@ -719,9 +720,9 @@ class SequenceMatch(Agent[SequenceMatchBatch]):
       same amount of demonstration data for both; the model's own samples come on top.
     - Logged: every term (``train/expert``, ``train/value``, ``train/chi2``, ``train/bc``), the mean reward per
       step (``train/reward_expert``, ``train/reward_mixture``), ``train/cap_binds``, ``train/replay_age``, and
-      every ``grad_norm_interval`` updates the gradient norms of the SequenceMatch terms and of the weighted
-      anchor (``train/grad_norm_sm``, ``train/grad_norm_bc``), beside the global ``train/grad_norm`` that
-      ``max_grad_norm`` clips.
+      every ``grad_norm_interval`` updates the gradient norm of each SequenceMatch term, of their sum and of the
+      weighted anchor (``train/grad_norm_expert`` / ``_value`` / ``_chi2`` / ``_sm`` / ``_bc``), beside the
+      global ``train/grad_norm`` that ``max_grad_norm`` clips.
     - Fine-tuning from a trained model: ``make_agent("sequencematch", env=..., policy=mle.policy)`` (trained in
       place; pass ``copy.deepcopy(mle.policy)`` to keep the original) or ``policy="runs/mle"`` (the policy of a
       saved agent).
@@ -912,7 +913,7 @@ class SequenceMatch(Agent[SequenceMatchBatch]):
             bc_only=batch.warmup,
         )
         if not batch.warmup and c.grad_norm_interval and self._n_updates % c.grad_norm_interval == 0:
-            terms.update(self._term_grad_norms(terms["expert"] + terms["value"] + terms["chi2"], terms["bc"]))
+            terms.update(self._term_grad_norms(terms))
         if batch.replay is not None and bool((batch.replay.born >= 0).any()):
             born = batch.replay.born[batch.replay.born >= 0]
             terms["replay_age"] = torch.tensor(float(np.mean(self._n_updates - born)))
@@ -921,17 +922,30 @@ class SequenceMatch(Agent[SequenceMatchBatch]):
         logged["replay_rows"] = torch.tensor(float(n_r))
         return loss, logged
 
-    def _term_grad_norms(self, sm: torch.Tensor, bc: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Gradient norms of the SequenceMatch terms and of the weighted BC anchor (two extra backward passes;
-        the graph is kept for the update's own)."""
+    def _term_grad_norms(self, terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Gradient norms of each SequenceMatch term (``grad_norm_expert``, ``grad_norm_value``,
+        ``grad_norm_chi2``), of their sum (``grad_norm_sm``) and of the weighted BC anchor (``grad_norm_bc``):
+        four extra backward passes; the graph is kept for the update's own."""
         params = [p for p in self._parameters() if p.requires_grad]
-        out = {}
-        for name, term in (("grad_norm_sm", sm), ("grad_norm_bc", self.config.bc_weight * bc)):
-            grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
-            out[name] = torch.linalg.vector_norm(
-                torch.stack([torch.linalg.vector_norm(g) for g in grads if g is not None])
-            )
-        return out
+        weighted = {
+            "expert": terms["expert"],
+            "value": terms["value"],
+            "chi2": terms["chi2"],
+            "bc": self.config.bc_weight * terms["bc"],
+        }
+        grads = {
+            name: [
+                torch.zeros_like(p) if g is None else g
+                for p, g in zip(params, torch.autograd.grad(t, params, retain_graph=True, allow_unused=True))
+            ]
+            for name, t in weighted.items()
+        }
+        grads["sm"] = [e + v + c for e, v, c in zip(grads["expert"], grads["value"], grads["chi2"])]
+
+        def norm(gs: list[torch.Tensor]) -> torch.Tensor:
+            return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in gs]))
+
+        return {f"grad_norm_{name}": norm(gs) for name, gs in grads.items()}
 
     # -- training --------------------------------------------------------------------------------------------
     def _on_learn_end(self) -> None:

@@ -732,6 +732,31 @@ def test_bc_only_leaves_out_each_detour_from_a_mistake_to_the_backspace_that_del
         torch.testing.assert_close(got[term], want[term], **TOL)
 
 
+def test_gradient_norm_of_each_term_is_logged_and_the_parts_add_up():
+    """Every ``grad_norm_interval`` updates: the norm of each term's gradient; the SequenceMatch sum's norm is
+    that of the loss's own gradient when the anchor weighs 0, and the anchor's scales with its weight."""
+    agent = tiny_agent(bc_warmup_steps=0, grad_norm_interval=1, bc_weight=0.0, replay_size=8)
+    params = [p for p in agent.policy.parameters() if p.requires_grad]
+    batch = agent.sample_batch()
+    loss, terms = agent._loss(batch)
+    names = [f"grad_norm_{k}" for k in ("expert", "value", "chi2", "sm", "bc")]
+    assert set(names) <= set(terms)
+    grads = [g for g in torch.autograd.grad(loss, params, allow_unused=True) if g is not None]
+    full = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    torch.testing.assert_close(terms["grad_norm_sm"], full, **TOL)
+    parts = sum(float(terms[f"grad_norm_{k}"]) for k in ("expert", "value", "chi2"))
+    assert 0.0 < float(terms["grad_norm_sm"]) <= parts + 1e-6
+    assert float(terms["grad_norm_bc"]) == 0.0
+    agent.config.bc_weight = 2.0
+    _, twice = agent._loss(batch)
+    agent.config.bc_weight = 1.0
+    _, once = agent._loss(batch)
+    assert float(once["grad_norm_bc"]) > 0
+    torch.testing.assert_close(twice["grad_norm_bc"], 2 * once["grad_norm_bc"], **TOL)
+    for k in ("expert", "value", "chi2", "sm"):
+        torch.testing.assert_close(twice[f"grad_norm_{k}"], terms[f"grad_norm_{k}"], **TOL)
+
+
 def test_train_step_is_the_update_learn_takes():
     """``sample_batch`` + ``train_step`` reproduce ``train(n_batches=...)`` exactly (same seed), warm-up and
     replay refresh included."""
