@@ -16,6 +16,9 @@ Usage (from the repository root)::
     python -m experiments.probes --task arithmetic --source-kwargs base 5 n_digits 3 --agents bc \\
         --probe mistakes --budget 1000000 --seed 1000 --out results/probe_arith_mistakes
     python -m experiments.probes --agents mle bc --probe eos --lengths 12 16 20 --budget 300000 --seed 1000
+
+``--noise model``, ``--p-noise`` and the model size (``--n-layer``) change how BC and SequenceMatch train, to see
+what moves a probe.
 """
 
 from __future__ import annotations
@@ -28,8 +31,10 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from agents.common.noise import NOISE_KINDS
 from experiments.common import (
     IMITATION_AGENTS,
+    NOISY_AGENTS,
     AgentSettings,
     ConfigError,
     check_int,
@@ -63,6 +68,9 @@ class Config(AgentSettings):
     """(state, action) pairs per agent."""
     p_noise: float = 0.1
     """Augmentation of BC and SequenceMatch."""
+    noise: Literal["uniform", "model"] = "uniform"
+    """How BC's and SequenceMatch's inserted mistakes are drawn (``agents.common.noise``; the library's default is
+    uniform)."""
     lengths: tuple[int, ...] = (12, 16, 20)
     """Prefix lengths of the ``eos`` probe."""
     n_states: int = 3_000
@@ -100,6 +108,8 @@ class Config(AgentSettings):
         for n in self.lengths:
             check_int("lengths", n)
         check_number("p_noise", self.p_noise, low=0.0, high=1.0)
+        if self.noise not in NOISE_KINDS:
+            raise ConfigError(f"--noise must be one of {', '.join(NOISE_KINDS)}, got {self.noise!r}.")
 
 
 def _train(cfg: Config, agent: str, env: Any, demos: Any) -> Any:
@@ -107,6 +117,8 @@ def _train(cfg: Config, agent: str, env: Any, demos: Any) -> Any:
 
     torch.manual_seed(cfg.seed)
     kw = cfg.agent_kwargs(agent, p_noise=cfg.p_noise if agent != "mle" else None)
+    if agent in NOISY_AGENTS:
+        kw["noise"] = cfg.noise
     learner = make_agent(agent, env=env, demonstrations=demos, seed=cfg.seed, **kw)
     return learner.learn(cfg.budget, progress_bar=cfg.progress)
 
