@@ -577,7 +577,8 @@ def main(cfg: Config) -> dict[str, Any]:
     if differences:
         tables.append(
             f"Paired differences over seeds {list(cfg.seeds)}: mean [95% bootstrap interval, "
-            "scipy.stats.bootstrap BCa]\n\n" + format_differences(differences)
+            "scipy.stats.bootstrap BCa; (n=k): over k seeds only]\n\n"
+            + format_differences(differences, len(cfg.seeds))
         )
     curve_diffs: dict[str, dict[str, dict[float, dict[str, float]]]] = {}
     for name, label in (("temperature_curve", "temperature"), ("length_curve", "prefix length")):
@@ -589,7 +590,7 @@ def main(cfg: Config) -> dict[str, Any]:
             curve_diffs[name] = diffs
             tables.append(
                 f"Validity vs {label}, paired differences: mean [95% bootstrap interval, scipy.stats.bootstrap "
-                "BCa]\n\n" + format_curve_differences(diffs)
+                "BCa]\n\n" + format_curve_differences(diffs, len(cfg.seeds))
             )
     if noise_summary:
         spread = ", mean ± std over seeds" if len(noise_seeds) > 1 else ""
@@ -666,21 +667,30 @@ def _reissue(caught: Iterable[warnings.WarningMessage]) -> None:
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
 
 
-def _interval(d: dict[str, float]) -> str:
-    if d.get("n", 1.0) == 0:
+def _interval(d: dict[str, float], n_seeds: int | None = None) -> str:
+    """``mean [low, high]``, with ``(n=k)`` when it rests on fewer than ``n_seeds`` pairs (a seed without a value
+    or with a NaN was left out)."""
+    n = int(d.get("n", 1.0))
+    if n == 0:
         return "n/a"  # every pair held a NaN
     if np.isnan(d["low"]):
         return f"{d['mean']:+.3f} (one seed)"
-    return f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+    fewer = f" (n={n})" if n_seeds is not None and n < n_seeds else ""
+    return f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]{fewer}"
 
 
-def format_differences(differences: dict[str, dict[str, dict[str, float]]]) -> str:
-    """A Markdown table: one row per pair (``a − b``), one column per metric, cells ``mean [low, high]``."""
+def format_differences(
+    differences: dict[str, dict[str, dict[str, float]]], n_seeds: int | None = None
+) -> str:
+    """A Markdown table: one row per pair (``a − b``), one column per metric, cells ``mean [low, high]``, marked
+    ``(n=k)`` where fewer than ``n_seeds`` pairs were left to compare."""
     metrics = [m for m in DIFF_METRICS if any(m in row for row in differences.values())]
     lines = ["| difference | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
     for name, row in differences.items():
         lines.append(
-            f"| {name} | " + " | ".join(_interval(row[m]) if m in row else "n/a" for m in metrics) + " |"
+            f"| {name} | "
+            + " | ".join(_interval(row[m], n_seeds) if m in row else "n/a" for m in metrics)
+            + " |"
         )
     return "\n".join(lines)
 
@@ -728,12 +738,16 @@ def curve_differences(
     return _by_pair(xs, lambda agent, s, x: points.get((agent, s), {}).get(x), seeds)
 
 
-def format_curve_differences(differences: dict[str, dict[float, dict[str, float]]]) -> str:
-    """A Markdown table of :func:`curve_differences`: one row per pair, one column per curve point."""
+def format_curve_differences(
+    differences: dict[str, dict[float, dict[str, float]]], n_seeds: int | None = None
+) -> str:
+    """A Markdown table of :func:`curve_differences`: one row per pair, one column per curve point (cells as in
+    :func:`format_differences`)."""
     xs = sorted({x for row in differences.values() for x in row})
     lines = ["| difference | " + " | ".join(f"{x:g}" for x in xs) + " |", "|---|" + "---|" * len(xs)]
     for pair, row in differences.items():
-        lines.append(f"| {pair} | " + " | ".join(_interval(row[x]) if x in row else "n/a" for x in xs) + " |")
+        cells = [_interval(row[x], n_seeds) if x in row else "n/a" for x in xs]
+        lines.append(f"| {pair} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -59,7 +59,7 @@ def paired_differences(
     mean = float(d.mean())
     if n < 2:
         return {"mean": mean, "low": math.nan, "high": math.nan, "n": float(n)}
-    if np.allclose(d, d[0]):
+    if np.ptp(d) <= 1e-12 * max(1.0, abs(mean)):  # all equal: the bootstrap distribution is one point
         return {"mean": mean, "low": mean, "high": mean, "n": float(n)}
     from scipy.stats import bootstrap
 

@@ -53,6 +53,10 @@ def test_paired_differences_match_scipy_and_handle_edge_cases() -> None:
     assert one["mean"] == pytest.approx(0.1) and np.isnan(one["low"])
     same = paired_differences([0.5, 0.6, 0.7], [0.4, 0.5, 0.6])
     assert same["low"] == pytest.approx(0.1) == same["high"]
+    near = paired_differences(
+        [100.0, 100.0005, 100.0009], [0.0, 0.0, 0.0]
+    )  # close, not equal: a real interval
+    assert near["low"] < near["high"]
     assert paired_differences([0.5, np.nan, 0.7, 0.2], [0.4, 0.3, np.nan, 0.1])["n"] == 2
     with pytest.raises(ValueError, match="paired"):
         paired_differences([1.0, 2.0], [1.0])

@@ -163,3 +163,19 @@ def test_a_difference_without_any_pair_reads_n_a() -> None:
     assert (
         _interval({"mean": 0.5, "low": float("nan"), "high": float("nan"), "n": 1.0}) == "+0.500 (one seed)"
     )
+
+
+def test_a_difference_over_fewer_seeds_than_the_study_says_so() -> None:
+    from experiments.compare import format_differences, paired_table
+
+    nan = float("nan")
+    records = [
+        {"agent": a, "seed": s, "validity": v}
+        for a, vals in (("sequencematch", [0.9, 0.8, nan, 0.7, 0.95]), ("bc", [0.6, nan, 0.5, 0.6, 0.7]))
+        for s, v in zip(range(1, 6), vals)
+    ]
+    d = paired_table(records, (1, 2, 3, 4, 5))
+    assert d["sequencematch − bc"]["validity"]["n"] == 3.0
+    assert "] (n=3)" in format_differences(d, 5).splitlines()[2]
+    full = [r for r in records if r["seed"] in (1, 4, 5)]
+    assert "(n=" not in format_differences(paired_table(full, (1, 4, 5)), 3)
