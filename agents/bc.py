@@ -43,7 +43,7 @@ __all__ = ["BC", "BCConfig"]
 @dataclasses.dataclass(kw_only=True)
 class BCConfig(AugmentationConfig):
     """Hyperparameters of :class:`BC`: those of :class:`~agents.common.noise.AugmentationConfig` (``p_noise``,
-    ``noise``) and :class:`~agents.common.config.AgentConfig`; nothing of its own."""
+    ``noise``, ``noise_margin``) and :class:`~agents.common.config.AgentConfig`; nothing of its own."""
 
 
 class BC(Agent[list[Trajectory]]):

@@ -559,8 +559,8 @@ def bc_term(sq: SoftQ, expert_mask: torch.Tensor) -> torch.Tensor:
 @dataclasses.dataclass(kw_only=True)
 class SequenceMatchConfig(AugmentationConfig):
     """Hyperparameters of :class:`SequenceMatch`: those of :class:`~agents.common.config.AgentConfig` and of
-    :class:`~agents.common.noise.AugmentationConfig` (``p_noise``, ``noise``: the backspace augmentation, as
-    BC's), plus:
+    :class:`~agents.common.noise.AugmentationConfig` (``p_noise``, ``noise``, ``noise_margin``: the backspace
+    augmentation, as BC's), plus:
 
     Attributes:
         gamma: discount γ in (0, 1] of the occupancy weights ``γ^i`` and of ``V'`` (default 0.998).

@@ -17,8 +17,8 @@ Usage (from the repository root)::
         --probe mistakes --budget 1000000 --seed 1000 --out results/probe_arith_mistakes
     python -m experiments.probes --agents mle bc --probe eos --lengths 12 16 20 --budget 300000 --seed 1000
 
-``--noise model``, ``--p-noise`` and the model size (``--n-layer``) change how BC and SequenceMatch train, to see
-what moves a probe.
+``--noise model``, ``--p-noise``, ``--noise-margin`` and the model size (``--n-layer``) change how BC and
+SequenceMatch train, to see what moves a probe.
 """
 
 from __future__ import annotations
@@ -71,6 +71,9 @@ class Config(AgentSettings):
     noise: Literal["uniform", "model"] = "uniform"
     """How BC's and SequenceMatch's inserted mistakes are drawn (``agents.common.noise``; the library's default is
     uniform)."""
+    noise_margin: int = 0
+    """Positions before the length limit that BC and SequenceMatch get no inserted mistakes at (the library's
+    default is 0)."""
     lengths: tuple[int, ...] = (12, 16, 20)
     """Prefix lengths of the ``eos`` probe."""
     n_states: int = 3_000
@@ -103,6 +106,7 @@ class Config(AgentSettings):
         if self.probe == "eos" and self.task not in LENGTH_TASKS:
             raise ConfigError(f"--probe eos needs a task in {LENGTH_TASKS}, got --task {self.task}.")
         check_seeds((self.seed,))
+        check_int("noise_margin", self.noise_margin, low=0)
         for name in ("budget", "n_states", "threads"):
             check_int(name, getattr(self, name))
         for n in self.lengths:
@@ -119,6 +123,7 @@ def _train(cfg: Config, agent: str, env: Any, demos: Any) -> Any:
     kw = cfg.agent_kwargs(agent, p_noise=cfg.p_noise if agent != "mle" else None)
     if agent in NOISY_AGENTS:
         kw["noise"] = cfg.noise
+        kw["noise_margin"] = cfg.noise_margin
     learner = make_agent(agent, env=env, demonstrations=demos, seed=cfg.seed, **kw)
     return learner.learn(cfg.budget, progress_bar=cfg.progress)
 

@@ -50,10 +50,15 @@ class AugmentationConfig(AgentConfig):
             augmented ones); demonstrations that already hold inserted mistakes require ``p_noise=0.0``.
         noise: how the wrong token is drawn: ``"uniform"`` (default) over the wrong tokens (those the source
             rules out, else all but the expert's), or ``"model"``: from the current policy, restricted to them.
+        noise_margin: leave the last ``noise_margin`` positions before the env's length limit without inserted
+            mistakes (default 0: every position may get one). Near the limit a source with a length limit rules
+            out the tokens that could not be finished in time, so the mistakes inserted there teach that limit as a
+            rule; a margin keeps it out of the data, e.g. for completing sequences longer than the training ones.
     """
 
     p_noise: float = 0.1
     noise: NoiseKind = "uniform"
+    noise_margin: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -63,6 +68,12 @@ class AugmentationConfig(AgentConfig):
             )
         if not 0.0 <= float(self.p_noise) <= 1.0:
             raise ValueError(f"p_noise must be a probability in [0, 1], got {self.p_noise!r}.")
+        if isinstance(self.noise_margin, bool) or not isinstance(self.noise_margin, (int, np.integer)):
+            raise TypeError(
+                f"noise_margin must be an int (a number of positions), got {self.noise_margin!r}."
+            )
+        if self.noise_margin < 0:
+            raise ValueError(f"noise_margin must be >= 0 (a number of positions), got {self.noise_margin}.")
 
 
 class Augmentation:
@@ -70,7 +81,7 @@ class Augmentation:
 
     Args:
         demonstrations: the clean expert trajectories.
-        p_noise, noise: as in :class:`AugmentationConfig`.
+        p_noise, noise, noise_margin: as in :class:`AugmentationConfig`.
         policy: the policy whose current weights propose the mistakes of model noise.
         rng: draws the uniform noise (pass the agent's ``setup_rng()``: construction must be deterministic).
         max_length: the env's length limit; no augmented state may exceed it.
@@ -99,10 +110,18 @@ class Augmentation:
         rng: np.random.Generator,
         max_length: int,
         source: object | None = None,
+        noise_margin: int = 0,
     ) -> None:
         self.p_noise = float(p_noise)
         self.noise: NoiseKind = noise
         self.max_length = int(max_length)
+        if not 0 <= noise_margin < self.max_length - 1:
+            raise ValueError(
+                f"noise_margin={noise_margin} leaves no position for a mistake under the length limit "
+                f"{self.max_length}; it must be in 0..{self.max_length - 2}."
+            )
+        #: the limit passed to :func:`~seqgym.data.augment`: a wrong token must leave the sequence shorter
+        self.noise_limit = self.max_length - int(noise_margin)
         if self.p_noise > 0 and any(t.n_mistakes for t in demonstrations):
             raise ValueError(
                 "The demonstrations already hold inserted mistakes (expert=False); pass p_noise=0.0 to train on "
@@ -110,7 +129,7 @@ class Augmentation:
             )
         self.source = source
         self.trajectories: list[Trajectory] = (
-            augment(demonstrations, self.p_noise, rng, "uniform", max_length=self.max_length, source=source)
+            augment(demonstrations, self.p_noise, rng, "uniform", max_length=self.noise_limit, source=source)
             if self.p_noise > 0 and noise == "uniform"
             else list(demonstrations)
         )
@@ -122,8 +141,8 @@ class Augmentation:
     @classmethod
     def for_agent(cls, agent: Any) -> Augmentation:
         """The augmentation of ``agent`` (an agent whose config derives from :class:`AugmentationConfig`), built
-        in its ``_setup``: its demonstrations, ``p_noise`` and ``noise``, policy, setup generator, length limit,
-        and its env's source (which tells real mistakes)."""
+        in its ``_setup``: its demonstrations, ``p_noise``, ``noise`` and ``noise_margin``, policy, setup
+        generator, length limit, and its env's source (which tells real mistakes)."""
         c: AugmentationConfig = agent.config
         return cls(
             agent.demonstrations,
@@ -133,6 +152,7 @@ class Augmentation:
             rng=agent.setup_rng(),
             max_length=agent.max_length,
             source=getattr(agent._seq_env, "source", None),
+            noise_margin=c.noise_margin,
         )
 
     def batch(self, batch: list[Trajectory], rng: np.random.Generator) -> list[Trajectory]:
@@ -143,7 +163,7 @@ class Augmentation:
         self.model_noise.prepare(batch)
         try:
             out = augment(
-                batch, self.p_noise, rng, self.model_noise, max_length=self.max_length, source=self.source
+                batch, self.p_noise, rng, self.model_noise, max_length=self.noise_limit, source=self.source
             )
         finally:
             self.model_noise.prepare([])

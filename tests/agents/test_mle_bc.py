@@ -133,6 +133,35 @@ def test_bc_augmentation_is_seeded_and_bounded_by_max_length() -> None:
         make_agent("bc", env=env, noise="gaussian", policy_kwargs=dict(TINY))
 
 
+@pytest.mark.parametrize("noise", ["uniform", "model"])
+def test_noise_margin_leaves_the_last_positions_before_the_length_limit_clean(noise: str) -> None:
+    """No mistake is inserted where the wrong token would bring the sequence within ``noise_margin`` of the
+    limit; elsewhere the augmentation is the same kind as without a margin."""
+    env = dyck_env()  # max_length 9: at most 8 brackets, then eos
+    kw: dict[str, Any] = {"seed": 4, "n_demonstrations": 64, "p_noise": 1.0, "noise": noise}
+
+    def visible_before_mistakes(agent: BC) -> list[int]:
+        batch = agent.augmentation.batch(agent.train_trajectories, np.random.default_rng(0))
+        return [int(t.visible_lengths()[i]) for t in batch for i in np.flatnonzero(~t.expert)]
+
+    plain = make_agent("bc", env=env, policy_kwargs=dict(TINY), **kw)
+    margin = make_agent("bc", env=env, policy_kwargs=dict(TINY), noise_margin=3, **kw)
+    assert isinstance(plain, BC) and isinstance(margin, BC)
+    before, after = visible_before_mistakes(plain), visible_before_mistakes(margin)
+    assert max(before) == env.max_length - 2  # a wrong token may take the last position but one...
+    assert max(after) == env.max_length - 2 - 3  # ...and three fewer with the margin
+    assert sorted(v for v in before if v <= env.max_length - 5) == sorted(
+        after
+    )  # the same positions below it
+    assert margin.config.noise_margin == 3 and plain.config.noise_margin == 0
+    with pytest.raises(ValueError, match="noise_margin=8 leaves no position"):
+        make_agent("bc", env=env, noise_margin=8, policy_kwargs=dict(TINY))
+    with pytest.raises(ValueError, match="noise_margin must be >= 0"):
+        make_agent("bc", env=env, noise_margin=-1, policy_kwargs=dict(TINY))
+    with pytest.raises(TypeError, match="noise_margin must be an int"):
+        make_agent("bc", env=env, noise_margin=1.5, policy_kwargs=dict(TINY))
+
+
 def test_bc_model_noise_augments_each_batch_from_the_current_policy() -> None:
     env = dyck_env()
     agent = make_agent(

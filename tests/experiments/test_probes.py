@@ -27,19 +27,19 @@ def test_the_mistakes_probe_groups_p_backspace_by_injected_token(tmp_path: Path)
     assert "| bc |" in (tmp_path / "table.md").read_text()
 
 
-def test_model_noise_reaches_the_agents(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_noise_options_reach_the_agents(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[object] = []
     real = probes._train
 
     def spy(cfg: probes.Config, agent: str, env: object, demos: object) -> object:
         learner = real(cfg, agent, env, demos)
-        seen.append((agent, learner.config.noise))
+        seen.append((agent, learner.config.noise, learner.config.noise_margin))
         return learner
 
     monkeypatch.setattr(probes, "_train", spy)
-    cfg = probes.Config(agents=("bc",), noise="model", n_states=10, out=tmp_path, **TINY)  # type: ignore[arg-type]
+    cfg = probes.Config(agents=("bc",), noise="model", noise_margin=2, n_states=10, out=tmp_path, **TINY)  # type: ignore[arg-type]
     assert probes.main(cfg)["config"]["noise"] == "model"
-    assert seen == [("bc", "model")]
+    assert seen == [("bc", "model", 2)]
 
 
 def test_the_eos_probe_gives_p_eos_per_prefix_length(tmp_path: Path) -> None:
@@ -57,6 +57,7 @@ def test_the_eos_probe_gives_p_eos_per_prefix_length(tmp_path: Path) -> None:
         ({"n_states": 0}, "--n-states"),
         ({"p_noise": 1.5}, "--p-noise"),
         ({"noise": "gaussian"}, "--noise"),
+        ({"noise_margin": -1}, "--noise-margin"),
     ],
 )
 def test_bad_options_are_refused_before_training(
