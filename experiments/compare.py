@@ -148,6 +148,9 @@ class Config(AgentSettings):
     """Training budget per agent: (state, action) pairs for imitation agents, env steps for SB3."""
     p_noise: float = 0.1
     """Backspace-augmentation noise of BC and SequenceMatch in the main comparison."""
+    noise_margin: int = 0
+    """Positions before the length limit where BC and SequenceMatch get no inserted mistakes (the library's
+    default, 0: none left clean; ``agents.common.noise.AugmentationConfig``)."""
     noise_levels: tuple[float, ...] = ()
     """Extra noise levels for the validity-vs-noise study (BC and SequenceMatch; p_noise is included; empty:
     no noise study)."""
@@ -225,6 +228,7 @@ class Config(AgentSettings):
         check_int("n_gallery", self.n_gallery, low=0)
         check_int("workers", self.workers)
         check_number("p_noise", self.p_noise, low=0.0, high=1.0)
+        check_int("noise_margin", self.noise_margin, low=0)
         for p in self.noise_levels:
             check_number("noise_levels", p, low=0.0, high=1.0)
         if self.noise_seeds is not None:
@@ -284,6 +288,7 @@ def _run_one(
             demonstrations=demos,
             seed=seed,
             **cfg.agent_kwargs(agent, p_noise=p_noise if agent in NOISY_AGENTS else None),
+            **({"noise_margin": cfg.noise_margin} if agent in NOISY_AGENTS else {}),
         )
         done = 0
         warmup_only: list[warnings.WarningMessage] = []  # of the latest chunk: only the run's end may warn
@@ -567,6 +572,8 @@ def main(cfg: Config) -> dict[str, Any]:
         f"; {', '.join(sb3)} on the `{cfg.sb3_reward}` reward for {sb3_budget(cfg)} env steps" if sb3 else ""
     )
     spread_note = ", mean ± std over seeds" if len(cfg.seeds) > 1 else ""
+    if cfg.noise_margin:
+        sb3_note += f"; no inserted mistakes in the last {cfg.noise_margin} positions"
     header = (
         f"Task {cfg.task}, {cfg.model_name()}, budget {cfg.budget} (state, action) pairs{sb3_note}, seeds "
         f"{list(cfg.seeds)} (paired), {cfg.n_eval} samples per evaluation{spread_note}\n\n"

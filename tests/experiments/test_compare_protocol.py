@@ -166,6 +166,26 @@ def test_sb3_budget_and_reward_are_stated(tmp_path: Path, monkeypatch: pytest.Mo
     assert "maskable_ppo on the `valid` reward for 128 env steps" in table
 
 
+def test_noise_margin_reaches_bc_and_sequencematch_and_is_stated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import experiments.compare as module
+
+    spy_on_recovery(monkeypatch)
+    seen: list[tuple[str, int | None]] = []
+    real = module.make_agent
+
+    def spy(agent: str, **kw: object) -> object:
+        seen.append((agent, kw.get("noise_margin")))  # type: ignore[arg-type]
+        return real(agent, **kw)
+
+    monkeypatch.setattr(module, "make_agent", spy)
+    cfg = tiny(tmp_path, seeds=(10,), noise_margin=2, temperatures=(), lengths=())
+    compare.main(cfg)
+    assert sorted(seen) == [("bc", 2), ("mle", None), ("sequencematch", 2)]
+    assert "no inserted mistakes in the last 2 positions" in (tmp_path / "table.md").read_text()
+
+
 def test_unseen_prompts_are_distinct_problems_no_demonstration_holds() -> None:
     from seqgym.data import collect
     from seqgym.sources.arithmetic import Arithmetic

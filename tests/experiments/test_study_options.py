@@ -45,6 +45,7 @@ def nothing_runs(monkeypatch: pytest.MonkeyPatch) -> None:
 BAD = [
     ("compare", ["--p-noise", "1.5"], "--p-noise must be a number in [0.0, 1.0], got 1.5"),
     ("compare", ["--n-eval", "0"], "--n-eval must be an int >= 1, got 0"),
+    ("compare", ["--noise-margin", "-1"], "--noise-margin must be an int >= 0, got -1"),
     ("compare", ["--budget", "0"], "--budget must be an int >= 1"),
     ("compare", ["--noise-levels", "0.0", "-0.1"], "--noise-levels must be a number in [0.0, 1.0]"),
     ("compare", ["--noise-seeds", "6"], "--noise-seeds must be an int in [0, 5]"),
