@@ -282,14 +282,10 @@ def _run_one(
     if agent in IMITATION:
         torch.manual_seed(seed)
         demos = collect(source, cfg.n_demonstrations, np.random.default_rng(10_000 + seed))
-        learner: Any = make_agent(
-            agent,
-            env=env,
-            demonstrations=demos,
-            seed=seed,
-            **cfg.agent_kwargs(agent, p_noise=p_noise if agent in NOISY_AGENTS else None),
-            **({"noise_margin": cfg.noise_margin} if agent in NOISY_AGENTS else {}),
-        )
+        kw = cfg.agent_kwargs(agent, p_noise=p_noise if agent in NOISY_AGENTS else None)
+        if agent in NOISY_AGENTS:
+            kw["noise_margin"] = cfg.noise_margin
+        learner: Any = make_agent(agent, env=env, demonstrations=demos, seed=seed, **kw)
         done = 0
         warmup_only: list[warnings.WarningMessage] = []  # of the latest chunk: only the run's end may warn
         while done < cfg.budget:
