@@ -100,7 +100,8 @@ _FORMAT_VERSION = 1
 
 def upcast_logits(logits: torch.Tensor) -> torch.Tensor:
     """``logits`` in float32 when they are float16 or bfloat16 (a forward under bf16 autocast), else as they
-    are: losses, soft values and sampling then work at full precision, as Hugging Face's heads upcast theirs."""
+    are: losses, soft values and sampling then work at full precision (Hugging Face's losses upcast the same
+    way)."""
     return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
 
 

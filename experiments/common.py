@@ -118,6 +118,24 @@ def check_int(name: str, value: object, *, low: int = 1, high: int | None = None
         raise ConfigError(f"{flag(name)} must be an int {bound}, got {value!r}.")
 
 
+def check_noise_margin_option(noise_margin: int, task: str, source_kwargs: Mapping[str, int]) -> None:
+    """Raise :class:`ConfigError` for a ``--noise-margin`` that is not an int >= 0, or that leaves the task's
+    demonstrations no position for a mistake (``agents.common.noise.check_noise_margin``, judged on a few
+    demonstrations of the task), before anything trains."""
+    check_int("noise_margin", noise_margin, low=0)
+    if noise_margin == 0:
+        return
+    from agents.common.noise import check_noise_margin
+    from seqgym.data import collect
+    from seqgym.registration import make_env
+
+    env = make_env(task, **source_kwargs)
+    try:
+        check_noise_margin(noise_margin, env.max_length, collect(env.source, 32, np.random.default_rng(0)))
+    except ValueError as e:
+        raise ConfigError(f"--noise-margin: {e}") from None
+
+
 def check_seeds(seeds: tuple[int, ...]) -> None:
     """Raise :class:`ConfigError` unless ``seeds`` are distinct ints >= 0 (at least one)."""
     if not seeds:

@@ -53,6 +53,7 @@ from experiments.common import (
     Job,
     RunCache,
     check_int,
+    check_noise_margin_option,
     check_number,
     check_seeds,
     format_table,
@@ -228,7 +229,7 @@ class Config(AgentSettings):
         check_int("n_gallery", self.n_gallery, low=0)
         check_int("workers", self.workers)
         check_number("p_noise", self.p_noise, low=0.0, high=1.0)
-        check_int("noise_margin", self.noise_margin, low=0)
+        check_noise_margin_option(self.noise_margin, self.task, self.source_kwargs)
         for p in self.noise_levels:
             check_number("noise_levels", p, low=0.0, high=1.0)
         if self.noise_seeds is not None:

@@ -38,6 +38,7 @@ from experiments.common import (
     AgentSettings,
     ConfigError,
     check_int,
+    check_noise_margin_option,
     check_number,
     check_seeds,
     run_cli,
@@ -106,7 +107,7 @@ class Config(AgentSettings):
         if self.probe == "eos" and self.task not in LENGTH_TASKS:
             raise ConfigError(f"--probe eos needs a task in {LENGTH_TASKS}, got --task {self.task}.")
         check_seeds((self.seed,))
-        check_int("noise_margin", self.noise_margin, low=0)
+        check_noise_margin_option(self.noise_margin, self.task, self.source_kwargs)
         for name in ("budget", "n_states", "threads"):
             check_int(name, getattr(self, name))
         for n in self.lengths:

@@ -355,7 +355,9 @@ class Trajectory:
         if starts.size == 0:
             return out
         after = starts + 1
-        if after[-1] < T and np.all(self.actions[after] == self.vocab.backspace_id):  # augment's shape
+        tokens = self.actions[starts] < self.vocab.n_tokens  # (K,) each mistake writes an ordinary token
+        pairs = tokens.all() and after[-1] < T and np.all(self.actions[after] == self.vocab.backspace_id)
+        if pairs:  # augment's shape: each mistake deleted at once
             out[starts] = True
             out[after] = True
             return out

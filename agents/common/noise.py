@@ -33,7 +33,14 @@ from agents.common.config import AgentConfig, is_number
 from agents.policy import LMPolicy
 from seqgym.data import Trajectory, augment, inserted_allowed_share, mistake_candidates
 
-__all__ = ["NOISE_KINDS", "Augmentation", "AugmentationConfig", "ModelNoise", "NoiseKind"]
+__all__ = [
+    "NOISE_KINDS",
+    "Augmentation",
+    "AugmentationConfig",
+    "ModelNoise",
+    "NoiseKind",
+    "check_noise_margin",
+]
 
 #: How an inserted wrong token is drawn: uniformly (once, at construction) or from the model (per batch).
 NoiseKind = Literal["uniform", "model"]
@@ -76,6 +83,29 @@ class AugmentationConfig(AgentConfig):
             raise ValueError(f"noise_margin must be >= 0 (a number of positions), got {self.noise_margin}.")
 
 
+def check_noise_margin(noise_margin: int, max_length: int, demonstrations: Sequence[Trajectory]) -> None:
+    """Raise ``ValueError`` when a ``noise_margin > 0`` leaves no position for a mistake: a wrong token must leave
+    the visible sequence (prompt included) shorter than ``max_length - noise_margin``, so with prompts of at least
+    ``P`` tokens the margin must stay below ``max_length - 1 - P``. A margin of 0 is always accepted.
+
+    Example:
+        >>> check_noise_margin(3, 17, [])
+        >>> check_noise_margin(16, 17, [])
+        Traceback (most recent call last):
+        ...
+        ValueError: noise_margin=16 leaves no position for a mistake: ... it must be at most 15.
+    """
+    if noise_margin <= 0:
+        return
+    shortest = min((t.prompt_length for t in demonstrations), default=0)
+    room = max_length - 1 - shortest  # the visible lengths a wrong token may follow without a margin
+    if noise_margin >= room:
+        raise ValueError(
+            f"noise_margin={noise_margin} leaves no position for a mistake: with the length limit {max_length} "
+            f"and prompts of {shortest} tokens or more it must be at most {room - 1}."
+        )
+
+
 class Augmentation:
     """The augmented training data of one agent, and the per-batch model noise.
 
@@ -115,11 +145,7 @@ class Augmentation:
         self.p_noise = float(p_noise)
         self.noise: NoiseKind = noise
         self.max_length = int(max_length)
-        if not 0 <= noise_margin < self.max_length - 1:
-            raise ValueError(
-                f"noise_margin={noise_margin} leaves no position for a mistake under the length limit "
-                f"{self.max_length}; it must be in 0..{self.max_length - 2}."
-            )
+        check_noise_margin(noise_margin, self.max_length, demonstrations)
         #: the limit passed to :func:`~seqgym.data.augment`: a wrong token must leave the sequence shorter
         self.noise_limit = self.max_length - int(noise_margin)
         if self.p_noise > 0 and any(t.n_mistakes for t in demonstrations):

@@ -156,6 +156,16 @@ def test_noise_margin_leaves_the_last_positions_before_the_length_limit_clean(no
     assert margin.config.noise_margin == 3 and plain.config.noise_margin == 0
     with pytest.raises(ValueError, match="noise_margin=8 leaves no position"):
         make_agent("bc", env=env, noise_margin=8, policy_kwargs=dict(TINY))
+    arith = SequenceEnv(Arithmetic(base=4, n_digits=1), max_length=12, max_steps=36)  # prompts of 4 tokens
+    make_agent("bc", env=arith, noise_margin=6, n_demonstrations=8, policy_kwargs=dict(TINY))
+    with pytest.raises(
+        ValueError, match=r"noise_margin=7 leaves no position .* prompts of 4 tokens or more .* 6\."
+    ):
+        make_agent("bc", env=arith, noise_margin=7, n_demonstrations=8, policy_kwargs=dict(TINY))
+    short = SequenceEnv(Dyck(2, max_depth=3, max_length=8), max_length=1, max_steps=27)
+    make_agent(
+        "bc", env=short, p_noise=0.0, n_demonstrations=4, policy_kwargs=dict(TINY)
+    )  # margin 0: no check
     with pytest.raises(ValueError, match="noise_margin must be >= 0"):
         make_agent("bc", env=env, noise_margin=-1, policy_kwargs=dict(TINY))
     with pytest.raises(TypeError, match="noise_margin must be an int"):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments import arithmetic, arithmetic_gap, compare, finetune, sweep, text
+from experiments import arithmetic, arithmetic_gap, compare, finetune, probes, sweep, text
 from experiments.common import AgentSettings, ConfigError, run_cli
 
 STUDIES = {
@@ -24,6 +24,7 @@ STUDIES = {
     "finetune": finetune,
     "sweep": sweep,
     "arithmetic_gap": arithmetic_gap,
+    "probes": probes,
 }
 REPO = Path(__file__).resolve().parents[2]
 
@@ -46,6 +47,13 @@ BAD = [
     ("compare", ["--p-noise", "1.5"], "--p-noise must be a number in [0.0, 1.0], got 1.5"),
     ("compare", ["--n-eval", "0"], "--n-eval must be an int >= 1, got 0"),
     ("compare", ["--noise-margin", "-1"], "--noise-margin must be an int >= 0, got -1"),
+    (
+        "compare",
+        ["--task", "arithmetic", "--source-kwargs", "base", "5", "n_digits", "2", "--noise-margin", "3"],
+        "--noise-margin: noise_margin=3 leaves no position for a mistake: with the length limit 10 and prompts of 6 "
+        "tokens or more it must be at most 2.",
+    ),
+    ("probes", ["--noise-margin", "16"], "--noise-margin: noise_margin=16 leaves no position"),
     ("compare", ["--budget", "0"], "--budget must be an int >= 1"),
     ("compare", ["--noise-levels", "0.0", "-0.1"], "--noise-levels must be a number in [0.0, 1.0]"),
     ("compare", ["--noise-seeds", "6"], "--noise-seeds must be an int in [0, 5]"),

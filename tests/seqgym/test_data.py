@@ -329,6 +329,15 @@ def test_mistake_steps_of_augmented_data_are_the_inserted_pairs(clean, p, seed):
     assert np.array_equal(out[np.flatnonzero(~noisy.expert) + 1], np.ones(noisy.n_mistakes, dtype=bool))
 
 
+def test_a_backspace_marked_as_a_mistake_is_left_out_alone() -> None:
+    for actions, expert, want in [
+        ([0, 1, BK, BK], [1, 0, 0, 1], [0, 1, 1, 0]),
+        ([0, 0, BK, BK], [1, 1, 0, 1], [0, 0, 1, 0]),
+    ]:
+        t = Trajectory(prompt=[2], actions=actions, terminal=False, expert=[e == 1 for e in expert], vocab=V)
+        assert t.mistake_steps().astype(int).tolist() == want
+
+
 @pytest.mark.parametrize(
     ("actions", "expert", "want"),
     [
