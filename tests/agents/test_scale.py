@@ -136,7 +136,11 @@ def test_bf16_autocast_trains_and_generates_on_cpu() -> None:
     )
     with agent.autocast():
         out = agent.policy.trajectory_logits([[0]], [[1, 2]])
-    assert out.logits.dtype == torch.bfloat16
+    plain = agent.policy.trajectory_logits([[0]], [[1, 2]])
+    finite = out.logits.isfinite()
+    assert out.logits.dtype == torch.float32  # upcast for the losses...
+    assert torch.equal(out.logits[finite], out.logits[finite].bfloat16().float())  # ...from a bf16 forward
+    assert not torch.equal(out.logits, plain.logits)
     agent.train(n_batches=2)
     assert all(p.dtype == torch.float32 for p in agent.policy.parameters())  # the weights stay float32
     assert agent.n_updates == 2
