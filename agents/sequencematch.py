@@ -593,7 +593,7 @@ class SequenceMatchConfig(AugmentationConfig):
         grad_norm_interval: every this many updates after the warm-up, log the gradient norm of each
             SequenceMatch term (``train/grad_norm_expert``, ``train/grad_norm_value``, ``train/grad_norm_chi2``),
             of their sum (``train/grad_norm_sm``) and of the weighted BC anchor (``train/grad_norm_bc``), at the
-            cost of four extra backward passes (default 50; 0: never).
+            cost of four extra backward passes (default 100; 0: never).
     """
 
     gamma: float = 0.998
@@ -609,7 +609,7 @@ class SequenceMatchConfig(AugmentationConfig):
     max_phi_weight: float = PHI_WEIGHT_MAX
     terminal: TerminalMode = "absorbing"
     inserted_steps: InsertedSteps = "bc_only"
-    grad_norm_interval: int = 50
+    grad_norm_interval: int = 100
 
     def __post_init__(self) -> None:
         super().__post_init__()
