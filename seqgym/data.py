@@ -339,7 +339,8 @@ class Trajectory:
         For each inserted mistake (a token with ``expert`` False, written at step ``j``), the steps from ``j``
         to the ``<backspace>`` that deletes it, inclusive (to the end when nothing deletes it). The state after
         such a detour is the state before it, so leaving these steps out leaves the clean trajectory. For what
-        :func:`augment` makes, these are each mistake and the backspace right after it.
+        :func:`augment` makes, these are each mistake and the backspace right after it. A backspace or eos marked
+        non-expert is marked alone.
 
         Example:
             >>> from seqgym.vocab import Vocabulary
