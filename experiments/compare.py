@@ -569,10 +569,11 @@ def main(cfg: Config) -> dict[str, Any]:
         f"; {', '.join(sb3)} on the `{cfg.sb3_reward}` reward for {sb3_budget(cfg)} env steps" if sb3 else ""
     )
     spread_note = ", mean ± std over seeds" if len(cfg.seeds) > 1 else ""
-    if cfg.noise_margin:
-        sb3_note += f"; no inserted mistakes in the last {cfg.noise_margin} positions"
+    margin_note = (
+        f"; no inserted mistakes in the last {cfg.noise_margin} positions" if cfg.noise_margin else ""
+    )
     header = (
-        f"Task {cfg.task}, {cfg.model_name()}, budget {cfg.budget} (state, action) pairs{sb3_note}, seeds "
+        f"Task {cfg.task}, {cfg.model_name()}, budget {cfg.budget} (state, action) pairs{sb3_note}{margin_note}, seeds "
         f"{list(cfg.seeds)} (paired), {cfg.n_eval} samples per evaluation{spread_note}\n\n"
     )
     main_cols = ["validity", *(m for m in ("unseen_validity", *RECOVERY_METRICS[:6]) if m in shown)]
